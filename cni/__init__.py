@@ -1,0 +1,1 @@
+"""The ovs-overlay CNI plugin: a thin, fast client of the agent."""

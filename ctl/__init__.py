@@ -1,0 +1,1 @@
+"""ovs-overlayctl: the operator's command line."""

@@ -1,0 +1,36 @@
+"""ovs-overlayctl entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ctl import lab_commands
+from lab.lab import LabError
+from ovsdb.client import OvsdbUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ovs-overlayctl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lab_commands.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (LabError, ValueError, OvsdbUnavailable, FileExistsError, PermissionError) as exc:
+        print(f"ovs-overlayctl: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

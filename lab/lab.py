@@ -1,0 +1,294 @@
+"""Lab lifecycle: up, down, status, list, exec.
+
+A lab ``L`` with N hosts is::
+
+    ns L-underlay: Linux bridge ul0, veth h<i> per host
+    ns L-h<i>:     eth0 (peer of h<i>) in br-phy (netdev, 198.18.0.<i>/16 on br-phy)
+                   br-int (netdev, secure, OpenFlow13, controller tcp:127.0.0.1:6653,
+                   named tables, flow-based tunnel port)
+                   its own ovsdb-server + ovs-vswitchd
+
+The underlay IP sits on br-phy, the OVS bridge that owns the uplink, because
+userspace tunnelling routes encapsulated packets out of an OVS bridge (OVS's
+userspace-tunneling doc); an IP on eth0 itself would never see tunnel traffic.
+
+The state directory is claimed with an exclusive mkdir before anything else is
+made, so two ``lab up`` of one name cannot both proceed.  ``down`` works from
+names alone (state dir, ``L-*`` namespaces, pidfiles), so it cleans a
+half-built or crashed lab just as well as a healthy one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lab import naming, netns, ovs_host
+from openflow.tables import table_names
+from ovsdb.client import IntegrationBridge, OvsdbClient
+from ovsdb.datapath import NETDEV, DatapathChoice
+from ovsdb.tunnel import TunnelPort
+
+LOG = logging.getLogger(__name__)
+
+CONTROLLER_PORT = 6653
+MANIFEST = "lab.json"
+LAB_DATAPATH = DatapathChoice(
+    NETDEV, "lab hosts tunnel through br-phy, which needs the userspace datapath"
+)
+
+
+class LabError(RuntimeError):
+    """A lab operation that cannot proceed, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    state_root: str
+    name: str
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.state_root, self.name)
+
+    @property
+    def manifest(self) -> str:
+        return os.path.join(self.root, MANIFEST)
+
+    def host(self, host: str) -> ovs_host.OvsHostPaths:
+        return ovs_host.OvsHostPaths(os.path.join(self.root, "hosts", host))
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    namespace: str
+    underlay_ip: str
+    namespace_present: bool
+    daemons: dict[str, int | None]
+    bridges: dict[str, str]  # bridge -> datapath_type
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    name: str
+    state_dir: str
+    tunnel_type: str
+    hosts: tuple[HostStatus, ...]
+
+
+def up(
+    name: str,
+    hosts: int,
+    state_root: str = naming.DEFAULT_STATE_ROOT,
+    tunnel_type: str = "vxlan",
+) -> LabStatus:
+    """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made."""
+    naming.validate_lab_name(name)
+    naming.validate_host_count(hosts)
+    TunnelPort(local_ip=naming.underlay_ip(1), tunnel_type=tunnel_type)  # validates the type
+    paths = LabPaths(state_root, name)
+    taken = [ns for ns in netns.list_namespaces() if naming.owns_namespace(name, ns)]
+    if taken:
+        raise LabError(
+            f"lab {name} already exists (namespaces {', '.join(taken)}); "
+            f"run 'ovs-overlayctl lab down --name {name}' first or pick another name"
+        )
+    os.makedirs(state_root, exist_ok=True)
+    try:
+        os.mkdir(paths.root)
+    except FileExistsError:
+        raise LabError(
+            f"lab {name} already exists (state in {paths.root}); "
+            f"run 'ovs-overlayctl lab down --name {name}' first or pick another name"
+        ) from None
+    try:
+        _write_manifest(paths, hosts, tunnel_type)
+        underlay = naming.underlay_namespace(name)
+        netns.create_namespace(underlay)
+        netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
+        for index in range(1, hosts + 1):
+            _build_host(paths, index, tunnel_type)
+    except BaseException:
+        LOG.error("lab %s: build failed, tearing down what was made", name)
+        down(name, state_root)
+        raise
+    return status(name, state_root)
+
+
+def _write_manifest(paths: LabPaths, hosts: int, tunnel_type: str) -> None:
+    with open(paths.manifest, "w") as f:
+        json.dump({"name": paths.name, "hosts": hosts, "tunnel_type": tunnel_type}, f)
+
+
+def _read_manifest(paths: LabPaths) -> dict:
+    try:
+        with open(paths.manifest) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
+    host = naming.host_name(index)
+    ns = naming.host_namespace(paths.name, host)
+    underlay = naming.underlay_namespace(paths.name)
+    port = naming.underlay_port(host)
+    ip = naming.underlay_ip(index)
+
+    netns.create_namespace(ns)
+    netns.create_veth(underlay, port, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU)
+    netns.attach_to_bridge(underlay, port, naming.UNDERLAY_BRIDGE)
+    netns.disable_tx_checksum(underlay, port)
+    netns.disable_tx_checksum(ns, naming.HOST_UPLINK)
+
+    host_paths = paths.host(host)
+    ovs_host.start(host_paths, ns)
+    with OvsdbClient(host_paths.db_sock) as client:
+        # br-phy: a plain learning switch that owns the uplink and carries the host's IP.
+        client.ensure_bridge(naming.PHYS_BRIDGE, NETDEV)
+        client.ensure_port(naming.PHYS_BRIDGE, naming.HOST_UPLINK)
+        client.ensure_integration_bridge(
+            IntegrationBridge(
+                name=naming.INTEGRATION_BRIDGE,
+                datapath=LAB_DATAPATH,
+                controller_port=CONTROLLER_PORT,
+                table_names=table_names(),
+            )
+        )
+        client.ensure_tunnel_port(
+            naming.INTEGRATION_BRIDGE, TunnelPort(local_ip=ip, tunnel_type=tunnel_type)
+        )
+    netns.set_up(ns, naming.PHYS_BRIDGE, mtu=naming.UNDERLAY_MTU)
+    netns.add_address(ns, naming.PHYS_BRIDGE, ip, naming.underlay_prefixlen())
+
+
+def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
+    """Remove every process, namespace and file of lab ``name``; returns what it removed."""
+    naming.validate_lab_name(name)
+    paths = LabPaths(state_root, name)
+    removed: list[str] = []
+    hosts_dir = os.path.join(paths.root, "hosts")
+    if os.path.isdir(hosts_dir):
+        for host in sorted(os.listdir(hosts_dir)):
+            host_paths = paths.host(host)
+            for daemon in reversed(ovs_host.DAEMONS):
+                pid = ovs_host.kill_daemon(host_paths, daemon)
+                if pid is not None:
+                    removed.append(f"process {daemon} pid {pid} ({host})")
+    namespaces = [ns for ns in netns.list_namespaces() if naming.owns_namespace(name, ns)]
+    for ns in namespaces:
+        # Anything still running in a namespace this lab made was started in it by the
+        # lab (or by 'lab exec'); the namespace is about to go, so those go too.
+        for pid in netns.namespace_pids(ns):
+            _terminate(pid)
+            removed.append(f"process pid {pid} (in {ns})")
+    for ns in namespaces:
+        netns.delete_namespace(ns)
+        removed.append(f"namespace {ns}")
+    if os.path.isdir(paths.root):
+        shutil.rmtree(paths.root)
+        removed.append(f"state {paths.root}")
+    return removed
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not ovs_host.wait_gone(pid, ovs_host.STOP_TIMEOUT):
+        os.kill(pid, signal.SIGKILL)
+        ovs_host.wait_gone(pid, ovs_host.STOP_TIMEOUT)
+
+
+def exists(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> bool:
+    return os.path.isdir(LabPaths(state_root, name).root) or any(
+        naming.owns_namespace(name, ns) for ns in netns.list_namespaces()
+    )
+
+
+def list_labs(state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
+    """Labs with a state directory or an underlay namespace (a crashed lab may have only one)."""
+    names = set()
+    if os.path.isdir(state_root):
+        names.update(
+            d
+            for d in os.listdir(state_root)
+            if os.path.isfile(os.path.join(state_root, d, MANIFEST))
+        )
+    names.update(filter(None, (naming.lab_of_namespace(ns) for ns in netns.list_namespaces())))
+    return sorted(names)
+
+
+def host_count(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> int:
+    return int(_read_manifest(LabPaths(state_root, name)).get("hosts", 0))
+
+
+def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
+    naming.validate_lab_name(name)
+    paths = LabPaths(state_root, name)
+    manifest = _read_manifest(paths)
+    if not manifest:
+        raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
+    hosts = []
+    for index in range(1, int(manifest["hosts"]) + 1):
+        host = naming.host_name(index)
+        host_paths = paths.host(host)
+        daemons = {d: ovs_host.daemon_pid(host_paths, d) for d in ovs_host.DAEMONS}
+        bridges: dict[str, str] = {}
+        if daemons["ovsdb-server"] is not None:
+            with OvsdbClient(host_paths.db_sock, timeout=5) as client:
+                for br in (naming.PHYS_BRIDGE, naming.INTEGRATION_BRIDGE):
+                    info = client.bridge_info(br)
+                    if info is not None:
+                        bridges[br] = info.datapath_type
+        ns = naming.host_namespace(name, host)
+        hosts.append(
+            HostStatus(
+                name=host,
+                namespace=ns,
+                underlay_ip=naming.underlay_ip(index),
+                namespace_present=netns.namespace_exists(ns),
+                daemons=daemons,
+                bridges=bridges,
+            )
+        )
+    return LabStatus(name, paths.root, manifest.get("tunnel_type", "vxlan"), tuple(hosts))
+
+
+def host_env(name: str, host: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> dict[str, str]:
+    """The environment that points OVS tools at ``host``'s daemons."""
+    return LabPaths(state_root, name).host(host).env()
+
+
+def exec_in_host(
+    name: str, host: str, argv: Sequence[str], state_root: str = naming.DEFAULT_STATE_ROOT
+) -> None:
+    """Replace this process with ``argv`` running in ``host``'s namespace and OVS environment."""
+    naming.validate_lab_name(name)
+    naming.host_index(host)
+    if not argv:
+        raise LabError("no command given; put it after '--', e.g. 'lab exec --lab L h1 -- ip addr'")
+    ns = naming.host_namespace(name, host)
+    if not netns.namespace_exists(ns):
+        raise LabError(
+            f"lab {name} has no host {host} (no namespace {ns}); see 'ovs-overlayctl lab status --lab {name}'"
+        )
+    env = host_env(name, host, state_root)
+    netns.enter_namespace(ns)
+    os.execvpe(argv[0], list(argv), env)
+
+
+def ping(name: str, src_host: str, dst_ip: str, count: int = 1) -> bool:
+    """One ICMP echo from a host's namespace; True if answered."""
+    ns = naming.host_namespace(name, src_host)
+    result = netns.run_in_namespace(
+        ns, ["ping", "-c", str(count), "-W", "2", "-q", dst_ip], check=False
+    )
+    return result.returncode == 0

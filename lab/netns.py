@@ -1,0 +1,146 @@
+"""Network namespaces and links, through netlink (pyroute2).
+
+Every link the lab makes is created inside a namespace the lab made: a veth is
+born in the underlay namespace with its peer placed straight into the host
+namespace, so nothing ever appears in the root namespace, not even briefly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from pyroute2 import NetNS, netns
+from pyroute2.ethtool import Ethtool
+
+NETNS_DIR = "/run/netns"
+
+
+def list_namespaces() -> list[str]:
+    return sorted(netns.listnetns())
+
+
+def namespace_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+def create_namespace(name: str) -> None:
+    """Create ``name``; it must not exist yet (a lab never adopts a namespace it did not make)."""
+    if namespace_exists(name):
+        raise FileExistsError(
+            f"network namespace {name} already exists; remove it or pick another name"
+        )
+    netns.create(name)
+    with open_namespace(name) as ns:
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+
+def delete_namespace(name: str) -> None:
+    if namespace_exists(name):
+        netns.remove(name)
+
+
+def namespace_pids(name: str) -> list[int]:
+    """PIDs of the processes whose network namespace is ``name``."""
+    return sorted(netns.ns_pids().get(name, []))
+
+
+def open_namespace(name: str) -> NetNS:
+    """A netlink socket in an existing namespace (flags=0: never create one by accident)."""
+    return NetNS(name, flags=0)
+
+
+def link_index(ns: NetNS, ifname: str) -> int:
+    found = ns.link_lookup(ifname=ifname)
+    if not found:
+        raise LookupError(f"no link {ifname} in this namespace")
+    return found[0]
+
+
+def create_bridge(namespace: str, ifname: str) -> None:
+    with open_namespace(namespace) as ns:
+        ns.link("add", ifname=ifname, kind="bridge")
+        ns.link("set", index=link_index(ns, ifname), state="up")
+
+
+def create_veth(
+    namespace: str, ifname: str, peer_namespace: str, peer_ifname: str, mtu: int
+) -> None:
+    """A veth with one end in ``namespace`` and the other in ``peer_namespace``, both up."""
+    with open_namespace(namespace) as ns:
+        ns.link(
+            "add",
+            ifname=ifname,
+            kind="veth",
+            peer={"ifname": peer_ifname, "net_ns_fd": peer_namespace},
+        )
+        ns.link("set", index=link_index(ns, ifname), mtu=mtu, state="up")
+    with open_namespace(peer_namespace) as peer:
+        peer.link("set", index=link_index(peer, peer_ifname), mtu=mtu, state="up")
+
+
+def attach_to_bridge(namespace: str, ifname: str, bridge: str) -> None:
+    with open_namespace(namespace) as ns:
+        ns.link("set", index=link_index(ns, ifname), master=link_index(ns, bridge))
+
+
+def set_up(namespace: str, ifname: str, mtu: int | None = None) -> None:
+    with open_namespace(namespace) as ns:
+        if mtu is None:
+            ns.link("set", index=link_index(ns, ifname), state="up")
+        else:
+            ns.link("set", index=link_index(ns, ifname), state="up", mtu=mtu)
+
+
+def add_address(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
+    with open_namespace(namespace) as ns:
+        ns.addr("add", index=link_index(ns, ifname), address=address, prefixlen=prefixlen)
+
+
+def disable_tx_checksum(namespace: str, ifname: str) -> None:
+    """``ethtool -K IF tx off`` inside ``namespace``.
+
+    The userspace datapath takes packets off a veth with AF_PACKET and does not
+    finish checksums the kernel left for the NIC to compute (CHECKSUM_PARTIAL),
+    so with tx checksum offload on, TCP leaves with bad checksums and stalls
+    while ping still works.  The ethtool ioctl acts on the namespace of the
+    socket it uses, so the socket is made while this thread is in ``namespace``.
+    """
+    netns.pushns(namespace)
+    try:
+        tool = Ethtool()
+        try:
+            features = tool.get_features(ifname)
+            for name, feature in features.features.items():
+                if name.startswith("tx-checksum"):
+                    feature.enable = False
+            tool.set_features(ifname, features)
+        finally:
+            tool.close()
+    finally:
+        netns.popns()
+
+
+def enter_namespace(name: str) -> None:
+    """Move the calling process (thread) into namespace ``name``."""
+    netns.setns(name, flags=0)
+
+
+def run_in_namespace(
+    namespace: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 60,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run a program inside ``namespace`` and capture its output."""
+    return subprocess.run(
+        list(argv),
+        env=dict(env) if env is not None else None,
+        preexec_fn=lambda: enter_namespace(namespace),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
