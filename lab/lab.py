@@ -278,7 +278,8 @@ def exec_in_host(
     ns = naming.host_namespace(name, host)
     if not netns.namespace_exists(ns):
         raise LabError(
-            f"lab {name} has no host {host} (no namespace {ns}); see 'ovs-overlayctl lab status --lab {name}'"
+            f"lab {name} has no host {host} (no namespace {ns}); "
+            f"see 'ovs-overlayctl lab status --lab {name}'"
         )
     env = host_env(name, host, state_root)
     netns.enter_namespace(ns)

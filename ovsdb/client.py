@@ -35,6 +35,10 @@ class OvsdbUnavailable(RuntimeError):
     """ovsdb-server could not be reached."""
 
 
+class PortError(RuntimeError):
+    """ovs-vswitchd refused a port."""
+
+
 @dataclass(frozen=True)
 class IntegrationBridge:
     """How the integration bridge must look: the agent's only switch."""
@@ -87,6 +91,17 @@ class _AppliedTransaction(impl_idl.OvsVsctlTransaction):
     def post_commit(self, txn):
         transaction.Transaction.post_commit(self, txn)
         self.do_post_commit(txn)
+
+    def post_commit_failed_interfaces(self, txn):
+        # ovsdbapp compares ofport with -1, but the IDL gives an optional column as a
+        # list, so a refused device ([-1]) would pass unnoticed.
+        failed = []
+        for temp_uuid in txn.expected_ifaces:
+            uuid = txn.get_insert_uuid(temp_uuid)
+            iface = self.api.idl.tables["Interface"].rows.get(uuid) if uuid else None
+            if iface is not None and iface.ofport in ([], [-1]):
+                failed.append(iface.name)
+        return failed
 
 
 class OvsdbClient:
@@ -211,8 +226,19 @@ class OvsdbClient:
     # -- ports --------------------------------------------------------------
 
     def ensure_port(self, bridge: str, port: str, **interface: object) -> None:
-        """Put a device on a bridge (``interface`` are Interface columns: type, options, ...)."""
-        self._commit([commands.EnsurePort(self.api, bridge, port, interface)])
+        """Put a device on a bridge (``interface`` are Interface columns: type, options, ...).
+
+        If ovs-vswitchd cannot open a new port's device, the port is removed again,
+        so a failed call leaves the database as it was.
+        """
+        try:
+            self._commit([commands.EnsurePort(self.api, bridge, port, interface)])
+        except impl_idl.VswitchdInterfaceAddException:
+            self.delete_port(port)
+            raise PortError(
+                f"ovs-vswitchd could not open device {port} for bridge {bridge}; "
+                "create the device (or fix the port type and options) first"
+            ) from None
 
     def delete_port(self, port: str) -> None:
         """Remove a port wherever it is; a missing port is fine."""

@@ -1,0 +1,40 @@
+"""Fixtures shared by the integration and lab tests.
+
+Every lab a test builds has a unique name (``t`` + random hex) and is torn
+down in a finalizer, so a failing test leaves nothing behind and never touches
+a lab it did not make.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from lab import lab
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("these tests create network namespaces and OVS daemons; run them as root")
+
+
+@pytest.fixture
+def lab_name():
+    """A fresh lab name; whatever lab of that name exists at the end is removed."""
+    _require_root()
+    name = "t" + secrets.token_hex(3)
+    yield name
+    lab.down(name)
+
+
+@pytest.fixture(scope="module")
+def one_host_lab():
+    """A one-host lab (its own ovsdb-server and ovs-vswitchd) shared by a module's tests."""
+    _require_root()
+    name = "t" + secrets.token_hex(3)
+    try:
+        yield lab.up(name, 1)
+    finally:
+        lab.down(name)
