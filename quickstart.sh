@@ -53,8 +53,11 @@ setup_venv() {
   fi
   echo "quickstart: building .venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } \
+      > .venv/install.log 2>&1; then
+    tail -20 .venv/install.log >&2
+    die "pip could not install ovs-overlay into .venv (full log: .venv/install.log)"
+  fi
   echo "$want" > "$stamp"
 }
 
