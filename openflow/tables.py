@@ -1,9 +1,13 @@
-"""The br-int tables: ids and names.
+"""The br-int tables: ids, names, and what each may match and where it may go.
 
 The names are written into OVSDB's Flow_Table rows so that
 ``ovs-ofctl --names dump-flows br-int`` prints ``table=l2_lookup`` instead of
 ``table=30``; a person debugging the pipeline reads what a table is for.
 Ids leave gaps of ten so a table can be inserted later without renumbering.
+
+Each table declares the fields its flows may match and the tables they may go
+to; a flow that breaks its table's declaration fails when it is built, in the
+pure code and its tests, not later on the switch.
 """
 
 from __future__ import annotations
@@ -18,25 +22,64 @@ class Table:
     table_id: int
     name: str
     purpose: str
+    matches: frozenset[str] = frozenset()
+    next_tables: tuple[int, ...] = ()
+
+    def check(self, flow) -> None:
+        """Raise if ``flow`` matches a field or goes to a table this table does not allow."""
+        for field in flow.match:
+            if field.name not in self.matches:
+                raise ValueError(f"table {self.name} does not match on {field.name}")
+        if flow.goto is not None and flow.goto.table_id not in self.next_tables:
+            raise ValueError(f"table {self.name} may not go to table {flow.goto.name}")
 
 
-CLASSIFIER = Table(0, "classifier", "which network a packet belongs to, by in_port or VNI")
-PORT_SECURITY = Table(10, "port_security", "a pod may send only from its own MAC and IP")
-ARP_RESPONDER = Table(20, "arp_responder", "ARP for known addresses answered in the switch")
-L2_LOOKUP = Table(30, "l2_lookup", "destination MAC to a local port or a peer host")
-POLICY = Table(40, "policy", "reserved for network policy")
-OUTPUT = Table(50, "output", "final output")
-
-PIPELINE: tuple[Table, ...] = (
-    CLASSIFIER,
-    PORT_SECURITY,
-    ARP_RESPONDER,
-    L2_LOOKUP,
-    POLICY,
-    OUTPUT,
+CLASSIFIER = Table(
+    0,
+    "classifier",
+    "which network a packet belongs to: by in_port, or by VNI from a known peer",
+    frozenset({"in_port", "tun_ipv4_src", "tunnel_id"}),
+    (10, 20, 30),
 )
+PORT_SECURITY = Table(
+    10,
+    "port_security",
+    "a pod may send only from its own MAC and IP, and ARP only for its own IP",
+    frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}),
+    (20, 30),
+)
+ARP_RESPONDER = Table(
+    20,
+    "arp_responder",
+    "ARP requests for known addresses answered in the switch",
+    frozenset({"metadata", "eth_type", "arp_op", "arp_tpa"}),
+    (30,),
+)
+L2_LOOKUP = Table(
+    30,
+    "l2_lookup",
+    "destination MAC to a local port or a peer host; broadcast to the network's group",
+    frozenset({"metadata", "eth_dst"}),
+    (),
+)
+CANARY = Table(
+    250,
+    "canary",
+    "one flow the agent watches: gone means ovs-vswitchd restarted and lost its flows",
+    frozenset(),
+    (),
+)
+
+PIPELINE: tuple[Table, ...] = (CLASSIFIER, PORT_SECURITY, ARP_RESPONDER, L2_LOOKUP, CANARY)
 
 
 def table_names() -> dict[int, str]:
     """Table id to name, as OVSDB's Bridge.flow_tables wants it."""
     return {t.table_id: t.name for t in PIPELINE}
+
+
+def table_by_id(table_id: int) -> Table:
+    for table in PIPELINE:
+        if table.table_id == table_id:
+            return table
+    raise KeyError(f"no table {table_id} in the pipeline")

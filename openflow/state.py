@@ -1,0 +1,74 @@
+"""The desired state of one host's pipeline: everything the flows are computed from.
+
+The agent fills it from OVSDB (ofports) and the cluster state (networks, peers,
+remote endpoints); the pipeline is a pure function of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    vni: int
+
+
+@dataclass(frozen=True)
+class LocalPort:
+    """An endpoint on this host: its port on br-int and its addresses."""
+
+    network: str
+    ofport: int
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint on another host, reached through the tunnel to ``host_ip``."""
+
+    network: str
+    host_ip: str
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The host's own port into a network (so the host reaches its pods)."""
+
+    network: str
+    ofport: int
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class HostState:
+    tunnel_ofport: int
+    networks: tuple[NetworkSpec, ...] = ()
+    peers: tuple[str, ...] = ()  # tunnel IPs of the other hosts
+    local: tuple[LocalPort, ...] = ()
+    remote: tuple[RemoteEndpoint, ...] = ()
+    gateways: tuple[Gateway, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.networks]
+        vnis = [n.vni for n in self.networks]
+        if len(set(names)) != len(names) or len(set(vnis)) != len(vnis):
+            raise ValueError("networks must have distinct names and VNIs")
+        known = set(names)
+        for ep in (*self.local, *self.remote, *self.gateways):
+            if ep.network not in known:
+                raise ValueError(f"endpoint {ep.mac} names unknown network {ep.network}")
+        for ep in self.remote:
+            if ep.host_ip not in self.peers:
+                raise ValueError(f"remote endpoint {ep.mac} is on {ep.host_ip}, not a known peer")
+        for ip in self.peers:
+            ipaddress.ip_address(ip)
+
+    def network(self, name: str) -> NetworkSpec:
+        return next(n for n in self.networks if n.name == name)

@@ -1,0 +1,241 @@
+"""The pipeline, asserted by what the flows do to packets (openflow.simulate)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openflow import pipeline
+from openflow.cookies import Feature, feature_of, generation_of
+from openflow.model import ETH_TYPE_ARP, ETH_TYPE_IP, Flow, match
+from openflow.simulate import Switch
+from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
+from openflow.tables import CLASSIFIER, L2_LOOKUP
+
+TUN = 1
+BCAST = "ff:ff:ff:ff:ff:ff"
+H2, H3 = "198.18.0.2", "198.18.0.3"
+
+P1 = LocalPort("default", 2, "0a:58:64:40:00:02", "100.64.0.2")
+P2 = LocalPort("default", 3, "0a:58:64:40:00:03", "100.64.0.3")
+# The blue network reuses the default network's addresses: only the network tells them apart.
+B1 = LocalPort("blue", 4, "0a:58:64:40:01:02", "100.64.0.2")
+B2 = LocalPort("blue", 5, "0a:58:64:40:01:03", "100.64.0.3")
+GW = Gateway("default", 9, "0a:58:64:40:00:01", "100.64.0.1")
+R1 = RemoteEndpoint("default", H2, "0a:58:64:40:00:42", "100.64.0.66")
+RB = RemoteEndpoint("blue", H3, "0a:58:64:40:01:42", "100.64.0.66")
+
+STATE = HostState(
+    tunnel_ofport=TUN,
+    networks=(NetworkSpec("default", 5001), NetworkSpec("blue", 5002)),
+    peers=(H2, H3),
+    local=(P1, P2, B1, B2),
+    remote=(R1, RB),
+    gateways=(GW,),
+)
+
+
+@pytest.fixture(scope="module")
+def switch():
+    return Switch(*pipeline.build(STATE, generation=7))
+
+
+def ip_packet(src, dst_mac, dst_ip, **over):
+    pkt = {
+        "in_port": src.ofport,
+        "eth_src": src.mac,
+        "eth_dst": dst_mac,
+        "eth_type": ETH_TYPE_IP,
+        "ipv4_src": src.ip,
+        "ipv4_dst": dst_ip,
+    }
+    pkt.update(over)
+    return pkt
+
+
+def arp_request(src, target_ip, **over):
+    pkt = {
+        "in_port": src.ofport,
+        "eth_src": src.mac,
+        "eth_dst": BCAST,
+        "eth_type": ETH_TYPE_ARP,
+        "arp_op": 1,
+        "arp_sha": src.mac,
+        "arp_spa": src.ip,
+        "arp_tha": "00:00:00:00:00:00",
+        "arp_tpa": target_ip,
+    }
+    pkt.update(over)
+    return pkt
+
+
+def from_tunnel(peer, vni, **fields):
+    return {"in_port": TUN, "tun_ipv4_src": peer, "tunnel_id": vni, **fields}
+
+
+def test_local_pod_to_local_pod(switch):
+    t = switch.process(ip_packet(P1, P2.mac, P2.ip))
+    assert t.ports == {P2.ofport}, t.path
+
+
+def test_pod_to_remote_pod_leaves_on_the_tunnel_to_its_host_with_the_vni(switch):
+    t = switch.process(ip_packet(P1, R1.mac, R1.ip))
+    [out] = t.emitted
+    assert out.port == TUN
+    assert out.get("tunnel_id") == 5001
+    assert out.get("tun_ipv4_dst") == H2
+
+
+def test_tunnel_packet_from_a_peer_reaches_the_local_pod(switch):
+    pkt = from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=P1.mac, eth_type=ETH_TYPE_IP)
+    assert switch.process(pkt).ports == {P1.ofport}
+
+
+@pytest.mark.parametrize(
+    "peer,vni",
+    [("198.18.0.99", 5001), (H2, 7777)],
+    ids=["unknown-peer", "unknown-vni"],
+)
+def test_tunnel_packets_from_unknown_peers_or_vnis_are_dropped(switch, peer, vni):
+    pkt = from_tunnel(peer, vni, eth_src=R1.mac, eth_dst=P1.mac, eth_type=ETH_TYPE_IP)
+    assert switch.process(pkt).emitted == ()
+
+
+def test_a_packet_from_the_mesh_is_never_sent_back_into_it(switch):
+    pkt = from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=R1.mac, eth_type=ETH_TYPE_IP)
+    assert switch.process(pkt).emitted == ()
+
+
+def test_arp_for_a_remote_pod_is_answered_in_the_switch(switch):
+    [reply] = switch.process(arp_request(P1, R1.ip)).emitted
+    assert reply.port == P1.ofport
+    assert reply.get("arp_op") == 2
+    assert (reply.get("arp_sha"), reply.get("arp_spa")) == (R1.mac, R1.ip)
+    assert (reply.get("arp_tha"), reply.get("arp_tpa")) == (P1.mac, P1.ip)
+    assert (reply.get("eth_src"), reply.get("eth_dst")) == (R1.mac, P1.mac)
+
+
+def test_overlapping_addresses_resolve_within_their_own_network(switch):
+    [reply] = switch.process(arp_request(B2, "100.64.0.2")).emitted
+    assert reply.get("arp_sha") == B1.mac  # not P1, which has the same IP in default
+    [reply] = switch.process(arp_request(P2, "100.64.0.2")).emitted
+    assert reply.get("arp_sha") == P1.mac
+
+
+def test_networks_are_isolated(switch):
+    assert switch.process(ip_packet(P1, B1.mac, B1.ip)).emitted == ()
+    assert switch.process(ip_packet(P1, RB.mac, RB.ip)).emitted == ()
+    pkt = from_tunnel(H3, 5002, eth_src=RB.mac, eth_dst=P1.mac, eth_type=ETH_TYPE_IP)
+    assert switch.process(pkt).emitted == ()
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        ip_packet(P1, P2.mac, P2.ip, ipv4_src="100.64.0.99"),
+        ip_packet(P1, P2.mac, P2.ip, eth_src="0a:58:64:40:00:99"),
+        ip_packet(P1, P2.mac, P2.ip, ipv4_src=P2.ip, eth_src=P2.mac),
+        arp_request(P1, P2.ip, arp_spa="100.64.0.99"),
+        arp_request(P1, P2.ip, arp_sha=P2.mac),
+        {"in_port": P1.ofport, "eth_src": P1.mac, "eth_dst": P2.mac, "eth_type": 0x86DD},
+    ],
+    ids=["forged-ip", "forged-mac", "stolen-identity", "arp-forged-ip", "arp-forged-mac", "ipv6"],
+)
+def test_spoofed_packets_reach_nobody(switch, pkt):
+    t = switch.process(pkt)
+    assert t.emitted == (), t.path
+
+
+def test_broadcast_reaches_the_network_and_only_peers_that_host_it(switch):
+    t = switch.process(arp_request(P1, "100.64.0.200"))  # unknown address: flooded
+    assert t.ports == {P2.ofport, GW.ofport, TUN}
+    tunnelled = [e for e in t.emitted if e.port == TUN]
+    assert [(e.get("tun_ipv4_dst"), e.get("tunnel_id")) for e in tunnelled] == [(H2, 5001)]
+
+
+def test_broadcast_from_the_mesh_is_flooded_locally_only(switch):
+    pkt = from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=BCAST, eth_type=ETH_TYPE_ARP)
+    assert switch.process(pkt).ports == {P1.ofport, P2.ofport, GW.ofport}
+
+
+def test_the_host_gateway_reaches_its_pods_and_resolves_them(switch):
+    gw = LocalPort(GW.network, GW.ofport, GW.mac, GW.ip)
+    assert switch.process(ip_packet(gw, P1.mac, P1.ip)).ports == {P1.ofport}
+    [reply] = switch.process(arp_request(gw, P2.ip)).emitted
+    assert (reply.port, reply.get("arp_sha")) == (GW.ofport, P2.mac)
+    assert switch.process(ip_packet(P1, GW.mac, GW.ip)).ports == {GW.ofport}
+
+
+def test_unknown_ports_are_dropped(switch):
+    assert switch.process({"in_port": 77, "eth_dst": P1.mac}).emitted == ()
+
+
+def test_every_flow_is_cookied_with_its_feature_and_generation():
+    flows, _ = pipeline.build(STATE, generation=0xABCD)
+    assert {generation_of(f.cookie) for f in flows} == {0xABCD}
+    assert Feature.CANARY in {feature_of(f.cookie) for f in flows}
+    assert all(
+        feature_of(f.cookie) == Feature.ARP_RESPONDER
+        for f in flows
+        if f.table.name == "arp_responder" and f.priority > 0
+    )
+
+
+def test_a_flow_outside_its_table_declaration_fails_when_built():
+    with pytest.raises(ValueError, match="does not match on eth_dst"):
+        Flow(CLASSIFIER, 1, match(eth_dst=P1.mac), 0)
+    with pytest.raises(ValueError, match="may not go to table classifier"):
+        Flow(L2_LOOKUP, 1, (), 0, goto=CLASSIFIER)
+
+
+def test_state_refuses_endpoints_of_unknown_networks_or_hosts():
+    with pytest.raises(ValueError, match="unknown network"):
+        HostState(tunnel_ofport=1, local=(P1,))
+    with pytest.raises(ValueError, match="not a known peer"):
+        HostState(tunnel_ofport=1, networks=(NetworkSpec("default", 5001),), remote=(R1,))
+
+
+@st.composite
+def host_states(draw):
+    nets = draw(st.integers(1, 3))
+    networks = tuple(NetworkSpec(f"n{i}", 100 + i) for i in range(nets))
+    n_local = draw(st.integers(1, 6))
+    local = tuple(
+        LocalPort(
+            f"n{draw(st.integers(0, nets - 1))}",
+            10 + i,
+            f"0a:00:00:00:00:{i:02x}",
+            f"100.64.0.{10 + i}",
+        )
+        for i in range(n_local)
+    )
+    peers = ("198.18.0.2", "198.18.0.3")
+    remote = tuple(
+        RemoteEndpoint(
+            f"n{draw(st.integers(0, nets - 1))}",
+            draw(st.sampled_from(peers)),
+            f"0a:00:00:00:01:{i:02x}",
+            f"100.64.0.{100 + i}",
+        )
+        for i in range(draw(st.integers(0, 4)))
+    )
+    return HostState(tunnel_ofport=1, networks=networks, peers=peers, local=local, remote=remote)
+
+
+@settings(max_examples=60, deadline=None)
+@given(host_states())
+def test_any_state_connects_within_networks_and_never_across(state):
+    sw = Switch(*pipeline.build(state, generation=1))
+    for src in state.local:
+        for dst in (*state.local, *state.remote):
+            if dst is src:
+                continue
+            t = sw.process(ip_packet(src, dst.mac, dst.ip))
+            if dst.network != src.network:
+                assert t.emitted == ()
+            elif isinstance(dst, LocalPort):
+                assert t.ports == {dst.ofport}
+            else:
+                [out] = t.emitted
+                assert (out.port, out.get("tun_ipv4_dst")) == (1, dst.host_ip)
