@@ -12,7 +12,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from pyroute2 import NetNS, netns
-from pyroute2.ethtool import Ethtool
+
+from controller import netns as ns_helpers
 
 NETNS_DIR = "/run/netns"
 
@@ -99,27 +100,8 @@ def add_address(namespace: str, ifname: str, address: str, prefixlen: int) -> No
 
 
 def disable_tx_checksum(namespace: str, ifname: str) -> None:
-    """``ethtool -K IF tx off`` inside ``namespace``.
-
-    The userspace datapath takes packets off a veth with AF_PACKET and does not
-    finish checksums the kernel left for the NIC to compute (CHECKSUM_PARTIAL),
-    so with tx checksum offload on, TCP leaves with bad checksums and stalls
-    while ping still works.  The ethtool ioctl acts on the namespace of the
-    socket it uses, so the socket is made while this thread is in ``namespace``.
-    """
-    netns.pushns(namespace)
-    try:
-        tool = Ethtool()
-        try:
-            features = tool.get_features(ifname)
-            for name, feature in features.features.items():
-                if name.startswith("tx-checksum"):
-                    feature.enable = False
-            tool.set_features(ifname, features)
-        finally:
-            tool.close()
-    finally:
-        netns.popns()
+    """``ethtool -K IF tx off`` inside ``namespace`` (see controller.netns for why)."""
+    ns_helpers.disable_tx_checksum(namespace, ifname)
 
 
 def enter_namespace(name: str) -> None:

@@ -1,0 +1,68 @@
+"""The agent's options, in the oslo.config group ``[agent]``.
+
+One config file serves both launchers: ours and ryu-manager read the same
+``--config-file``.  The options are read once, into a frozen AgentConfig that
+is passed down; nothing below the app reads the global CONF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oslo_config import cfg
+
+from ovsdb.tunnel import TUNNEL_TYPES
+
+GROUP = "agent"
+
+OPTS = [
+    cfg.StrOpt("host", help="this host's name in the cluster state (required)"),
+    cfg.StrOpt("tunnel_ip", help="this host's underlay IP, the tunnels' local_ip (required)"),
+    cfg.StrOpt(
+        "store",
+        default="sqlite:////var/lib/ovs-overlay/cluster.db",
+        help="cluster state: sqlite:///PATH",
+    ),
+    cfg.StrOpt("ovsdb_sock", default="/var/run/openvswitch/db.sock", help="ovsdb-server socket"),
+    cfg.StrOpt("bridge", default="br-int", help="the integration bridge"),
+    cfg.StrOpt("tunnel_type", default="vxlan", choices=list(TUNNEL_TYPES)),
+    cfg.StrOpt(
+        "datapath_type",
+        choices=["system", "netdev"],
+        help="force the datapath type (default: system if the kernel module is loaded)",
+    ),
+    cfg.StrOpt("socket", default="/run/ovs-overlay/agent.sock", help="the CNI server's socket"),
+    cfg.IntOpt("underlay_mtu", default=1500, help="MTU of the underlay network"),
+    cfg.IntOpt(
+        "host_ttl", default=10, help="seconds a host stays in the store after its agent dies"
+    ),
+    cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
+]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    tunnel_ip: str
+    store: str
+    ovsdb_sock: str
+    bridge: str
+    tunnel_type: str
+    datapath_type: str | None
+    socket: str
+    underlay_mtu: int
+    host_ttl: int
+    canary_interval: float
+    controller_port: int
+
+
+def register(conf) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def from_conf(conf, controller_port: int) -> AgentConfig:
+    group = conf[GROUP]
+    for required in ("host", "tunnel_ip"):
+        if not group[required]:
+            raise ValueError(f"[agent] {required} is not set; set it in the agent's config file")
+    return AgentConfig(controller_port=controller_port, **{o.dest: group[o.dest] for o in OPTS})

@@ -1,0 +1,96 @@
+"""One connected br-int: send pipeline messages, wait for barriers, name the flow an error is about.
+
+os-ken delivers replies on its event thread while the reconciler sends from
+its own, so replies are matched to waiters by xid.  Recent xids are kept so an
+OFPT_ERROR is reported with the message that caused it, not just a code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+from openflow import sender
+from openflow.diff import Barrier, Message
+
+LOG = logging.getLogger(__name__)
+
+RECENT_XIDS = 4096
+
+
+class SwitchError(RuntimeError):
+    """The switch refused a message, or did not answer in time."""
+
+
+class SwitchLink:
+    def __init__(self, dp):
+        self.dp = dp
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[int, Message] = OrderedDict()
+        self._errors: dict[int, str] = {}
+        self._waiting: dict[int, threading.Event] = {}
+        self._replies: dict[int, list] = {}
+
+    @property
+    def datapath_id(self) -> int:
+        return self.dp.id
+
+    def apply(self, messages: list[Message], timeout: float = 10.0) -> None:
+        """Send ``messages`` (ending in a barrier) and wait until the switch has processed them."""
+        if not messages:
+            return
+        if not isinstance(messages[-1], Barrier):
+            messages = [*messages, Barrier()]
+        with self._lock:
+            sent = sender.send(self.dp, messages)
+            for xid, message in sent:
+                self._recent[xid] = message
+            while len(self._recent) > RECENT_XIDS:
+                self._recent.popitem(last=False)
+            last_xid = sent[-1][0]
+            done = self._waiting[last_xid] = threading.Event()
+        if not done.wait(timeout):
+            raise SwitchError(f"switch {self.dp.id:#x} did not answer a barrier in {timeout}s")
+        with self._lock:
+            self._waiting.pop(last_xid, None)
+            failed = [self._errors.pop(xid) for xid, _ in sent if xid in self._errors]
+        if failed:
+            raise SwitchError(f"switch refused {len(failed)} message(s): {failed[0]}")
+
+    def request(self, msg, timeout: float = 10.0) -> list:
+        """Send a multipart request and return the bodies of all its replies."""
+        with self._lock:
+            self.dp.set_xid(msg)
+            done = self._waiting[msg.xid] = threading.Event()
+            self._replies[msg.xid] = []
+            self.dp.send_msg(msg)
+        if not done.wait(timeout):
+            raise SwitchError(f"switch {self.dp.id:#x} did not answer {type(msg).__name__}")
+        with self._lock:
+            self._waiting.pop(msg.xid, None)
+            return self._replies.pop(msg.xid)
+
+    # -- called from the os-ken event thread --------------------------------
+
+    def on_barrier_reply(self, xid: int) -> None:
+        with self._lock:
+            event = self._waiting.get(xid)
+        if event is not None:
+            event.set()
+
+    def on_multipart_reply(self, xid: int, body: list, more: bool) -> None:
+        with self._lock:
+            if xid in self._replies:
+                self._replies[xid].extend(body)
+            event = None if more else self._waiting.get(xid)
+        if event is not None:
+            event.set()
+
+    def on_error(self, xid: int, err_type: int, code: int) -> None:
+        with self._lock:
+            message = self._recent.get(xid)
+            text = f"OFPT_ERROR type={err_type} code={code} for {message!r}"
+            if message is not None:
+                self._errors[xid] = text
+        LOG.error("switch %#x: %s", self.dp.id, text)

@@ -1,0 +1,118 @@
+"""The one module in openflow/ that talks to a switch: messages to os-ken, then send.
+
+Everything else in openflow/ is values.  Here each value becomes an os-ken
+OpenFlow 1.3 message with the datapath attached and is sent; the caller keeps
+the xids to match errors and barrier replies.
+"""
+
+from __future__ import annotations
+
+from openflow import cookies
+from openflow.diff import (
+    Barrier,
+    FlowAdd,
+    FlowDelete,
+    GenerationDelete,
+    GroupAdd,
+    GroupDelete,
+    GroupModify,
+    Message,
+)
+from openflow.model import Action, Flow, GroupAction, Move, Output, SetField
+
+# Bit widths of the fields the pipeline moves (NXActionRegMove copies n bits).
+_FIELD_BITS = {
+    "eth_src": 48,
+    "eth_dst": 48,
+    "arp_sha": 48,
+    "arp_tha": 48,
+    "arp_spa": 32,
+    "arp_tpa": 32,
+}
+
+
+def to_ofmsg(dp, message: Message):
+    """The os-ken message for one of our messages, on datapath ``dp``."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    if isinstance(message, FlowAdd):
+        return _flow_mod(dp, message.flow, ofp.OFPFC_ADD)
+    if isinstance(message, FlowDelete):
+        return _flow_mod(dp, message.flow, ofp.OFPFC_DELETE_STRICT)
+    if isinstance(message, GenerationDelete):
+        return parser.OFPFlowMod(
+            dp,
+            cookie=message.generation,
+            cookie_mask=cookies.GENERATION_MASK,
+            table_id=ofp.OFPTT_ALL,
+            command=ofp.OFPFC_DELETE,
+            out_port=ofp.OFPP_ANY,
+            out_group=ofp.OFPG_ANY,
+        )
+    if isinstance(message, GroupAdd | GroupModify):
+        command = ofp.OFPGC_ADD if isinstance(message, GroupAdd) else ofp.OFPGC_MODIFY
+        buckets = [parser.OFPBucket(actions=_actions(dp, b.actions)) for b in message.group.buckets]
+        return parser.OFPGroupMod(dp, command, ofp.OFPGT_ALL, message.group.group_id, buckets)
+    if isinstance(message, GroupDelete):
+        return parser.OFPGroupMod(dp, ofp.OFPGC_DELETE, ofp.OFPGT_ALL, message.group_id, [])
+    if isinstance(message, Barrier):
+        return parser.OFPBarrierRequest(dp)
+    raise TypeError(f"unknown message {message!r}")
+
+
+def send(dp, messages: list[Message]) -> list[tuple[int, Message]]:
+    """Send ``messages`` in order; returns (xid, message) for each, for error reports."""
+    sent = []
+    for message in messages:
+        msg = to_ofmsg(dp, message)
+        dp.set_xid(msg)
+        dp.send_msg(msg)
+        sent.append((msg.xid, message))
+    return sent
+
+
+def _match(dp, flow: Flow):
+    fields = {}
+    for f in flow.match:
+        fields[f.name] = f.value if f.mask is None else (f.value, f.mask)
+    return dp.ofproto_parser.OFPMatch(**fields)
+
+
+def _flow_mod(dp, flow: Flow, command: int):
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    inst = []
+    if flow.actions:
+        inst.append(
+            parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(dp, flow.actions))
+        )
+    if flow.write_metadata is not None:
+        inst.append(parser.OFPInstructionWriteMetadata(*flow.write_metadata))
+    if flow.goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(flow.goto.table_id))
+    return parser.OFPFlowMod(
+        dp,
+        cookie=flow.cookie,
+        table_id=flow.table.table_id,
+        command=command,
+        priority=flow.priority,
+        match=_match(dp, flow),
+        instructions=inst,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+    )
+
+
+def _actions(dp, actions: tuple[Action, ...]) -> list:
+    parser = dp.ofproto_parser
+    out = []
+    for a in actions:
+        if isinstance(a, Output):
+            out.append(parser.OFPActionOutput(a.port))
+        elif isinstance(a, SetField):
+            out.append(parser.OFPActionSetField(**{a.name: a.value}))
+        elif isinstance(a, Move):
+            out.append(parser.NXActionRegMove(a.src, a.dst, _FIELD_BITS[a.src]))
+        elif isinstance(a, GroupAction):
+            out.append(parser.OFPActionGroup(a.group_id))
+        else:
+            raise TypeError(f"unknown action {a!r}")
+    return out
