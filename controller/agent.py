@@ -1,48 +1,284 @@
-"""``ovs-overlay-agent``: the per-host agent.
+"""The per-host agent: br-int, the host's record in the cluster state, the pipeline
+kept in sync with both, and the local API that attaches endpoints.
 
-For now it only starts and stops cleanly; the OpenFlow app, the reconciler and
-the CNI server arrive with the pipeline issue.  The flags already follow
-ryu-manager's so that one command line serves both launchers later.
+The OpenFlow side (switch connect/disconnect, replies) comes in through the
+os-ken app (controller.app), which owns an Agent and starts it.
 """
 
 from __future__ import annotations
 
-import argparse
+import errno
+import ipaddress
 import logging
-import signal
-import sys
+import os
 import threading
 
-LOG = logging.getLogger("ovs-overlay-agent")
+from pyroute2 import IPRoute
+
+from controller import hoststate, underlay
+from controller.api import ApiError, ApiServer
+from controller.config import AgentConfig
+from controller.endpoints import AttachError, AttachRequest, EndpointManager
+from controller.reconciler import Reconciler
+from openflow.tables import table_names
+from ovsdb.client import IntegrationBridge, OvsdbClient
+from ovsdb.datapath import choose_datapath_type
+from ovsdb.tunnel import TunnelPort
+from store import open_cluster
+
+LOG = logging.getLogger(__name__)
+
+GENERATION_KEY = "ovs-overlay-generation"
+DEFAULT_NETWORK = "default"
+PUBLISH_TIMEOUT = 10.0
+RESTORE_POLL = 0.2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ovs-overlay-agent", description=__doc__)
-    p.add_argument("--config-file", action="append", default=[])
-    p.add_argument("--ofp-listen-host", default="127.0.0.1")
-    p.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
-    p.add_argument("--verbose", action="store_true")
-    return p
+class Agent:
+    def __init__(self, config: AgentConfig, connect_unix=None):
+        self.config = config
+        self._connect_unix = connect_unix
+        self.tunnel = TunnelPort(local_ip=config.tunnel_ip, tunnel_type=config.tunnel_type)
+        self._stop = threading.Event()
+        self._refresh_lock = threading.Lock()
+        self.ready = threading.Event()  # set after the first full pipeline install
+        self.cluster = None
+        self.ovsdb: OvsdbClient | None = None
+        self.reconciler: Reconciler | None = None
+        self.api: ApiServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._solicited: set[str] = set()
 
+    # -- lifecycle ------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    LOG.info(
-        "started (OpenFlow listener %s:%d arrives with the pipeline)",
-        args.ofp_listen_host,
-        args.ofp_tcp_listen_port,
-    )
-    stop.wait()
-    LOG.info("stopping")
-    return 0
+    def start(self) -> None:
+        cfg = self.config
+        self.cluster = open_cluster(cfg.store)
+        self.ovsdb = OvsdbClient(cfg.ovsdb_sock)
+        choice = choose_datapath_type(cfg.datapath_type)
+        LOG.info("datapath_type %s: %s", choice.datapath_type, choice.reason)
+        self.ovsdb.ensure_integration_bridge(
+            IntegrationBridge(cfg.bridge, choice, cfg.controller_port, table_names())
+        )
+        self.ovsdb.ensure_tunnel_port(cfg.bridge, self.tunnel)
+        self.reconciler = Reconciler(
+            load_generation=self._load_generation,
+            save_generation=self._save_generation,
+            after_full_sync=self._after_full_sync,
+            canary_interval=cfg.canary_interval,
+        )
+        self.reconciler.start()
+        self.endpoints = EndpointManager(
+            cfg.host,
+            cfg.bridge,
+            self.ovsdb,
+            self.cluster,
+            self._mtu_for,
+            self._gateway_for,
+            self.publish,
+        )
+        self.lease = self.cluster.register_host(cfg.host, cfg.tunnel_ip, cfg.host_ttl)
+        self._spawn(self._keepalive, "keepalive")
+        self._ensure_gateway()
+        self.refresh()
+        self._spawn(self._watch, "store-watch")
+        if self._connect_unix is not None:
+            self._spawn(self._restore_watch, "restore-watch")
+        self.api = ApiServer(
+            cfg.socket,
+            {"status": self._api_status, "attach": self._api_attach, "detach": self._api_detach},
+        )
+        self.api.start()
+        LOG.info(
+            "agent for host %s started (tunnel %s from %s)",
+            cfg.host,
+            self.tunnel.name,
+            cfg.tunnel_ip,
+        )
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self.api is not None:
+            self.api.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if self.ovsdb is not None:
+            self.ovsdb.close()
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=self._loud(target, name), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    @staticmethod
+    def _loud(target, name):
+        def run():
+            try:
+                target()
+            except Exception:
+                LOG.exception("agent thread %s died", name)
+                raise
+
+        return run
+
+    # -- the state the pipeline is computed from ---------------------------------
+
+    def refresh(self) -> int:
+        """Rebuild the host state from OVSDB and the store; returns the version to wait for."""
+        with self._refresh_lock:
+            cfg = self.config
+            tunnel = self.ovsdb.interface(cfg.bridge, self.tunnel.name)
+            state = hoststate.build_host_state(
+                me=cfg.host,
+                tunnel_ofport=tunnel["ofport"],
+                networks=self.cluster.list_networks(),
+                hosts=self.cluster.list_hosts(),
+                endpoints=self.cluster.list_endpoints(),
+                local_ports=self.ovsdb.list_endpoint_ports(cfg.bridge),
+                gateways=self._gateway_ports(),
+            )
+            self._warm_neighbours(state.peers)
+            return self.reconciler.update(state)
+
+    def _warm_neighbours(self, peers) -> None:
+        new = set(peers) - self._solicited
+        if new:
+            try:
+                if underlay.solicit(self.config.tunnel_ip, sorted(new)):
+                    self._solicited |= new
+            except OSError as exc:
+                LOG.warning("could not solicit underlay neighbours %s: %s", sorted(new), exc)
+
+    def publish(self) -> None:
+        """Refresh and wait until br-int has the result (an endpoint is reachable on return)."""
+        version = self.refresh()
+        if not self.reconciler.wait_applied(version, PUBLISH_TIMEOUT):
+            raise AttachError(
+                f"br-int did not take the new flows within {PUBLISH_TIMEOUT:.0f}s; "
+                "check that ovs-vswitchd is connected to the agent",
+                code=11,
+            )
+
+    def _watch(self) -> None:
+        for _events in self.cluster.watch_changes(self._stop):
+            self.refresh()
+
+    def _restore_watch(self) -> None:
+        """Put the pipeline back into a restarted ovs-vswitchd that waits for it.
+
+        A vswitchd started with flow-restore-wait=true connects to no controller
+        (OVS 3.1 keeps only the bridge's management socket open) and forwards
+        nothing until the flag is cleared.  So while no switch is connected and
+        the flag is set, the agent connects to br-int's management socket itself,
+        as Antrea's agent does; the replay runs over that connection, and clearing
+        the flag afterwards (``_after_full_sync``) lets vswitchd forward and dial
+        our listener again.
+        """
+        mgmt = os.path.join(os.path.dirname(self.config.ovsdb_sock), f"{self.config.bridge}.mgmt")
+        while not self._stop.wait(RESTORE_POLL):
+            if self.reconciler.is_connected() or not self.ovsdb.flow_restore_wait():
+                continue
+            LOG.info("ovs-vswitchd waits for its flows; connecting to %s to restore them", mgmt)
+            try:
+                self._connect_unix(mgmt)
+            except OSError as exc:
+                LOG.warning("cannot connect to %s yet: %s", mgmt, exc)
+                continue
+            self.reconciler.wait_connected(RESTORE_POLL * 20)
+
+    def _keepalive(self) -> None:
+        interval = max(1.0, self.config.host_ttl / 3)
+        while not self._stop.wait(interval):
+            if not self.cluster.keepalive(self.lease):
+                LOG.warning("host lease expired; registering %s again", self.config.host)
+                self.lease = self.cluster.register_host(
+                    self.config.host, self.config.tunnel_ip, self.config.host_ttl
+                )
+
+    # -- networks: MTU and the host gateway ----------------------------------------
+
+    def _mtu_for(self, network) -> int:
+        mtu = self.config.underlay_mtu - self.tunnel.overhead
+        return min(mtu, network.mtu) if getattr(network, "mtu", None) else mtu
+
+    def _gateway_for(self, network) -> str | None:
+        return hoststate.gateway_ip(network.cidr) if network.gateway else None
+
+    def _ensure_gateway(self) -> None:
+        """The host's port into the default network: an internal port with the network's
+        gateway address, so the host reaches its pods (and pods have a next hop)."""
+        net = self.cluster.get_network(DEFAULT_NETWORK)
+        if net is None or not net.gateway:
+            return
+        port = hoststate.GATEWAY_PORT
+        mac = hoststate.gateway_mac(net.vni)
+        self.ovsdb.ensure_port(
+            self.config.bridge,
+            port,
+            type="internal",
+            mac=mac,
+            external_ids={"ovs-overlay-gateway": DEFAULT_NETWORK},
+        )
+        ip = hoststate.gateway_ip(net.cidr)
+        prefix = ipaddress.ip_network(net.cidr).prefixlen
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, mtu=self._mtu_for(net), state="up")
+            try:
+                ipr.addr("add", index=idx, address=ip, prefixlen=prefix)
+            except Exception as exc:  # already there after an agent restart
+                if getattr(exc, "code", None) != errno.EEXIST:
+                    raise
+        self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, mac, ip)
+
+    def _gateway_ports(self) -> list[hoststate.GatewayPort]:
+        gw = getattr(self, "_gateway", None)
+        if gw is None:
+            return []
+        iface = self.ovsdb.interface(self.config.bridge, hoststate.GATEWAY_PORT)
+        if not iface or not iface["ofport"] or iface["ofport"] < 0:
+            return []
+        return [hoststate.GatewayPort(gw.network, iface["ofport"], gw.mac, gw.ip)]
+
+    # -- generation and restarts ------------------------------------------------------
+
+    def _load_generation(self) -> int:
+        info = self.ovsdb.bridge_info(self.config.bridge)
+        return int(info.external_ids.get(GENERATION_KEY, "0"))
+
+    def _save_generation(self, generation: int) -> None:
+        self.ovsdb.set_bridge_external_ids(self.config.bridge, {GENERATION_KEY: str(generation)})
+
+    def _after_full_sync(self) -> None:
+        """After a (re)connect: a restarted ovs-vswitchd recreated its internal ports (the
+        gateway lost its address) and forgot its tunnel neighbours; restore both."""
+        self._ensure_gateway()
+        self._solicited = set()
+        self._warm_neighbours(
+            [h.tunnel_ip for h in self.cluster.list_hosts() if h.name != self.config.host]
+        )
+        if self.ovsdb.set_flow_restore_wait(False):
+            LOG.info("flows restored: cleared flow-restore-wait, ovs-vswitchd forwards again")
+        self.ready.set()
+
+    # -- API ----------------------------------------------------------------------------
+
+    def _api_status(self) -> dict:
+        return {
+            "host": self.config.host,
+            "ready": self.ready.is_set(),
+            "generation": self.reconciler.generation,
+            "full_syncs": self.reconciler.full_syncs,
+        }
+
+    def _api_attach(self, network: str, container_id: str, ifname: str, netns: str) -> dict:
+        try:
+            return self.endpoints.attach(
+                AttachRequest(network, container_id, ifname, netns)
+            ).to_json()
+        except AttachError as exc:
+            raise ApiError(str(exc), exc.code) from None
+
+    def _api_detach(self, network: str, container_id: str, ifname: str) -> dict:
+        self.endpoints.detach(network, container_id, ifname)
+        return {}

@@ -14,6 +14,7 @@ if "ryu" in sys.modules:  # loaded by ryu-manager
     from ryu import cfg
     from ryu.base import app_manager
     from ryu.controller import ofp_event
+    from ryu.controller.controller import datapath_connection_factory
     from ryu.controller.handler import (
         CONFIG_DISPATCHER,
         DEAD_DISPATCHER,
@@ -29,6 +30,7 @@ else:
     from os_ken import cfg
     from os_ken.base import app_manager
     from os_ken.controller import ofp_event
+    from os_ken.controller.controller import datapath_connection_factory
     from os_ken.controller.handler import (
         CONFIG_DISPATCHER,
         DEAD_DISPATCHER,
@@ -48,6 +50,7 @@ __all__ = [
     "FRAMEWORK",
     "MAIN_DISPATCHER",
     "app_manager",
+    "datapath_connection_factory",
     "cfg",
     "hub",
     "ofp_event",

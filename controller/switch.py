@@ -31,6 +31,7 @@ class SwitchLink:
         self._errors: dict[int, str] = {}
         self._waiting: dict[int, threading.Event] = {}
         self._replies: dict[int, list] = {}
+        self._closed = False
 
     @property
     def datapath_id(self) -> int:
@@ -52,6 +53,7 @@ class SwitchLink:
             done = self._waiting[last_xid] = threading.Event()
         if not done.wait(timeout):
             raise SwitchError(f"switch {self.dp.id:#x} did not answer a barrier in {timeout}s")
+        self._check_open()
         with self._lock:
             self._waiting.pop(last_xid, None)
             failed = [self._errors.pop(xid) for xid, _ in sent if xid in self._errors]
@@ -67,11 +69,25 @@ class SwitchLink:
             self.dp.send_msg(msg)
         if not done.wait(timeout):
             raise SwitchError(f"switch {self.dp.id:#x} did not answer {type(msg).__name__}")
+        self._check_open()
         with self._lock:
             self._waiting.pop(msg.xid, None)
             return self._replies.pop(msg.xid)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SwitchError(f"switch {self.dp.id:#x} disconnected before it answered")
+
     # -- called from the os-ken event thread --------------------------------
+
+    def close(self) -> None:
+        """The connection is gone: wake everyone waiting for a reply that will never come
+        (a reconciler blocked on a dead switch would miss the new connection)."""
+        with self._lock:
+            self._closed = True
+            waiting = list(self._waiting.values())
+        for event in waiting:
+            event.set()
 
     def on_barrier_reply(self, xid: int) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ import argparse
 import itertools
 import sys
 
-from lab import lab, naming
+from lab import lab, naming, pods
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +40,27 @@ def add_parser(subparsers) -> None:
     ex.add_argument("host")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     ex.set_defaults(func=cmd_exec)
+
+    agent = sub.add_parser("agent", help="stop, start or restart a host's agent")
+    agent.add_argument("action", choices=["stop", "start", "restart"])
+    agent.add_argument("--lab", required=True)
+    agent.add_argument("host")
+    agent.set_defaults(func=cmd_agent)
+
+    pod = sub.add_parser("pod", help="lab pods: a namespace attached through the host's agent")
+    pod_sub = pod.add_subparsers(dest="pod_command", required=True)
+    pod_add = pod_sub.add_parser("add", help="create a pod and attach it; prints its IP")
+    pod_del = pod_sub.add_parser("del", help="detach and remove a pod")
+    for p_ in (pod_add, pod_del):
+        p_.add_argument("--lab", required=True)
+        p_.add_argument("--host", required=True)
+        p_.add_argument("--name", required=True)
+    pod_add.add_argument("--network", default=naming.DEFAULT_NETWORK)
+    pod_add.set_defaults(func=cmd_pod_add)
+    pod_del.set_defaults(func=cmd_pod_del)
+    pod_ls = pod_sub.add_parser("list", help="the lab's pods")
+    pod_ls.add_argument("--lab", required=True)
+    pod_ls.set_defaults(func=cmd_pod_list)
 
     demo = sub.add_parser("demo", help="lab up, show it, prove underlay reachability, lab down")
     demo.add_argument("--name", default="demo")
@@ -81,17 +102,54 @@ def cmd_exec(args) -> int:
     return 0  # not reached: exec replaced this process
 
 
+def cmd_agent(args) -> int:
+    lab.agent_control(args.lab, args.host, args.action, args.state_dir)
+    return 0
+
+
+def cmd_pod_add(args) -> int:
+    att = pods.pod_add(args.lab, args.host, args.name, args.network, args.state_dir)
+    print(att["ip"])
+    return 0
+
+
+def cmd_pod_del(args) -> int:
+    pods.pod_del(args.lab, args.host, args.name, args.state_dir)
+    return 0
+
+
+def cmd_pod_list(args) -> int:
+    for p in pods.pods(args.lab, args.state_dir):
+        print(f"{p['namespace']}  {p['network']}  {p['ip']}/{p['prefixlen']}  {p['mac']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     print(f"== lab up --name {args.name} --hosts {args.hosts}")
+    failures = 0
     try:
         status = lab.up(args.name, args.hosts, args.state_dir)
         print_status(status)
-        print("== underlay reachability (ping from every host to every other host's br-phy IP)")
-        failures = 0
+        print("== underlay reachability (every host pings every other host's br-phy IP)")
         for src, dst in itertools.permutations(status.hosts, 2):
             ok = lab.ping(args.name, src.name, dst.underlay_ip)
             failures += not ok
             print(f"  {src.name} -> {dst.name} {dst.underlay_ip}: {'ok' if ok else 'FAILED'}")
+        print("== 2 pods per host, attached through each host's agent")
+        made = []
+        for h in status.hosts:
+            for i in (1, 2):
+                att = pods.pod_add(args.name, h.name, f"p{i}", state_dir=args.state_dir)
+                made.append((h.name, f"p{i}", att["ip"]))
+                print(f"  {h.name}/p{i}: {att['ip']}/{att['prefixlen']} mac {att['mac']}")
+        print("== every pod pings every other pod (across hosts over VXLAN)")
+        for (sh, sp, _), (dh, dp, dip) in itertools.permutations(made, 2):
+            ok = lab.ping_from(pods.pod_namespace(args.name, sh, sp), dip)
+            failures += not ok
+            print(f"  {sh}/{sp} -> {dh}/{dp} {dip}: {'ok' if ok else 'FAILED'}")
+        print("== named flows on h1's br-int (excerpt)")
+        for line in lab.dump_flows(args.name, "h1", args.state_dir)[:14]:
+            print("  " + line)
     finally:
         print(f"== lab down --name {args.name}")
         removed = lab.down(args.name, args.state_dir)
@@ -108,9 +166,8 @@ def print_status(status: lab.LabStatus) -> None:
         f"lab {status.name}: {len(status.hosts)} hosts, tunnel {status.tunnel_type}, "
         f"state {status.state_dir}"
     )
-    rows = [
-        ("host", "namespace", "underlay ip", "bridges (datapath)", "ovsdb-server", "ovs-vswitchd")
-    ]
+    daemons = sorted({d for h in status.hosts for d in h.daemons}, key=_daemon_order)
+    rows = [("host", "namespace", "underlay ip", "bridges (datapath)", *daemons)]
     for h in status.hosts:
         rows.append(
             (
@@ -118,9 +175,13 @@ def print_status(status: lab.LabStatus) -> None:
                 h.namespace if h.namespace_present else f"{h.namespace} (MISSING)",
                 f"{h.underlay_ip}/{naming.underlay_prefixlen()}",
                 ", ".join(f"{b} ({dp})" for b, dp in h.bridges.items()) or "-",
-                *(f"pid {pid}" if pid else "DOWN" for pid in h.daemons.values()),
+                *(f"pid {h.daemons[d]}" if h.daemons.get(d) else "DOWN" for d in daemons),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _daemon_order(daemon: str) -> int:
+    return ["ovsdb-server", "ovs-vswitchd", "ovs-overlay-agent"].index(daemon)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ctl import lab_commands
+from ctl import lab_commands, network_commands
 from lab.lab import LabError
 from ovsdb.client import OvsdbUnavailable
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True)
     lab_commands.add_parser(sub)
+    network_commands.add_parser(sub)
     return parser
 
 

@@ -24,15 +24,15 @@ import json
 import logging
 import os
 import shutil
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lab import naming, netns, ovs_host
+from lab import agent_proc, naming, netns, ovs_host
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import NETDEV, DatapathChoice
 from ovsdb.tunnel import TunnelPort
+from store import open_cluster
 
 LOG = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class LabPaths:
     @property
     def manifest(self) -> str:
         return os.path.join(self.root, MANIFEST)
+
+    @property
+    def store_url(self) -> str:
+        return "sqlite:///" + os.path.join(self.root, "cluster.db")
 
     def host(self, host: str) -> ovs_host.OvsHostPaths:
         return ovs_host.OvsHostPaths(os.path.join(self.root, "hosts", host))
@@ -87,8 +91,13 @@ def up(
     hosts: int,
     state_root: str = naming.DEFAULT_STATE_ROOT,
     tunnel_type: str = "vxlan",
+    agents: bool = True,
 ) -> LabStatus:
-    """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made."""
+    """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made.
+
+    ``agents=False`` leaves out the agents (and the cluster state): hosts with
+    bare OVS, for testing the OVSDB layer on its own.
+    """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
     TunnelPort(local_ip=naming.underlay_ip(1), tunnel_type=tunnel_type)  # validates the type
@@ -114,6 +123,11 @@ def up(
         netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
         for index in range(1, hosts + 1):
             _build_host(paths, index, tunnel_type)
+        if agents:
+            _seed_cluster(paths)
+            procs = [_start_agent(paths, index, tunnel_type) for index in range(1, hosts + 1)]
+            for index, proc in enumerate(procs, start=1):
+                agent_proc.wait_ready(paths.host(naming.host_name(index)), proc)
     except BaseException:
         LOG.error("lab %s: build failed, tearing down what was made", name)
         down(name, state_root)
@@ -146,6 +160,12 @@ def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
     netns.attach_to_bridge(underlay, port, naming.UNDERLAY_BRIDGE)
     netns.disable_tx_checksum(underlay, port)
     netns.disable_tx_checksum(ns, naming.HOST_UPLINK)
+    # eth0 belongs to br-phy, but the host kernel still sees its frames: without this it
+    # answers ARP for br-phy's address with eth0's MAC, and a sender that believes it
+    # reaches eth0, where tunnel termination never sees the packet (found with a VXLAN
+    # packet crafted from a peer).  eth0 also stays silent on IPv6.
+    netns.set_sysctl(ns, f"net.ipv4.conf.{naming.HOST_UPLINK}.arp_ignore", "1")
+    netns.set_sysctl(ns, f"net.ipv6.conf.{naming.HOST_UPLINK}.disable_ipv6", "1")
 
     host_paths = paths.host(host)
     ovs_host.start(host_paths, ns)
@@ -164,8 +184,67 @@ def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
         client.ensure_tunnel_port(
             naming.INTEGRATION_BRIDGE, TunnelPort(local_ip=ip, tunnel_type=tunnel_type)
         )
+    _configure_underlay_ip(ns, index)
+
+
+def _configure_underlay_ip(ns: str, index: int) -> None:
     netns.set_up(ns, naming.PHYS_BRIDGE, mtu=naming.UNDERLAY_MTU)
-    netns.add_address(ns, naming.PHYS_BRIDGE, ip, naming.underlay_prefixlen())
+    netns.add_address(
+        ns, naming.PHYS_BRIDGE, naming.underlay_ip(index), naming.underlay_prefixlen()
+    )
+
+
+def _seed_cluster(paths: LabPaths) -> None:
+    """The lab's shared cluster state, with the ``default`` network every lab starts with."""
+    cluster = open_cluster(paths.store_url)
+    try:
+        cluster.create_network(
+            naming.DEFAULT_NETWORK, vni=naming.DEFAULT_VNI, cidr=naming.DEFAULT_CIDR, gateway=True
+        )
+    finally:
+        cluster.close()
+
+
+def _start_agent(paths: LabPaths, index: int, tunnel_type: str):
+    host = naming.host_name(index)
+    host_paths = paths.host(host)
+    agent_proc.write_config(
+        host_paths, host, naming.underlay_ip(index), paths.store_url, tunnel_type, CONTROLLER_PORT
+    )
+    return agent_proc.start(host_paths, naming.host_namespace(paths.name, host))
+
+
+def agent_control(name: str, host: str, action: str, state_root: str = naming.DEFAULT_STATE_ROOT):
+    """Stop, start or restart one host's agent (``lab agent ...``)."""
+    naming.host_index(host)
+    paths = LabPaths(state_root, name)
+    host_paths = paths.host(host)
+    if not os.path.exists(agent_proc.config_path(host_paths)):
+        raise LabError(f"lab {name} has no agent on host {host}; see 'ovs-overlayctl lab status'")
+    if action in ("stop", "restart"):
+        agent_proc.stop(host_paths)
+    if action in ("start", "restart"):
+        if agent_proc.agent_pid(host_paths) is not None:
+            raise LabError(f"the agent of {host} is already running; use 'restart'")
+        proc = agent_proc.start(host_paths, naming.host_namespace(name, host))
+        agent_proc.wait_ready(host_paths, proc)
+
+
+def restart_vswitchd(name: str, host: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> None:
+    """Restart a host's ovs-vswitchd the way ovs-ctl does: with flow-restore-wait set, so
+    it forwards nothing until the agent has put the pipeline back and cleared it."""
+    naming.host_index(host)
+    host_paths = LabPaths(state_root, name).host(host)
+    with OvsdbClient(host_paths.db_sock) as client:
+        client.set_flow_restore_wait(True)
+    ovs_host.kill_daemon(host_paths, "ovs-vswitchd")
+    ns = naming.host_namespace(name, host)
+    ovs_host.start_vswitchd(host_paths, ns)
+    # vswitchd recreates br-phy's tap device, without the host's address: put it back, as
+    # the host's network configuration would.
+    with OvsdbClient(host_paths.db_sock) as client:
+        client.ensure_bridge(naming.PHYS_BRIDGE, NETDEV)
+    _configure_underlay_ip(ns, naming.host_index(host))
 
 
 def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
@@ -177,6 +256,9 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     if os.path.isdir(hosts_dir):
         for host in sorted(os.listdir(hosts_dir)):
             host_paths = paths.host(host)
+            pid = agent_proc.stop(host_paths)
+            if pid is not None:
+                removed.append(f"process ovs-overlay-agent pid {pid} ({host})")
             for daemon in reversed(ovs_host.DAEMONS):
                 pid = ovs_host.kill_daemon(host_paths, daemon)
                 if pid is not None:
@@ -186,7 +268,7 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
         # Anything still running in a namespace this lab made was started in it by the
         # lab (or by 'lab exec'); the namespace is about to go, so those go too.
         for pid in netns.namespace_pids(ns):
-            _terminate(pid)
+            ovs_host.terminate(pid)
             removed.append(f"process pid {pid} (in {ns})")
     for ns in namespaces:
         netns.delete_namespace(ns)
@@ -195,16 +277,6 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
         shutil.rmtree(paths.root)
         removed.append(f"state {paths.root}")
     return removed
-
-
-def _terminate(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    if not ovs_host.wait_gone(pid, ovs_host.STOP_TIMEOUT):
-        os.kill(pid, signal.SIGKILL)
-        ovs_host.wait_gone(pid, ovs_host.STOP_TIMEOUT)
 
 
 def exists(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> bool:
@@ -241,6 +313,8 @@ def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
         host = naming.host_name(index)
         host_paths = paths.host(host)
         daemons = {d: ovs_host.daemon_pid(host_paths, d) for d in ovs_host.DAEMONS}
+        if os.path.exists(agent_proc.config_path(host_paths)):
+            daemons["ovs-overlay-agent"] = agent_proc.agent_pid(host_paths)
         bridges: dict[str, str] = {}
         if daemons["ovsdb-server"] is not None:
             with OvsdbClient(host_paths.db_sock, timeout=5) as client:
@@ -288,8 +362,30 @@ def exec_in_host(
 
 def ping(name: str, src_host: str, dst_ip: str, count: int = 1) -> bool:
     """One ICMP echo from a host's namespace; True if answered."""
-    ns = naming.host_namespace(name, src_host)
+    return ping_from(naming.host_namespace(name, src_host), dst_ip, count)
+
+
+def ping_from(namespace: str, dst_ip: str, count: int = 1) -> bool:
+    """ICMP echo from any lab namespace (a host or a pod); True if all were answered."""
     result = netns.run_in_namespace(
-        ns, ["ping", "-c", str(count), "-W", "2", "-q", dst_ip], check=False
+        namespace, ["ping", "-c", str(count), "-W", "2", "-q", dst_ip], check=False
     )
     return result.returncode == 0
+
+
+def dump_flows(name: str, host: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
+    """br-int's flows with table names, as ``ovs-ofctl --names dump-flows`` shows them."""
+    result = netns.run_in_namespace(
+        naming.host_namespace(name, host),
+        [
+            "ovs-ofctl",
+            "-O",
+            "OpenFlow13",
+            "--names",
+            "--no-stats",
+            "dump-flows",
+            naming.INTEGRATION_BRIDGE,
+        ],
+        env=host_env(name, host, state_root),
+    )
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]

@@ -19,6 +19,9 @@ HOST_UPLINK = "eth0"
 PHYS_BRIDGE = "br-phy"
 INTEGRATION_BRIDGE = "br-int"
 DEFAULT_STATE_ROOT = "/run/ovs-overlay/lab"
+DEFAULT_NETWORK = "default"
+DEFAULT_VNI = 5001
+DEFAULT_CIDR = "100.64.0.0/16"
 
 
 def validate_lab_name(name: str) -> str:

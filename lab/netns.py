@@ -7,11 +7,13 @@ namespace, so nothing ever appears in the root namespace, not even briefly.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
 
 from pyroute2 import NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from controller import netns as ns_helpers
 
@@ -95,8 +97,13 @@ def set_up(namespace: str, ifname: str, mtu: int | None = None) -> None:
 
 
 def add_address(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
+    """Add an address; one already there is fine."""
     with open_namespace(namespace) as ns:
-        ns.addr("add", index=link_index(ns, ifname), address=address, prefixlen=prefixlen)
+        try:
+            ns.addr("add", index=link_index(ns, ifname), address=address, prefixlen=prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
 
 
 def disable_tx_checksum(namespace: str, ifname: str) -> None:
@@ -126,3 +133,11 @@ def run_in_namespace(
         timeout=timeout,
         check=check,
     )
+
+
+def set_sysctl(namespace: str, key: str, value: str) -> None:
+    """Write a per-namespace sysctl (``net.ipv4.conf.eth0.arp_ignore``) inside ``namespace``;
+    /proc/sys/net shows the namespace of the thread that opens it."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    with ns_helpers.in_namespace(namespace), open(path, "w") as f:
+        f.write(value)

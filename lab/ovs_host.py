@@ -73,14 +73,14 @@ def start(paths: OvsHostPaths, namespace: str) -> None:
     os.makedirs(paths.logdir, exist_ok=True)
     subprocess.run(["ovsdb-tool", "create", paths.db, OVS_SCHEMA], check=True, capture_output=True)
     start_ovsdb_server(paths, namespace)
+    start_vswitchd(paths, namespace)
+
+
+def start_vswitchd(paths: OvsHostPaths, namespace: str) -> None:
     _run_detached(
         namespace,
         paths,
-        [
-            "ovs-vswitchd",
-            f"unix:{paths.db_sock}",
-            *_daemon_args(paths, "ovs-vswitchd"),
-        ],
+        ["ovs-vswitchd", f"unix:{paths.db_sock}", *_daemon_args(paths, "ovs-vswitchd")],
     )
 
 
@@ -100,7 +100,6 @@ def start_ovsdb_server(paths: OvsHostPaths, namespace: str) -> None:
 def _daemon_args(paths: OvsHostPaths, daemon: str) -> list[str]:
     return [
         f"--pidfile={paths.pidfile(daemon)}",
-        f"--unixctl={os.path.join(paths.rundir, daemon + '.ctl')}",
         f"--log-file={os.path.join(paths.logdir, daemon + '.log')}",
         "--detach",
         "--no-chdir",
@@ -118,21 +117,33 @@ def _run_detached(namespace: str, paths: OvsHostPaths, argv: list[str]) -> None:
 
 def daemon_pid(paths: OvsHostPaths, daemon: str) -> int | None:
     """The PID of ``daemon`` if it is running and is the one this host started."""
-    try:
-        with open(paths.pidfile(daemon)) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().split(b"\0")
-    except OSError:
-        return None
-    if not cmdline or os.path.basename(cmdline[0].decode()) != daemon:
-        return None
-    if not any(paths.rundir.encode() in arg for arg in cmdline):
+    pid = pid_from_pidfile(paths.pidfile(daemon), paths.rundir)
+    if pid is None or _program(pid) != daemon:
         return None
     return pid
+
+
+def pid_from_pidfile(path: str, marker: str) -> int | None:
+    """The PID in ``path`` if that process still runs with ``marker`` in its command line
+    (so a PID recycled by an unrelated process is never taken for ours)."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if not any(marker.encode() in arg for arg in cmdline):
+        return None
+    return pid
+
+
+def _program(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0].decode())
+    except OSError:
+        return None
 
 
 def kill_daemon(paths: OvsHostPaths, daemon: str, sig: int = signal.SIGTERM) -> int | None:
@@ -140,11 +151,19 @@ def kill_daemon(paths: OvsHostPaths, daemon: str, sig: int = signal.SIGTERM) -> 
     pid = daemon_pid(paths, daemon)
     if pid is None:
         return None
-    os.kill(pid, sig)
+    terminate(pid, sig)
+    return pid
+
+
+def terminate(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Signal ``pid`` and wait for it to exit; SIGKILL if it does not in time."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
     if not wait_gone(pid, STOP_TIMEOUT):
         os.kill(pid, signal.SIGKILL)
         wait_gone(pid, STOP_TIMEOUT)
-    return pid
 
 
 def stop(paths: OvsHostPaths) -> None:

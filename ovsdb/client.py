@@ -65,6 +65,7 @@ class BridgeInfo:
     controllers: tuple[str, ...]
     ports: tuple[str, ...]
     table_names: Mapping[int, str]
+    external_ids: Mapping[str, str]
 
 
 class _InstanceApi(impl_idl.OvsdbIdl):
@@ -216,7 +217,27 @@ class OvsdbClient:
             controllers=data["controllers"],
             ports=tuple(sorted(data["interfaces"])),
             table_names=data["table_names"],
+            external_ids=data["external_ids"],
         )
+
+    def set_bridge_external_ids(self, name: str, values: Mapping[str, str]) -> None:
+        self._commit_plain([commands.SetBridgeExternalIds(self.api, name, values)])
+
+    def set_flow_restore_wait(self, enabled: bool) -> bool:
+        """Set or clear ``other_config:flow-restore-wait``; returns whether it was set.
+
+        While it is true, a starting ovs-vswitchd keeps its datapath flows and
+        forwards nothing new until the controller has restored the OpenFlow
+        tables and clears it (what ovs-ctl's restart and Antrea do).
+        """
+        cmd = commands.SetFlowRestoreWait(self.api, enabled)
+        self._commit_plain([cmd])
+        return cmd.result
+
+    def flow_restore_wait(self) -> bool:
+        cmd = commands.ReadFlowRestoreWait(self.api)
+        self._commit_plain([cmd])
+        return cmd.result
 
     def _read_bridge(self, name: str) -> dict | None:
         cmd = commands.ReadBridge(self.api, name)

@@ -190,6 +190,7 @@ class ReadBridge(command.ReadOnlyCommand):
             return
         self.result = {
             "name": br.name,
+            "external_ids": dict(br.external_ids),
             "datapath_type": br.datapath_type,
             "fail_mode": br.fail_mode[0] if br.fail_mode else None,
             "protocols": tuple(sorted(br.protocols)),
@@ -206,3 +207,36 @@ class ReadBridge(command.ReadOnlyCommand):
                 for iface in port.interfaces
             },
         }
+
+
+class SetBridgeExternalIds(command.BaseCommand):
+    def __init__(self, api, bridge: str, values: Mapping[str, str]):
+        super().__init__(api)
+        self.bridge = bridge
+        self.values = values
+
+    def run_idl(self, txn):
+        br = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge)
+        _merge_map(br, "external_ids", self.values)
+
+
+class SetFlowRestoreWait(command.BaseCommand):
+    """Set or clear Open_vSwitch other_config:flow-restore-wait; the result is the old value."""
+
+    def __init__(self, api, enabled: bool):
+        super().__init__(api)
+        self.enabled = enabled
+
+    def run_idl(self, txn):
+        root = self.api._ovs
+        self.result = root.other_config.get("flow-restore-wait") == "true"
+        if self.enabled and not self.result:
+            root.setkey("other_config", "flow-restore-wait", "true")
+        elif not self.enabled and "flow-restore-wait" in root.other_config:
+            root.delkey("other_config", "flow-restore-wait")
+
+
+class ReadFlowRestoreWait(command.ReadOnlyCommand):
+    def run_idl(self, txn):
+        rows = list(self.api.tables["Open_vSwitch"].rows.values())
+        self.result = bool(rows) and rows[0].other_config.get("flow-restore-wait") == "true"

@@ -31,10 +31,10 @@ def lab_name():
 
 @pytest.fixture(scope="module")
 def one_host_lab():
-    """A one-host lab (its own ovsdb-server and ovs-vswitchd) shared by a module's tests."""
+    """A one-host lab with bare OVS (no agent) shared by a module's tests."""
     _require_root()
     name = "t" + secrets.token_hex(3)
     try:
-        yield lab.up(name, 1)
+        yield lab.up(name, 1, agents=False)
     finally:
         lab.down(name)

@@ -1,0 +1,93 @@
+"""The agent's local API: one JSON request and one JSON answer per connection, over a unix
+socket only root can open (mode 0600).  The CNI plugin and ``ovs-overlayctl lab pod`` use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+
+LOG = logging.getLogger(__name__)
+
+MAX_REQUEST = 1 << 20
+
+
+class ApiError(Exception):
+    """A request the agent refuses, with the CNI error code that fits."""
+
+    def __init__(self, msg: str, code: int = 7):
+        super().__init__(msg)
+        self.code = code
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        raw = self.rfile.read(MAX_REQUEST)
+        try:
+            request = json.loads(raw)
+            op = request.pop("op")
+            handler = self.server.handlers[op]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            answer = {
+                "ok": False,
+                "code": 6,
+                "error": "request is not a JSON object with a known 'op'",
+            }
+        else:
+            try:
+                answer = {"ok": True, "result": handler(**request)}
+            except ApiError as exc:
+                answer = {"ok": False, "code": exc.code, "error": str(exc)}
+            except TypeError as exc:
+                answer = {"ok": False, "code": 7, "error": f"bad arguments for {op}: {exc}"}
+            except Exception as exc:
+                LOG.exception("api %s failed", op)
+                answer = {"ok": False, "code": 11, "error": f"{op} failed in the agent: {exc}"}
+        self.wfile.write(json.dumps(answer).encode())
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    handlers: dict[str, Callable[..., object]]
+
+
+class ApiServer:
+    def __init__(self, path: str, handlers: dict[str, Callable[..., object]]):
+        self.path = path
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a previous agent on this host
+        old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            self._server = _Server(path, _Handler)
+        finally:
+            os.umask(old)
+        self._server.handlers = handlers
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def call(path: str, op: str, timeout: float = 30.0, **args) -> dict:
+    """Send one request to an agent and return its answer (``ok``, ``result`` or ``error``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"op": op, **args}).encode())
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))

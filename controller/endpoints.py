@@ -1,0 +1,190 @@
+"""Attaching an endpoint (a pod's interface) to the overlay, and detaching it.
+
+This is the agent's half of CNI ADD/DEL, and what ``lab pod add`` calls today.
+ADD validates first, then does its steps, recording an undo for each; a
+failing step undoes the earlier ones in reverse, so a failed ADD leaves
+nothing behind.  DEL succeeds when any part is already gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, NetNS
+
+from controller import netns
+from ovsdb.client import OvsdbClient
+from ovsdb.endpoint import EndpointPort
+
+LOG = logging.getLogger(__name__)
+
+
+class AttachError(RuntimeError):
+    """An attachment request that cannot be served; ``code`` is the CNI error code."""
+
+    def __init__(self, msg: str, code: int = 7):
+        super().__init__(msg)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    network: str
+    container_id: str
+    ifname: str
+    host_port: str
+    mac: str
+    ip: str
+    prefixlen: int
+    gateway: str | None
+    mtu: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def host_port_name(container_id: str, ifname: str) -> str:
+    """The host end's name: stable per attachment, 15 characters, recognisably ours."""
+    return "ovo" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
+
+
+def mac_for(ip: str) -> str:
+    """0a:58 + the IPv4 address: locally administered, unique wherever the IP is."""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+class EndpointManager:
+    def __init__(
+        self,
+        host: str,
+        bridge: str,
+        ovsdb: OvsdbClient,
+        cluster,
+        mtu_for: Callable[[object], int],
+        gateway_for: Callable[[object], str | None],
+        publish: Callable[[], None],
+    ):
+        self.host = host
+        self.bridge = bridge
+        self.ovsdb = ovsdb
+        self.cluster = cluster
+        self.mtu_for = mtu_for
+        self.gateway_for = gateway_for
+        self.publish = publish  # rebuilds the pipeline and waits until br-int has it
+
+    def attach(self, req: AttachRequest) -> Attachment:
+        network = self.cluster.get_network(req.network)
+        if network is None:
+            raise AttachError(
+                f"network {req.network!r} does not exist; create it with "
+                f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'"
+            )
+        try:
+            open(netns.namespace_path(req.netns)).close()
+        except OSError:
+            raise AttachError(f"network namespace {req.netns} does not exist", code=3) from None
+        attachment_id = f"{req.container_id}/{req.ifname}"
+        undo: list[tuple[str, Callable[[], None]]] = []
+        try:
+            ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
+            undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
+            att = Attachment(
+                network=req.network,
+                container_id=req.container_id,
+                ifname=req.ifname,
+                host_port=host_port_name(req.container_id, req.ifname),
+                mac=mac_for(ip),
+                ip=ip,
+                prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
+                gateway=self.gateway_for(network),
+                mtu=self.mtu_for(network),
+            )
+            self._create_veth(att, req.netns)
+            undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
+            self.ovsdb.add_endpoint_port(
+                self.bridge,
+                EndpointPort(
+                    att.host_port,
+                    req.network,
+                    network.vni,
+                    req.container_id,
+                    req.ifname,
+                    att.mac,
+                    att.ip,
+                ),
+            )
+            undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
+            self.cluster.put_endpoint(
+                req.network,
+                self.host,
+                attachment_id,
+                mac=att.mac,
+                ip=att.ip,
+                container_id=req.container_id,
+                ifname=req.ifname,
+            )
+            undo.append(
+                (
+                    "unpublish",
+                    lambda: self.cluster.delete_endpoint(req.network, self.host, attachment_id),
+                )
+            )
+            self.publish()
+            return att
+        except Exception:
+            for what, step in reversed(undo):
+                try:
+                    step()
+                except Exception:
+                    LOG.exception("rolling back %s for %s failed", what, attachment_id)
+            raise
+
+    def detach(self, network: str, container_id: str, ifname: str) -> None:
+        """Remove every trace of an attachment; parts already gone are fine."""
+        attachment_id = f"{container_id}/{ifname}"
+        port = host_port_name(container_id, ifname)
+        self.ovsdb.delete_port(port)
+        self._delete_veth(port)
+        self.cluster.delete_endpoint(network, self.host, attachment_id)
+        self.cluster.release_ip(network, attachment_id)
+        self.publish()
+
+    def _create_veth(self, att: Attachment, pod_netns: str) -> None:
+        with IPRoute() as ipr:
+            ipr.link(
+                "add",
+                ifname=att.host_port,
+                kind="veth",
+                peer={"ifname": att.ifname, "net_ns_fd": netns.namespace_path(pod_netns)},
+            )
+            idx = ipr.link_lookup(ifname=att.host_port)[0]
+            ipr.link("set", index=idx, mtu=att.mtu, state="up")
+        netns.disable_tx_checksum(None, att.host_port)
+        with NetNS(netns.namespace_path(pod_netns), flags=0) as pod:
+            lo = pod.link_lookup(ifname="lo")[0]
+            pod.link("set", index=lo, state="up")
+            idx = pod.link_lookup(ifname=att.ifname)[0]
+            pod.link("set", index=idx, address=att.mac, mtu=att.mtu, state="up")
+            pod.addr("add", index=idx, address=att.ip, prefixlen=att.prefixlen)
+            if att.gateway:
+                pod.route("add", dst="0.0.0.0/0", gateway=att.gateway, oif=idx)
+        netns.disable_tx_checksum(pod_netns, att.ifname)
+
+    @staticmethod
+    def _delete_veth(host_port: str) -> None:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_port)
+            if found:
+                ipr.link("del", index=found[0])

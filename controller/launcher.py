@@ -1,0 +1,59 @@
+"""``ovs-overlay-agent``: start the agent's os-ken app in-process.
+
+os-ken 4.x has no manager command, so this does what ryu-manager did, with its
+flags (``--config-file``, ``--ofp-listen-host``, ``--ofp-tcp-listen-port``,
+``--verbose``).  The OpenFlow listener defaults to 127.0.0.1: the controller is
+never reachable from the network.  ``AppManager.run_apps`` hangs on Ctrl-C
+with the native hub, so the apps are instantiated here and stopped from a
+signal-set event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+APP = "controller.app"
+
+
+def main(argv: list[str] | None = None) -> None:
+    # The order matters: app_manager before controller (a circular import otherwise), and
+    # controller before parsing, since importing it registers the --ofp-* options.
+    from os_ken import cfg
+    from os_ken import log as osken_log  # noqa: F401  (registers --verbose and friends)
+    from os_ken.base import app_manager
+    from os_ken.controller import controller  # noqa: F401
+
+    cfg.CONF.set_default("ofp_listen_host", "127.0.0.1")
+    cfg.CONF(
+        args=sys.argv[1:] if argv is None else argv, project="ovs-overlay", prog="ovs-overlay-agent"
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if cfg.CONF.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("os_ken.base.app_manager", "os_ken.controller.controller", "pyroute2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps([APP])
+    manager.instantiate_apps(**manager.create_contexts())
+    stop.wait()
+    logging.getLogger("ovs-overlay-agent").info("stopping")
+    manager.close()
+    # os-ken's hub threads (the OpenFlow listener, one per switch) are not daemons and
+    # have no stop; a normal return would wait for them forever.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

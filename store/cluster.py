@@ -1,0 +1,446 @@
+"""The cluster state, typed, on any KvStore: hosts, networks, address blocks, endpoints.
+
+Keys (ARCHITECTURE.md, "Cluster state")::
+
+    hosts/HOST                         {"tunnel_ip"}              on the host's lease
+    networks/NETWORK                   {"vni", "cidr", "mtu", "gateway"}
+    vnis/VNI                           NETWORK                    one network per VNI
+    blocks/NETWORK/CIDR                {"host"}                   e.g. blocks/default/100.64.0.64/26
+    ipam/NETWORK/IP                    ATTACHMENT                 an address in use
+    attachments/NETWORK/ATTACHMENT     IP                         the same, found by attachment
+    endpoints/NETWORK/HOST/ATTACHMENT  {"mac", "ip", "container_id", "ifname"}
+
+ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``.  Names never contain '/',
+so the last part of a key may.
+
+Every claim (a network name with its VNI, a block, an address) is a compare-and-create,
+so two hosts racing never get the same one and nothing is ever locked.  An address comes
+only from blocks its host owns: a pod start writes one transaction and reads the shared
+block list only when the host's blocks are full.  The address and its attachment index are
+written in one transaction, so a crash leaves either both or neither, and releasing by
+attachment (what CNI DEL knows) always finds the address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from store.kv import Compare, Delete, Event, KvStore, Put
+
+POD_SUPERNET = ipaddress.IPv4Network("100.64.0.0/10")
+MAX_VNI = 2**24 - 1
+DEFAULT_BLOCK_PREFIX = 26
+MAX_NETWORK_PREFIX = 30  # network, gateway, one pod, broadcast
+MIN_MTU, MAX_MTU = 576, 9000
+WATCHED_PREFIXES = ("hosts/", "networks/", "endpoints/")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RULE = "letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+class StoreError(ValueError):
+    """A request the cluster state refuses; the message says what to do instead."""
+
+
+class AddressExhaustedError(StoreError):
+    """A network has no address (or no block) left for a host."""
+
+
+def _check_name(kind: str, name: str, max_len: int = 63) -> None:
+    if not isinstance(name, str) or len(name) > max_len or not _NAME_RE.match(name):
+        raise StoreError(f"{kind} name {name!r} is invalid; use 1-{max_len} {_NAME_RULE}")
+
+
+def _check_attachment(attachment: str) -> None:
+    if not attachment or attachment != attachment.strip():
+        raise StoreError(
+            f"attachment id {attachment!r} is invalid; use CONTAINER_ID/IFNAME without "
+            "surrounding spaces"
+        )
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host whose agent is alive (its key lives on the agent's lease)."""
+
+    name: str
+    tunnel_ip: str
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    """An overlay network: one L2 segment, one VNI, one address range for its pods."""
+
+    name: str
+    vni: int
+    cidr: str
+    mtu: int | None = None
+    gateway: bool = True
+
+    def __post_init__(self) -> None:
+        _check_name("network", self.name)
+        if (
+            isinstance(self.vni, bool)
+            or not isinstance(self.vni, int)
+            or not 1 <= self.vni <= MAX_VNI
+        ):
+            raise StoreError(f"network {self.name}: VNI {self.vni!r} is outside 1..{MAX_VNI}")
+        try:
+            net = ipaddress.IPv4Network(self.cidr)
+        except ValueError as exc:
+            raise StoreError(
+                f"network {self.name}: CIDR {self.cidr!r} is not an IPv4 network like "
+                f"100.64.0.0/16 ({exc})"
+            ) from None
+        if not net.subnet_of(POD_SUPERNET) or net.prefixlen > MAX_NETWORK_PREFIX:
+            raise StoreError(
+                f"network {self.name}: CIDR {self.cidr} must be a /{MAX_NETWORK_PREFIX} or "
+                f"larger inside {POD_SUPERNET}, the pod address range"
+            )
+        if str(net) != self.cidr:
+            object.__setattr__(self, "cidr", str(net))  # normalise, e.g. "100.64.0.0/16"
+        if self.mtu is not None and (
+            isinstance(self.mtu, bool)
+            or not isinstance(self.mtu, int)
+            or not MIN_MTU <= self.mtu <= MAX_MTU
+        ):
+            raise StoreError(
+                f"network {self.name}: MTU {self.mtu!r} is outside {MIN_MTU}..{MAX_MTU}"
+            )
+        if not isinstance(self.gateway, bool):
+            raise StoreError(f"network {self.name}: gateway must be true or false")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A range of a network's addresses that one host allocates from, alone."""
+
+    network: str
+    cidr: str
+    host: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A pod's interface in a network, published by the agent of the host it runs on."""
+
+    network: str
+    host: str
+    attachment: str
+    mac: str
+    ip: str
+    container_id: str
+    ifname: str
+
+
+def reserved_addresses(cidr: str) -> frozenset[str]:
+    """The addresses of a network never given to a pod: the network and broadcast addresses,
+    and the first host address, which is the gateway's on every host (an anycast gateway;
+    reserved even when the gateway is off, so turning it on never collides with a pod)."""
+    net = ipaddress.IPv4Network(cidr)
+    return frozenset(
+        str(a) for a in (net.network_address, net.broadcast_address, net.network_address + 1)
+    )
+
+
+def _network_key(name: str) -> str:
+    return f"networks/{name}"
+
+
+def _vni_key(vni: int) -> str:
+    return f"vnis/{vni}"
+
+
+def _block_prefix(network: str) -> str:
+    return f"blocks/{network}/"
+
+
+def _ipam_prefix(network: str) -> str:
+    return f"ipam/{network}/"
+
+
+def _attachment_key(network: str, attachment: str) -> str:
+    return f"attachments/{network}/{attachment}"
+
+
+def _endpoint_key(network: str, host: str, attachment: str) -> str:
+    return f"endpoints/{network}/{host}/{attachment}"
+
+
+class ClusterState:
+    """The cluster state on ``kv``; hosts claim address blocks of ``block_prefix`` bits (a /26
+    is 64 addresses: few claims per host, little waste per network)."""
+
+    def __init__(self, kv: KvStore, block_prefix: int = DEFAULT_BLOCK_PREFIX):
+        if not 10 <= block_prefix <= MAX_NETWORK_PREFIX:
+            raise StoreError(
+                f"block prefix length {block_prefix} is outside 10..{MAX_NETWORK_PREFIX}"
+            )
+        self.kv = kv
+        self.block_prefix = block_prefix
+
+    def close(self) -> None:
+        self.kv.close()
+
+    def revision(self) -> int:
+        """The store revision: read it before a full read, then watch_changes from it."""
+        return self.kv.revision()
+
+    # -- hosts --------------------------------------------------------------------------
+
+    def register_host(self, name: str, tunnel_ip: str, ttl: float) -> int:
+        """Publish this host on a new lease and return it; the host disappears (a delete
+        event every peer sees) ``ttl`` seconds after the keepalives stop."""
+        _check_name("host", name, 253)
+        try:
+            ipaddress.ip_address(tunnel_ip)
+        except ValueError:
+            raise StoreError(f"host {name}: tunnel IP {tunnel_ip!r} is not an IP address") from None
+        lease = self.kv.grant_lease(ttl)
+        self.kv.put(f"hosts/{name}", json.dumps({"tunnel_ip": tunnel_ip}), lease=lease)
+        return lease
+
+    def keepalive(self, lease: int) -> bool:
+        """Renew a host's lease; False once it has expired: register the host again."""
+        return self.kv.keepalive(lease)
+
+    def unregister_host(self, lease: int) -> bool:
+        """Remove a host now (a clean agent shutdown) instead of when its lease runs out."""
+        return self.kv.revoke(lease)
+
+    def list_hosts(self) -> list[Host]:
+        kvs, _ = self.kv.range("hosts/")
+        return [
+            Host(kv.key[len("hosts/") :], json.loads(kv.value)["tunnel_ip"], kv.lease) for kv in kvs
+        ]
+
+    # -- networks -----------------------------------------------------------------------
+
+    def create_network(
+        self, name: str, vni: int, cidr: str, mtu: int | None = None, gateway: bool = True
+    ) -> Network:
+        """Create a network; its name and its VNI are claimed together, atomically."""
+        net = Network(name, vni, cidr, mtu, gateway)
+        record = json.dumps({"vni": net.vni, "cidr": net.cidr, "mtu": net.mtu, "gateway": gateway})
+        while True:
+            result = self.kv.txn(
+                (Compare(_network_key(name), 0), Compare(_vni_key(vni), 0)),
+                (Put(_network_key(name), record), Put(_vni_key(vni), name)),
+            )
+            if result.succeeded:
+                return net
+            existing = self.get_network(name)
+            if existing is not None:
+                raise StoreError(
+                    f"network {name} already exists (VNI {existing.vni}, {existing.cidr}); "
+                    "delete it first or pick another name"
+                )
+            owner = self.kv.get(_vni_key(vni))
+            if owner is not None:
+                raise StoreError(
+                    f"VNI {vni} is already used by network {owner.value}; pick another VNI"
+                )
+            # Both were freed between the attempt and the check: try again.
+
+    def get_network(self, name: str) -> Network | None:
+        kv = self.kv.get(_network_key(name))
+        return self._network(name, kv.value) if kv else None
+
+    def list_networks(self) -> list[Network]:
+        kvs, _ = self.kv.range("networks/")
+        return [self._network(kv.key[len("networks/") :], kv.value) for kv in kvs]
+
+    @staticmethod
+    def _network(name: str, value: str) -> Network:
+        d = json.loads(value)
+        return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True))
+
+    def delete_network(self, name: str) -> None:
+        """Delete a network with its blocks and address records, refused while any endpoint
+        is in it.  (An endpoint published in the moment between the check and the delete
+        would be left behind: the store cannot compare a whole prefix.)"""
+        kv = self.kv.get(_network_key(name))
+        if kv is None:
+            raise StoreError(f"network {name} does not exist, so there is nothing to delete")
+        endpoints = self.list_endpoints(name)
+        if endpoints:
+            first = endpoints[0]
+            raise StoreError(
+                f"network {name} still has {len(endpoints)} endpoint(s), e.g. "
+                f"{first.attachment} on host {first.host}; detach them first"
+            )
+        net = self._network(name, kv.value)
+        result = self.kv.txn(
+            (Compare(_network_key(name), kv.mod_revision),),
+            (
+                Delete(_network_key(name)),
+                Delete(_vni_key(net.vni)),
+                Delete(_block_prefix(name), prefix=True),
+                Delete(_ipam_prefix(name), prefix=True),
+                Delete(f"attachments/{name}/", prefix=True),
+            ),
+        )
+        if not result.succeeded:
+            raise StoreError(f"network {name} changed while being deleted; try again")
+
+    def _require(self, network: str) -> Network:
+        net = self.get_network(network)
+        if net is None:
+            raise StoreError(f"network {network} does not exist; create it first")
+        return net
+
+    # -- blocks -------------------------------------------------------------------------
+
+    def list_blocks(self, network: str) -> list[Block]:
+        prefix = _block_prefix(network)
+        kvs, _ = self.kv.range(prefix)
+        return [Block(network, kv.key[len(prefix) :], json.loads(kv.value)["host"]) for kv in kvs]
+
+    def blocks_of(self, network: str, host: str) -> list[Block]:
+        """The blocks ``host`` owns in ``network``, lowest first."""
+        blocks = [b for b in self.list_blocks(network) if b.host == host]
+        return sorted(blocks, key=lambda b: ipaddress.IPv4Network(b.cidr))
+
+    def claim_block(self, network: str, host: str) -> Block:
+        """Claim the first free block of ``network`` for ``host``.  Each claim is a
+        compare-and-create, so of two hosts racing for a block one gets it and the other
+        moves on to the next free one."""
+        _check_name("host", host, 253)
+        net = self._require(network)
+        cidr = ipaddress.IPv4Network(net.cidr)
+        size = max(self.block_prefix, cidr.prefixlen)
+        taken = {b.cidr for b in self.list_blocks(network)}
+        value = json.dumps({"host": host})
+        first = int(cidr.network_address)
+        step = 2 ** (32 - size)
+        # Integers, not cidr.subnets(): a /10 in /26 blocks is 65536 candidates.
+        for start in range(first, first + cidr.num_addresses, step):
+            block = f"{ipaddress.IPv4Address(start)}/{size}"
+            if block not in taken and self.kv.create(_block_prefix(network) + block, value):
+                return Block(network, block, host)
+        raise AddressExhaustedError(
+            f"network {network} ({net.cidr}) has no free /{size} block left for host {host}; "
+            "delete unused endpoints or create a larger network"
+        )
+
+    # -- addresses ----------------------------------------------------------------------
+
+    def allocate_ip(self, network: str, host: str, attachment: str) -> str:
+        """An address for ``attachment`` from ``host``'s own blocks, claiming a new block when
+        they are full.  Asking again for the same attachment returns the same address (a
+        retried CNI ADD)."""
+        _check_name("host", host, 253)
+        _check_attachment(attachment)
+        net = self._require(network)
+        att_key = _attachment_key(network, attachment)
+        existing = self.kv.get(att_key)
+        if existing is not None:
+            return existing.value
+        reserved = reserved_addresses(net.cidr)
+        prefix = _ipam_prefix(network)
+        while True:
+            used = {kv.key[len(prefix) :] for kv in self.kv.range(prefix)[0]} | reserved
+            for block in self.blocks_of(network, host):
+                first = ipaddress.IPv4Network(block.cidr)
+                base, count = int(first.network_address), first.num_addresses
+                for addr in (str(ipaddress.IPv4Address(i)) for i in range(base, base + count)):
+                    if addr in used:
+                        continue
+                    result = self.kv.txn(
+                        (Compare(prefix + addr, 0), Compare(att_key, 0)),
+                        (Put(prefix + addr, attachment), Put(att_key, addr)),
+                    )
+                    if result.succeeded:
+                        return addr
+                    raced = self.kv.get(att_key)
+                    if raced is not None:  # the same attachment, allocated concurrently
+                        return raced.value
+                    used.add(addr)
+            try:
+                self.claim_block(network, host)
+            except AddressExhaustedError:
+                raise AddressExhaustedError(
+                    f"network {network} ({net.cidr}) has no address left for host {host}: "
+                    "its blocks are full and no free block remains; release unused "
+                    "addresses or create a larger network"
+                ) from None
+
+    def release_ip(self, network: str, attachment: str) -> str | None:
+        """Free the address of ``attachment`` and return it; None if it had none (a repeated
+        CNI DEL is not an error)."""
+        att_key = _attachment_key(network, attachment)
+        while True:
+            kv = self.kv.get(att_key)
+            if kv is None:
+                return None
+            result = self.kv.txn(
+                (Compare(att_key, kv.mod_revision),),
+                (Delete(att_key), Delete(_ipam_prefix(network) + kv.value)),
+            )
+            if result.succeeded:
+                return kv.value
+
+    def allocations(self, network: str) -> dict[str, str]:
+        """Address to attachment, for every address in use in ``network``."""
+        prefix = _ipam_prefix(network)
+        return {kv.key[len(prefix) :]: kv.value for kv in self.kv.range(prefix)[0]}
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    def put_endpoint(
+        self,
+        network: str,
+        host: str,
+        attachment: str,
+        *,
+        mac: str,
+        ip: str,
+        container_id: str,
+        ifname: str,
+    ) -> Endpoint:
+        """Publish (or update) an endpoint so every host can reach it."""
+        _check_name("host", host, 253)
+        _check_attachment(attachment)
+        self._require(network)
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise StoreError(f"endpoint {attachment}: IP {ip!r} is not an IPv4 address") from None
+        value = {"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname}
+        self.kv.put(_endpoint_key(network, host, attachment), json.dumps(value))
+        return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+
+    def delete_endpoint(self, network: str, host: str, attachment: str) -> bool:
+        """Unpublish an endpoint; False if it was not published (not an error)."""
+        return self.kv.delete(_endpoint_key(network, host, attachment))
+
+    def list_endpoints(self, network: str | None = None) -> list[Endpoint]:
+        prefix = f"endpoints/{network}/" if network is not None else "endpoints/"
+        out = []
+        for kv in self.kv.range(prefix)[0]:
+            _, net, host, attachment = kv.key.split("/", 3)
+            d = json.loads(kv.value)
+            out.append(
+                Endpoint(net, host, attachment, d["mac"], d["ip"], d["container_id"], d["ifname"])
+            )
+        return out
+
+    # -- changes ------------------------------------------------------------------------
+
+    def watch_changes(
+        self, stop: threading.Event, revision: int | None = None
+    ) -> Iterator[list[Event]]:
+        """Batches of changes to hosts, networks and endpoints after ``revision`` (default:
+        now), until ``stop``.  Read ``revision()`` before a full read and pass it here, and
+        no change between the read and the watch is missed."""
+        start = self.kv.revision() if revision is None else revision
+        for batch in self.kv.watch("", start, stop):
+            relevant = [e for e in batch if e.key.startswith(WATCHED_PREFIXES)]
+            if relevant:
+                yield relevant

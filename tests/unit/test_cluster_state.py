@@ -1,0 +1,298 @@
+"""The typed cluster state (store/cluster.py) on the SQLite store: networks, hosts, blocks,
+addresses and endpoints, including hosts in separate processes racing for blocks."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import threading
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from store import open_cluster
+from store.cluster import (
+    AddressExhaustedError,
+    Block,
+    ClusterState,
+    Network,
+    StoreError,
+    reserved_addresses,
+)
+from store.sqlite import SqliteKvStore
+from tests.unit.test_store_contract import WAIT, FakeClock, run_together
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return str(tmp_path / "cluster.db")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cluster(db, clock):
+    c = ClusterState(SqliteKvStore(db, clock=clock))
+    yield c
+    c.close()
+
+
+def endpoint(cluster: ClusterState, network: str, host: str, attachment: str) -> None:
+    ip = cluster.allocate_ip(network, host, attachment)
+    cid, ifname = attachment.split("/")
+    cluster.put_endpoint(
+        network, host, attachment, mac="0a:58:64:40:00:02", ip=ip, container_id=cid, ifname=ifname
+    )
+
+
+# -- networks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, vni, cidr, mtu, message",
+    [
+        ("blue", 5001, "10.0.0.0/24", None, "inside 100.64.0.0/10"),
+        ("blue", 5001, "100.127.255.0/23", None, "not an IPv4 network"),  # host bits set
+        ("blue", 5001, "100.0.0.0/8", None, "inside 100.64.0.0/10"),
+        ("blue", 5001, "100.64.0.0/31", None, "/30 or larger"),
+        ("blue", 5001, "fd00::/64", None, "not an IPv4 network"),
+        ("blue", 0, "100.64.0.0/24", None, "outside 1..16777215"),
+        ("blue", 2**24, "100.64.0.0/24", None, "outside 1..16777215"),
+        ("blue", 5001, "100.64.0.0/24", 100, "MTU 100 is outside"),
+        ("a/b", 5001, "100.64.0.0/24", None, "network name 'a/b' is invalid"),
+        ("", 5001, "100.64.0.0/24", None, "network name '' is invalid"),
+    ],
+)
+def test_invalid_networks_are_refused_naming_the_field(cluster, name, vni, cidr, mtu, message):
+    with pytest.raises(StoreError, match=message):
+        cluster.create_network(name, vni=vni, cidr=cidr, mtu=mtu)
+    assert cluster.list_networks() == []
+    assert cluster.kv.range("")[0] == []
+
+
+def test_networks_round_trip(cluster):
+    blue = cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24", mtu=1400, gateway=False)
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    assert blue == Network("blue", 5002, "100.64.1.0/24", 1400, False)
+    assert cluster.get_network("blue") == blue
+    assert cluster.get_network("nope") is None
+    assert [n.name for n in cluster.list_networks()] == ["blue", "default"]
+
+
+def test_a_duplicate_name_or_vni_is_refused_and_leaves_nothing_behind(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    with pytest.raises(StoreError, match="network default already exists"):
+        cluster.create_network("default", vni=5002, cidr="100.64.1.0/24")
+    with pytest.raises(StoreError, match="VNI 5001 is already used by network default"):
+        cluster.create_network("blue", vni=5001, cidr="100.64.1.0/24")
+    assert [n.name for n in cluster.list_networks()] == ["default"]
+    assert cluster.kv.get("vnis/5002") is None
+    cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24")
+
+
+def test_delete_is_refused_while_endpoints_exist_and_then_frees_everything(cluster):
+    cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24")
+    endpoint(cluster, "blue", "h1", "c1/eth0")
+    with pytest.raises(StoreError, match="network blue still has 1 endpoint.*c1/eth0 on host h1"):
+        cluster.delete_network("blue")
+    assert cluster.get_network("blue") is not None
+    cluster.delete_endpoint("blue", "h1", "c1/eth0")
+    cluster.delete_network("blue")
+    assert cluster.kv.range("")[0] == []  # blocks, addresses and the VNI went with it
+    with pytest.raises(StoreError, match="network blue does not exist"):
+        cluster.delete_network("blue")
+    cluster.create_network("green", vni=5002, cidr="100.64.1.0/24")  # the VNI is free again
+
+
+# -- hosts ---------------------------------------------------------------------------------
+
+
+def test_a_host_lives_as_long_as_its_lease(cluster, clock):
+    lease = cluster.register_host("h1", "198.18.0.1", ttl=10)
+    cluster.register_host("h2", "198.18.0.2", ttl=10)
+    assert [(h.name, h.tunnel_ip) for h in cluster.list_hosts()] == [
+        ("h1", "198.18.0.1"),
+        ("h2", "198.18.0.2"),
+    ]
+    clock.now += 7
+    assert cluster.keepalive(lease)
+    clock.now += 7  # h2 missed its keepalive
+    assert cluster.keepalive(lease)
+    assert [h.name for h in cluster.list_hosts()] == ["h1"]
+    assert cluster.unregister_host(lease)
+    assert cluster.list_hosts() == []
+    with pytest.raises(StoreError, match="tunnel IP 'nowhere' is not an IP address"):
+        cluster.register_host("h3", "nowhere", ttl=10)
+
+
+# -- blocks and addresses ------------------------------------------------------------------
+
+
+def test_blocks_are_claimed_in_order_per_host(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    assert cluster.claim_block("default", "h1") == Block("default", "100.64.0.0/26", "h1")
+    assert cluster.claim_block("default", "h2").cidr == "100.64.0.64/26"
+    assert cluster.claim_block("default", "h1").cidr == "100.64.0.128/26"
+    assert [b.cidr for b in cluster.blocks_of("default", "h1")] == [
+        "100.64.0.0/26",
+        "100.64.0.128/26",
+    ]
+    assert cluster.kv.get("blocks/default/100.64.0.64/26") is not None  # key as documented
+
+
+def test_allocate_and_release_by_attachment(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    a = cluster.allocate_ip("default", "h1", "c1/eth0")
+    b = cluster.allocate_ip("default", "h1", "c2/eth0")
+    assert (a, b) == ("100.64.0.2", "100.64.0.3")  # .0 network, .1 gateway
+    assert cluster.allocate_ip("default", "h1", "c1/eth0") == a  # a retried ADD
+    assert cluster.allocations("default") == {a: "c1/eth0", b: "c2/eth0"}
+    assert cluster.release_ip("default", "c1/eth0") == a
+    assert cluster.release_ip("default", "c1/eth0") is None  # a repeated DEL
+    assert cluster.allocations("default") == {b: "c2/eth0"}
+    assert cluster.allocate_ip("default", "h1", "c3/eth0") == a  # freed, so reused
+
+
+def test_a_host_allocates_only_from_its_own_blocks(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    cluster.allocate_ip("default", "h1", "c1/eth0")  # h1 claims 100.64.0.0/26, most of it free
+    ip = cluster.allocate_ip("default", "h2", "c2/eth0")
+    assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network("100.64.0.64/26")
+    assert [b.cidr for b in cluster.blocks_of("default", "h2")] == ["100.64.0.64/26"]
+
+
+def test_an_allocation_survives_a_crash(db, cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    ip = cluster.allocate_ip("default", "h1", "c1/eth0")
+    # A new process (the agent after a crash) finds the allocation by attachment.
+    again = open_cluster("sqlite:///" + db)
+    try:
+        assert again.allocate_ip("default", "h1", "c1/eth0") == ip
+        assert again.allocate_ip("default", "h1", "c2/eth0") != ip
+        assert again.release_ip("default", "c1/eth0") == ip
+    finally:
+        again.close()
+
+
+def test_exhaustion_names_the_network_and_its_cidr(cluster):
+    cluster.create_network("tiny", vni=7, cidr="100.64.9.0/29")  # 8 addresses, 3 reserved
+    ips = [cluster.allocate_ip("tiny", "h1", f"c{i}/eth0") for i in range(5)]
+    assert ips == [f"100.64.9.{i}" for i in range(2, 7)]
+    with pytest.raises(AddressExhaustedError, match=r"network tiny \(100.64.9.0/29\)"):
+        cluster.allocate_ip("tiny", "h1", "c5/eth0")
+    with pytest.raises(AddressExhaustedError, match=r"network tiny \(100.64.9.0/29\)"):
+        cluster.allocate_ip("tiny", "h2", "c6/eth0")
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prefixlen=st.integers(25, 30),
+    block_prefix=st.integers(26, 30),
+    third_octet=st.integers(0, 255),
+    hosts=st.integers(1, 3),
+)
+def test_every_address_but_the_reserved_ones_is_handed_out_exactly_once(
+    db, prefixlen, block_prefix, third_octet, hosts
+):
+    cidr = ipaddress.IPv4Network(f"100.{64 + third_octet % 64}.{third_octet}.0/{prefixlen}")
+    cluster = ClusterState(SqliteKvStore(db), block_prefix=block_prefix)
+    net = f"n{uuid.uuid4().hex[:8]}"  # one file for all examples: a fresh network each
+    try:
+        cluster.create_network(net, vni=uuid.uuid4().int % 2**24 or 1, cidr=str(cidr))
+        got: dict[str, str] = {}
+        active = [f"h{j}" for j in range(hosts)]
+        for i in itertools.count():  # hosts take turns; a refused host drops out
+            if not active:
+                break
+            host = active[i % len(active)]
+            try:
+                ip = cluster.allocate_ip(net, host, f"c{i}/eth0")
+            except AddressExhaustedError:
+                active.remove(host)
+                continue
+            assert ip not in got
+            got[ip] = host
+        assert set(got) == {str(a) for a in cidr} - reserved_addresses(str(cidr))
+        for ip, host in got.items():
+            owned = [ipaddress.IPv4Network(b.cidr) for b in cluster.blocks_of(net, host)]
+            assert any(ipaddress.IPv4Address(ip) in block for block in owned)
+        assert len(cluster.allocations(net)) == len(got)
+    finally:
+        cluster.close()
+
+
+CLAIMER = """
+import json, sys
+from store import open_cluster
+from store.cluster import ClusterState
+url, host, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cluster = ClusterState(open_cluster(url).kv, block_prefix=28)
+print("ready", flush=True)
+sys.stdin.readline()
+blocks = [cluster.claim_block("default", host).cidr for _ in range(count)]
+ips = [cluster.allocate_ip("default", host, f"{host}-{i}/eth0") for i in range(count)]
+print(json.dumps({"blocks": blocks, "ips": ips}))
+cluster.close()
+"""
+
+
+def test_hosts_in_separate_processes_never_share_a_block_or_an_address(db, cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")  # 16 blocks of /28
+    url = "sqlite:///" + db
+    outs = run_together(CLAIMER, [[url, "h1", "6"], [url, "h2", "6"]])
+    h1, h2 = (json.loads(o) for o in outs)
+    assert len(set(h1["blocks"]) | set(h2["blocks"])) == 12
+    stored = {b.cidr: b.host for b in cluster.list_blocks("default")}
+    assert {c: "h1" for c in h1["blocks"]}.items() <= stored.items()
+    assert {c: "h2" for c in h2["blocks"]}.items() <= stored.items()
+    assert not set(h1["ips"]) & set(h2["ips"])
+    assert len(cluster.allocations("default")) == 12
+
+
+# -- endpoints and changes -----------------------------------------------------------------
+
+
+def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24")
+    since = cluster.revision()
+    stop = threading.Event()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        for batch in cluster.watch_changes(stop, since):
+            seen.extend(f"{e.type} {e.key}" for e in batch)
+            if any(e.key.startswith("hosts/") for e in batch):
+                done.set()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        endpoint(cluster, "default", "h1", "c1/eth0")
+        endpoint(cluster, "blue", "h2", "c2/eth0")
+        cluster.delete_endpoint("default", "h1", "c1/eth0")
+        cluster.register_host("h1", "198.18.0.1", ttl=10)
+        assert done.wait(WAIT)
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert [e.attachment for e in cluster.list_endpoints()] == ["c2/eth0"]
+    assert cluster.list_endpoints("default") == []
+    (ep,) = cluster.list_endpoints("blue")
+    assert (ep.host, ep.ip, ep.container_id, ep.ifname) == ("h2", "100.64.1.2", "c2", "eth0")
+    # Only what the pipeline is built from: no block, address or VNI bookkeeping.
+    assert seen == [
+        "put endpoints/default/h1/c1/eth0",
+        "put endpoints/blue/h2/c2/eth0",
+        "delete endpoints/default/h1/c1/eth0",
+        "put hosts/h1",
+    ]
