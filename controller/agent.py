@@ -80,6 +80,9 @@ class Agent:
         self.lease = self.cluster.register_host(cfg.host, cfg.tunnel_ip, cfg.host_ttl)
         self._spawn(self._keepalive, "keepalive")
         self._ensure_gateway()
+        # Watch from the revision read before the first refresh, so a change made in
+        # between is not missed.
+        self._watch_from = self.cluster.revision()
         self.refresh()
         self._spawn(self._watch, "store-watch")
         if self._connect_unix is not None:
@@ -112,12 +115,16 @@ class Agent:
 
     @staticmethod
     def _loud(target, name):
+        """A thread the agent cannot do without: if it dies, the process exits non-zero
+        (to be restarted) rather than go on half-working while it reports ready."""
+
         def run():
             try:
                 target()
             except Exception:
-                LOG.exception("agent thread %s died", name)
-                raise
+                LOG.critical("agent thread %s died; exiting", name, exc_info=True)
+                logging.shutdown()
+                os._exit(1)
 
         return run
 
@@ -128,6 +135,10 @@ class Agent:
         with self._refresh_lock:
             cfg = self.config
             tunnel = self.ovsdb.interface(cfg.bridge, self.tunnel.name)
+            if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
+                raise RuntimeError(
+                    f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
+                )
             state = hoststate.build_host_state(
                 me=cfg.host,
                 tunnel_ofport=tunnel["ofport"],
@@ -160,8 +171,11 @@ class Agent:
             )
 
     def _watch(self) -> None:
-        for _events in self.cluster.watch_changes(self._stop):
-            self.refresh()
+        for _events in self.cluster.watch_changes(self._stop, self._watch_from):
+            try:
+                self.refresh()
+            except Exception:  # OVSDB or the store briefly away: the next change retries
+                LOG.exception("refreshing the pipeline state failed")
 
     def _restore_watch(self) -> None:
         """Put the pipeline back into a restarted ovs-vswitchd that waits for it.

@@ -127,8 +127,8 @@ def cmd_pod_list(args) -> int:
 def cmd_demo(args) -> int:
     print(f"== lab up --name {args.name} --hosts {args.hosts}")
     failures = 0
+    status = lab.up(args.name, args.hosts, args.state_dir)  # refuses a name in use, untouched
     try:
-        status = lab.up(args.name, args.hosts, args.state_dir)
         print_status(status)
         print("== underlay reachability (every host pings every other host's br-phy IP)")
         for src, dst in itertools.permutations(status.hosts, 2):
@@ -139,7 +139,7 @@ def cmd_demo(args) -> int:
         made = []
         for h in status.hosts:
             for i in (1, 2):
-                att = pods.pod_add(args.name, h.name, f"p{i}", state_dir=args.state_dir)
+                att = pods.pod_add(args.name, h.name, f"p{i}", state_root=args.state_dir)
                 made.append((h.name, f"p{i}", att["ip"]))
                 print(f"  {h.name}/p{i}: {att['ip']}/{att['prefixlen']} mac {att['mac']}")
         print("== every pod pings every other pod (across hosts over VXLAN)")

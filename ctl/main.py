@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     except (LabError, ValueError, OvsdbUnavailable, FileExistsError, PermissionError) as exc:
         print(f"ovs-overlayctl: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # anything else still ends as one line; -v shows the traceback
+        logging.getLogger("ovs-overlayctl").debug("failed", exc_info=True)
+        print(
+            f"ovs-overlayctl: {type(exc).__name__}: {exc} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def up(
     naming.validate_host_count(hosts)
     TunnelPort(local_ip=naming.underlay_ip(1), tunnel_type=tunnel_type)  # validates the type
     paths = LabPaths(state_root, name)
-    taken = [ns for ns in netns.list_namespaces() if naming.owns_namespace(name, ns)]
+    taken = _lab_namespaces(name)
     if taken:
         raise LabError(
             f"lab {name} already exists (namespaces {', '.join(taken)}); "
@@ -263,7 +263,11 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
                 pid = ovs_host.kill_daemon(host_paths, daemon)
                 if pid is not None:
                     removed.append(f"process {daemon} pid {pid} ({host})")
-    namespaces = [ns for ns in netns.list_namespaces() if naming.owns_namespace(name, ns)]
+    namespaces = _lab_namespaces(name)
+    if not os.path.isdir(paths.root) and naming.underlay_namespace(name) not in namespaces:
+        # Neither the state dir nor the underlay namespace: these namespaces merely look
+        # like ours (someone else's "web-h1"), so leave them alone.
+        namespaces = []
     for ns in namespaces:
         # Anything still running in a namespace this lab made was started in it by the
         # lab (or by 'lab exec'); the namespace is about to go, so those go too.
@@ -277,6 +281,10 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
         shutil.rmtree(paths.root)
         removed.append(f"state {paths.root}")
     return removed
+
+
+def _lab_namespaces(name: str) -> list[str]:
+    return [ns for ns in netns.list_namespaces() if naming.owns_namespace(name, ns)]
 
 
 def exists(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> bool:

@@ -119,8 +119,12 @@ class OvsdbClient:
         helper.register_all()
         self._conn = connection.Connection(connection.OvsdbIdl(remote, helper), timeout)
         self.api = _InstanceApi(self._conn)
-        # The vsctl-style transaction needs the Open_vSwitch row to exist.
-        self._commit_plain([commands.EnsureRootRow(self.api)])
+        try:
+            # The vsctl-style transaction needs the Open_vSwitch row to exist.
+            self._commit_plain([commands.EnsureRootRow(self.api)])
+        except Exception as exc:
+            self.close()  # the IDL thread is running: stop it rather than leak it
+            raise OvsdbUnavailable(f"ovsdb-server at {db_sock} did not answer ({exc})") from exc
 
     def close(self) -> None:
         self._conn.stop(timeout=5)
