@@ -93,7 +93,6 @@ class OverlayAgentApp(App):
 
     def stop(self):
         self.agent.stop()
-        super().stop()
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     @loud

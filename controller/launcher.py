@@ -17,6 +17,7 @@ import sys
 import threading
 
 APP = "controller.app"
+STOP_TIMEOUT = 3.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,10 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     manager.load_apps([APP])
     manager.instantiate_apps(**manager.create_contexts())
     stop.wait()
-    logging.getLogger("ovs-overlay-agent").info("stopping")
-    manager.close()
-    # os-ken's hub threads (the OpenFlow listener, one per switch) are not daemons and
-    # have no stop; a normal return would wait for them forever.
+    log = logging.getLogger("ovs-overlay-agent")
+    log.info("stopping")
+    # Our own parts stop cleanly (API socket removed, OVSDB closed), within a bound.
+    # os-ken's close() is not called: it joins hub threads that have no stop (the
+    # OpenFlow listener blocks in accept()) and was seen to hang for seconds.  Exiting
+    # drops the OpenFlow connections; br-int keeps its flows (fail_mode=secure).
+    apps = [a for a in manager.applications.values() if hasattr(a, "agent")]
+    closer = threading.Thread(target=lambda: [a.stop() for a in apps], daemon=True)
+    closer.start()
+    closer.join(STOP_TIMEOUT)
+    if closer.is_alive():
+        log.warning("the agent did not stop within %.0fs; exiting anyway", STOP_TIMEOUT)
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
