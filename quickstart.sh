@@ -61,6 +61,28 @@ setup_venv() {
   echo "$want" > "$stamp"
 }
 
+# Ryu 4.34 (2020), for the test that runs the agent's app under ryu-manager: its own venv,
+# because Ryu pins old tools.  Its setup.py needs setuptools' removed easy_install API,
+# hence setuptools<66 and no build isolation.  The app itself comes from the repo
+# (PYTHONPATH), with the two libraries it needs.
+RYU_REQS=("ryu==4.34" "pyroute2>=0.9.7,<0.10" "ovsdbapp>=3.0,<4")
+
+setup_ryu_venv() {
+  local stamp=.venv-ryu/.installed want="${RYU_REQS[*]}"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  echo "quickstart: building .venv-ryu"
+  [ -x .venv-ryu/bin/python ] || python3 -m venv .venv-ryu
+  if ! { .venv-ryu/bin/pip install -q "setuptools<66" wheel &&
+         .venv-ryu/bin/pip install -q --no-build-isolation "${RYU_REQS[@]}"; } \
+      > .venv-ryu/install.log 2>&1; then
+    tail -20 .venv-ryu/install.log >&2
+    die "pip could not install Ryu into .venv-ryu (full log: .venv-ryu/install.log)"
+  fi
+  echo "$want" > "$stamp"
+}
+
 setup() {
   [ "$(id -u)" -eq 0 ] || die "run as root: the lab creates network namespaces and OVS daemons"
   setup_apt
@@ -74,6 +96,7 @@ case "${1:-}" in
     ;;
   test)
     setup
+    setup_ryu_venv
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     exec .venv/bin/pytest -q
