@@ -12,6 +12,7 @@ import time
 import pytest
 
 from lab import lab, netns, pods
+from store import open_cluster
 from tests.packets import Sniffer, send
 
 pytestmark = pytest.mark.lab
@@ -182,3 +183,27 @@ def test_flows_show_table_names(overlay):
     flows = "\n".join(lab.dump_flows(name, "h1"))
     for table in ("classifier", "port_security", "arp_responder", "l2_lookup", "canary"):
         assert re.search(rf'table="?{table}"?,', flows), table
+
+
+def test_pod_del_removes_every_trace_and_frees_the_address(overlay):
+    name, made = overlay
+    att = pods.pod_add(name, "h3", "tmp")
+    assert lab.ping_from(ns(name, "h1/p1"), att["ip"])
+    pods.pod_del(name, "h3", "tmp")
+    assert not netns.namespace_exists(f"{name}-h3-tmp")
+    ports = netns.run_in_namespace(
+        f"{name}-h3", ["ovs-vsctl", "list-ports", "br-int"], env=lab.host_env(name, "h3")
+    ).stdout.split()
+    assert att["host_port"] not in ports
+    links = netns.run_in_namespace(f"{name}-h3", ["ip", "-br", "link"]).stdout
+    assert att["host_port"] not in links
+    cluster = open_cluster(lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, name).store_url)
+    try:
+        assert att["ip"] not in cluster.allocations("default")
+        assert not [e for e in cluster.list_endpoints("default") if e.ip == att["ip"]]
+    finally:
+        cluster.close()
+    # The next pod on that host gets the freed address back.
+    again = pods.pod_add(name, "h3", "tmp2")
+    assert again["ip"] == att["ip"]
+    pods.pod_del(name, "h3", "tmp2")
