@@ -178,30 +178,19 @@ def _arp_responder(state: HostState, gen: int) -> list[Flow]:
 
 def _l2_lookup(state: HostState, gen: int) -> list[Flow]:
     flows = []
-    c_local = cookie(Feature.L2_LOCAL, gen)
-    for port in state.local:
-        vni = state.network(port.network).vni
-        flows.append(
-            Flow(
-                L2_LOOKUP,
-                PRIO_NORMAL,
-                match(metadata=vni, eth_dst=port.mac),
-                c_local,
-                actions=(Output(port.ofport),),
+    for ports, feature in ((state.local, Feature.L2_LOCAL), (state.gateways, Feature.GATEWAY)):
+        c = cookie(feature, gen)
+        for port in ports:
+            vni = state.network(port.network).vni
+            flows.append(
+                Flow(
+                    L2_LOOKUP,
+                    PRIO_NORMAL,
+                    match(metadata=vni, eth_dst=port.mac),
+                    c,
+                    actions=(Output(port.ofport),),
+                )
             )
-        )
-    c_gw = cookie(Feature.GATEWAY, gen)
-    for gw in state.gateways:
-        vni = state.network(gw.network).vni
-        flows.append(
-            Flow(
-                L2_LOOKUP,
-                PRIO_NORMAL,
-                match(metadata=vni, eth_dst=gw.mac),
-                c_gw,
-                actions=(Output(gw.ofport),),
-            )
-        )
     c_remote = cookie(Feature.L2_REMOTE, gen)
     for ep in state.remote:
         vni = state.network(ep.network).vni

@@ -188,6 +188,12 @@ def test_flows_show_table_names(overlay):
 def test_pod_del_removes_every_trace_and_frees_the_address(overlay):
     name, made = overlay
     att = pods.pod_add(name, "h3", "tmp")
+    # ADD returns once h3 has its flows; other hosts learn the pod from the store a
+    # moment later (their watch), so wait for h1 to have it before pinging from there.
+    deadline = time.monotonic() + 10
+    while f"dl_dst={att['mac']}" not in "\n".join(lab.dump_flows(name, "h1")):
+        assert time.monotonic() < deadline, "h1 never learned the new pod"
+        time.sleep(0.05)
     assert lab.ping_from(ns(name, "h1/p1"), att["ip"])
     pods.pod_del(name, "h3", "tmp")
     assert not netns.namespace_exists(f"{name}-h3-tmp")
