@@ -9,6 +9,7 @@ import signal
 import sys
 
 import pytest
+from pyroute2 import IPRoute
 
 from lab import lab, naming, netns, ovs_host
 from tests.helpers import host_paths, run
@@ -41,7 +42,17 @@ def assert_nothing_left(name: str, pids: list[int]) -> None:
     assert not os.path.exists(os.path.join(naming.DEFAULT_STATE_ROOT, name))
 
 
+def root_namespace() -> tuple:
+    """Links, addresses and routes of the root namespace (read only)."""
+    with IPRoute() as ipr:
+        links = sorted(link.get("IFLA_IFNAME") for link in ipr.get_links())
+        addrs = sorted(a.get("IFA_ADDRESS") for a in ipr.get_addr())
+        routes = sorted(str(r.get("RTA_DST")) for r in ipr.get_routes())
+    return links, addrs, routes
+
+
 def test_three_hosts_reach_each_other_over_the_underlay_and_go_away(lab_name):
+    root_before = root_namespace()
     proc = run([*CTL, "lab", "up", "--name", lab_name, "--hosts", "3"])
     assert proc.returncode == 0, proc.stderr
     assert "198.18.0.3/16" in proc.stdout and "br-int (netdev)" in proc.stdout
@@ -73,6 +84,9 @@ def test_three_hosts_reach_each_other_over_the_underlay_and_go_away(lab_name):
         [*CTL, "lab", "exec", "--lab", lab_name, "h2", "--", "ip", "-br", "addr", "show", "br-phy"]
     )
     assert "198.18.0.2/16" in proc.stdout
+
+    # Nothing of the lab appeared in the root namespace.
+    assert root_namespace() == root_before
 
     proc = run([*CTL, "lab", "down", "--name", lab_name])
     assert proc.returncode == 0, proc.stderr
