@@ -2,23 +2,41 @@
 
 Runtimes exec it for every verb, and podman calls VERSION before each ADD and
 DEL, so start-up must be fast: this module imports the standard library only.
-VERSION is answered here without the agent; ADD, DEL, CHECK, STATUS and GC go to
-the agent's CNI server (the CNI issue), and until then fail with a CNI error.
+It validates the whole request before asking anything, answers VERSION itself,
+and sends ADD, DEL, CHECK, STATUS and GC to the host agent over its root-only
+unix socket.  Every failure is a CNI error JSON on stdout with the spec's code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
+DEFAULT_SOCKET = "/run/ovs-overlay/agent.sock"
+AGENT_TIMEOUT = 60.0
 
 # Error codes of the CNI spec (SPEC.md, "Error").
 ERR_INCOMPATIBLE_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
+ERR_UNKNOWN_CONTAINER = 3
 ERR_INVALID_ENV = 4
+ERR_IO = 5
 ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN = 11
+ERR_PLUGIN_NOT_AVAILABLE = 50
+
+VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# The env each verb needs (CNI_NETNS may be empty on DEL: containerd's second DEL).
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+}
 
 
 class CniError(Exception):
@@ -44,12 +62,93 @@ def version_result(request: dict) -> dict:
     }
 
 
-def run(env: dict[str, str], stdin: str) -> dict:
+def parse_config(request: dict, command: str) -> dict:
+    """Check the network configuration; raise CniError naming the field and the fix."""
+    version = request.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CniError(ERR_INVALID_CONFIG, 'cniVersion is missing; set it, e.g. "1.0.0"')
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"cniVersion {version} is not supported; use one of {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    if command in ("STATUS", "GC") and version != "1.1.0":
+        raise CniError(ERR_INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, not {version}")
+    if request.get("type") != "ovs-overlay":
+        raise CniError(
+            ERR_INVALID_CONFIG, f'type is {request.get("type")!r}; it must be "ovs-overlay"'
+        )
+    for field, kind in (("name", str), ("network", str)):
+        value = request.get(field, "default" if field == "network" else None)
+        if not isinstance(value, kind) or not value:
+            raise CniError(ERR_INVALID_CONFIG, f"{field} must be a non-empty string")
+    for field in ("mtu", "ipam"):
+        if field in request:
+            raise CniError(
+                ERR_UNSUPPORTED_FIELD,
+                f"{field} is not supported yet; remove it from the network configuration",
+            )
+    sock = request.get("agentSocket", DEFAULT_SOCKET)
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise CniError(ERR_INVALID_CONFIG, "agentSocket must be an absolute path")
+    return {
+        "version": version,
+        "name": request["name"],
+        "network": request.get("network", "default"),
+        "socket": sock,
+        "prevResult": request.get("prevResult"),
+    }
+
+
+def call_agent(path: str, op: str, **args) -> dict:
+    """One request to the agent; its refusal becomes the CniError it names."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(AGENT_TIMEOUT)
+            sock.connect(path)
+            sock.sendall(json.dumps({"op": op, **args}).encode())
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        answer = json.loads(b"".join(chunks))
+    except (OSError, ValueError) as exc:
+        raise CniError(
+            ERR_TRY_AGAIN,
+            f"the ovs-overlay agent at {path} is not answering ({exc}); start ovs-overlay-agent",
+        ) from None
+    if not answer.get("ok"):
+        raise CniError(int(answer.get("code", ERR_TRY_AGAIN)), answer.get("error", "agent error"))
+    return answer["result"]
+
+
+def add_result(att: dict, version: str) -> dict:
+    """The ADD result for an attachment, in the request's CNI version."""
+    ip = {"address": f"{att['ip']}/{att['prefixlen']}", "interface": 1}
+    if att.get("gateway"):
+        ip["gateway"] = att["gateway"]
+    if version.startswith("0."):
+        ip["version"] = "4"
+    result = {
+        "cniVersion": version,
+        "interfaces": [
+            {"name": att["host_port"], "mac": att["host_mac"]},
+            {"name": att["ifname"], "mac": att["mac"], "sandbox": att["netns"]},
+        ],
+        "ips": [ip],
+        "routes": [{"dst": "0.0.0.0/0", "gw": att["gateway"]}] if att.get("gateway") else [],
+        "dns": {},
+    }
+    return result
+
+
+def run(env: dict[str, str], stdin: str) -> dict | None:
+    """Serve one CNI invocation; returns the JSON to print (None: print nothing)."""
     command = env.get("CNI_COMMAND")
-    if not command:
+    if command not in VERBS:
         raise CniError(
             ERR_INVALID_ENV,
-            "CNI_COMMAND is not set; set it to ADD, DEL, CHECK, VERSION, STATUS or GC",
+            f"CNI_COMMAND is {command!r}; set it to one of {', '.join(VERBS)}",
         )
     try:
         request = json.loads(stdin) if stdin.strip() else {}
@@ -61,11 +160,61 @@ def run(env: dict[str, str], stdin: str) -> dict:
         raise CniError(ERR_DECODE, "the network configuration on stdin must be a JSON object")
     if command == "VERSION":
         return version_result(request)
-    raise CniError(
-        ERR_INVALID_ENV,
-        f"CNI_COMMAND={command} is not supported by this build of ovs-overlay; "
-        "only VERSION is available until the agent's CNI server lands",
-    )
+    conf = parse_config(request, command)
+    for var in REQUIRED_ENV.get(command, ()):
+        if var != "CNI_NETNS" and not env.get(var):
+            raise CniError(
+                ERR_INVALID_ENV, f"{var} is not set; the runtime must pass it for {command}"
+            )
+        if var == "CNI_NETNS" and not env.get(var):
+            raise CniError(
+                ERR_INVALID_ENV, f"CNI_NETNS is not set; {command} needs the container's netns path"
+            )
+    base = {"network": conf["network"]}
+    if command == "ADD":
+        att = call_agent(
+            conf["socket"],
+            "attach",
+            **base,
+            container_id=env["CNI_CONTAINERID"],
+            ifname=env["CNI_IFNAME"],
+            netns=env["CNI_NETNS"],
+        )
+        return add_result(att, conf["version"])
+    if command == "DEL":
+        call_agent(
+            conf["socket"],
+            "detach",
+            **base,
+            container_id=env["CNI_CONTAINERID"],
+            ifname=env["CNI_IFNAME"],
+        )
+        return None
+    if command == "CHECK":
+        call_agent(
+            conf["socket"],
+            "check",
+            **base,
+            container_id=env["CNI_CONTAINERID"],
+            ifname=env["CNI_IFNAME"],
+            netns=env["CNI_NETNS"],
+        )
+        return None
+    if command == "STATUS":
+        try:
+            status = call_agent(conf["socket"], "status")
+        except CniError as err:
+            raise CniError(ERR_PLUGIN_NOT_AVAILABLE, err.msg) from None
+        if not status.get("ready"):
+            raise CniError(ERR_PLUGIN_NOT_AVAILABLE, "the agent has not installed its pipeline yet")
+        return None
+    # GC: every attachment of this network not in the runtime's list goes.
+    valid = request.get("cni.dev/valid-attachments", request.get("cni.dev/attachments", []))
+    if not isinstance(valid, list):
+        raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list")
+    keep = [f"{a.get('containerID')}/{a.get('ifname')}" for a in valid if isinstance(a, dict)]
+    call_agent(conf["socket"], "gc", **base, keep=keep)
+    return None
 
 
 def main() -> int:
@@ -80,8 +229,9 @@ def main() -> int:
         json.dump(err.to_json(asked if asked in SUPPORTED_VERSIONS else LATEST), sys.stdout)
         sys.stdout.write("\n")
         return 1
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
     return 0
 
 

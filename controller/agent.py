@@ -89,7 +89,13 @@ class Agent:
             self._spawn(self._restore_watch, "restore-watch")
         self.api = ApiServer(
             cfg.socket,
-            {"status": self._api_status, "attach": self._api_attach, "detach": self._api_detach},
+            {
+                "status": self._api_status,
+                "attach": self._api_attach,
+                "detach": self._api_detach,
+                "check": self._api_check,
+                "gc": self._api_gc,
+            },
         )
         self.api.start()
         LOG.info(
@@ -296,3 +302,13 @@ class Agent:
     def _api_detach(self, network: str, container_id: str, ifname: str) -> dict:
         self.endpoints.detach(network, container_id, ifname)
         return {}
+
+    def _api_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict:
+        try:
+            self.endpoints.check(network, container_id, ifname, netns)
+        except AttachError as exc:
+            raise ApiError(str(exc), exc.code) from None
+        return {}
+
+    def _api_gc(self, network: str, keep: list[str]) -> dict:
+        return {"removed": self.endpoints.gc(network, keep)}

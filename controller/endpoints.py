@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyroute2 import IPRoute, NetNS
 
@@ -44,7 +44,9 @@ class Attachment:
     network: str
     container_id: str
     ifname: str
+    netns: str
     host_port: str
+    host_mac: str
     mac: str
     ip: str
     prefixlen: int
@@ -104,14 +106,16 @@ class EndpointManager:
                 network=req.network,
                 container_id=req.container_id,
                 ifname=req.ifname,
+                netns=req.netns,
                 host_port=host_port_name(req.container_id, req.ifname),
+                host_mac="",
                 mac=mac_for(ip),
                 ip=ip,
                 prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
                 gateway=self.gateway_for(network),
                 mtu=self.mtu_for(network),
             )
-            self._create_veth(att, req.netns)
+            att = replace(att, host_mac=self._create_veth(att, req.netns))
             undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
             self.ovsdb.add_endpoint_port(
                 self.bridge,
@@ -161,7 +165,61 @@ class EndpointManager:
         self.cluster.release_ip(network, attachment_id)
         self.publish()
 
-    def _create_veth(self, att: Attachment, pod_netns: str) -> None:
+    def check(self, network: str, container_id: str, ifname: str, netns_path: str) -> None:
+        """Raise AttachError unless the attachment is whole: the store record, the OVS port
+        with an OpenFlow number, both veth ends, the pod's MAC, address and route."""
+        attachment_id = f"{container_id}/{ifname}"
+        port = host_port_name(container_id, ifname)
+        ep = next(
+            (
+                e
+                for e in self.cluster.list_endpoints(network)
+                if e.host == self.host and e.attachment == attachment_id
+            ),
+            None,
+        )
+        if ep is None:
+            raise AttachError(f"attachment {attachment_id} is not in the cluster state", code=3)
+        iface = self.ovsdb.interface(self.bridge, port)
+        if not iface or not iface["ofport"] or iface["ofport"] < 0:
+            raise AttachError(f"OVS port {port} of {attachment_id} is missing or down", code=3)
+        with IPRoute() as ipr:
+            if not ipr.link_lookup(ifname=port):
+                raise AttachError(f"host veth {port} of {attachment_id} is missing", code=3)
+        try:
+            pod = NetNS(netns.namespace_path(netns_path), flags=0)
+        except OSError:
+            raise AttachError(f"network namespace {netns_path} does not exist", code=3) from None
+        with pod:
+            found = pod.link_lookup(ifname=ifname)
+            if not found:
+                raise AttachError(f"interface {ifname} is missing in {netns_path}", code=3)
+            link = pod.get_links(found[0])[0]
+            if link.get("IFLA_ADDRESS") != ep.mac:
+                raise AttachError(
+                    f"{ifname} in {netns_path} has MAC {link.get('IFLA_ADDRESS')}, not {ep.mac}",
+                    code=3,
+                )
+            addrs = {a.get("IFA_ADDRESS") for a in pod.get_addr(index=found[0])}
+            if ep.ip not in addrs:
+                raise AttachError(f"{ifname} in {netns_path} lacks address {ep.ip}", code=3)
+
+    def gc(self, network: str, keep: list[str]) -> list[str]:
+        """Detach every attachment of ``network`` on this host that is not in ``keep``."""
+        removed = []
+        for att in self.ovsdb.list_endpoint_ports(self.bridge):
+            ep = att.endpoint
+            if ep.network == network and ep.attachment not in keep:
+                self.detach(network, ep.container_id, ep.ifname)
+                removed.append(ep.attachment)
+        for ep in self.cluster.list_endpoints(network):
+            if ep.host == self.host and ep.attachment not in keep and ep.attachment not in removed:
+                self.detach(network, ep.container_id, ep.ifname)
+                removed.append(ep.attachment)
+        return removed
+
+    def _create_veth(self, att: Attachment, pod_netns: str) -> str:
+        """The veth pair, configured on both ends; returns the host end's MAC."""
         with IPRoute() as ipr:
             ipr.link(
                 "add",
@@ -171,6 +229,7 @@ class EndpointManager:
             )
             idx = ipr.link_lookup(ifname=att.host_port)[0]
             ipr.link("set", index=idx, mtu=att.mtu, state="up")
+            host_mac = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
         netns.disable_tx_checksum(None, att.host_port)
         with NetNS(netns.namespace_path(pod_netns), flags=0) as pod:
             lo = pod.link_lookup(ifname="lo")[0]
@@ -181,6 +240,7 @@ class EndpointManager:
             if att.gateway:
                 pod.route("add", dst="0.0.0.0/0", gateway=att.gateway, oif=idx)
         netns.disable_tx_checksum(pod_netns, att.ifname)
+        return host_mac
 
     @staticmethod
     def _delete_veth(host_port: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ctl import lab_commands, network_commands
+from ctl import cni_install, lab_commands, network_commands
 from lab.lab import LabError
 from ovsdb.client import OvsdbUnavailable
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     lab_commands.add_parser(sub)
     network_commands.add_parser(sub)
+    cni_install.add_parser(sub)
     return parser
 
 

@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ctl import cni_install
 from lab import agent_proc, naming, netns, ovs_host
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
@@ -59,6 +60,10 @@ class LabPaths:
     @property
     def manifest(self) -> str:
         return os.path.join(self.root, MANIFEST)
+
+    @property
+    def cni_bin(self) -> str:
+        return os.path.join(self.root, "cni", "bin")
 
     @property
     def store_url(self) -> str:
@@ -195,7 +200,9 @@ def _configure_underlay_ip(ns: str, index: int) -> None:
 
 
 def _seed_cluster(paths: LabPaths) -> None:
-    """The lab's shared cluster state, with the ``default`` network every lab starts with."""
+    """The lab's shared cluster state, with the ``default`` network every lab starts with,
+    and the CNI plugin installed where the lab's pods are attached from."""
+    cni_install.install(paths.cni_bin, None, naming.DEFAULT_NETWORK, "")
     cluster = open_cluster(paths.store_url)
     try:
         cluster.create_network(

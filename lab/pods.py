@@ -1,8 +1,9 @@
-"""Lab pods: a namespace per pod, attached through the host agent's own API.
+"""Lab pods: a namespace per pod, attached through the installed CNI plugin.
 
-Until the CNI plugin lands, ``lab pod add`` asks the agent to attach the pod
-exactly as the CNI server will (same code path: IPAM, veth, OVS port, store,
-flows), so what the lab shows is what a runtime will get.
+``lab pod add`` execs the plugin exactly as a runtime does (CNI_* environment,
+the network configuration on stdin, a minimal PATH), so what the lab shows is
+what a runtime gets: the plugin, the agent's API, IPAM, veth, OVS port, store
+record and flows.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 
-from controller import api
 from controller.netns import namespace_path
 from lab import agent_proc, naming, netns
 from lab.lab import LabError, LabPaths
@@ -44,7 +45,7 @@ def pod_add(
     network: str = naming.DEFAULT_NETWORK,
     state_root: str = naming.DEFAULT_STATE_ROOT,
 ) -> dict:
-    """Create the pod's namespace and have the host's agent attach it; returns the attachment."""
+    """Create the pod's namespace and attach it with a CNI ADD; returns the attachment."""
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)
     ns = pod_namespace(lab, host, pod)
@@ -52,32 +53,27 @@ def pod_add(
         raise LabError(f"pod {pod} already exists on {host} (namespace {ns})")
     netns.create_namespace(ns)
     try:
-        answer = api.call(
-            agent_proc.socket_path(paths.host(host)),
-            "attach",
-            network=network,
-            container_id=ns,
-            ifname=POD_IFNAME,
-            netns=namespace_path(ns),
-        )
-        if not answer["ok"]:
-            raise LabError(answer["error"])
-    except OSError as exc:
-        netns.delete_namespace(ns)
-        raise LabError(
-            f"the agent of {host} is not answering ({exc}); start it with "
-            f"'ovs-overlayctl lab agent start --lab {lab} {host}'"
-        ) from None
+        result = _exec_plugin(paths, host, "ADD", network, ns)
     except BaseException:
         netns.delete_namespace(ns)
         raise
+    address, prefixlen = result["ips"][0]["address"].split("/")
+    att = {
+        "network": network,
+        "ip": address,
+        "prefixlen": int(prefixlen),
+        "gateway": result["ips"][0].get("gateway"),
+        "mac": result["interfaces"][1]["mac"],
+        "host_port": result["interfaces"][0]["name"],
+    }
     os.makedirs(os.path.dirname(_record(paths, ns)), exist_ok=True)
     with open(_record(paths, ns), "w") as f:
-        json.dump(answer["result"], f)
-    return answer["result"]
+        json.dump(att, f)
+    return att
 
 
 def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> None:
+    """CNI DEL, then the namespace goes."""
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)
     ns = pod_namespace(lab, host, pod)
@@ -86,17 +82,41 @@ def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STAT
             att = json.load(f)
     except OSError:
         raise LabError(f"no pod {pod} on {host} in lab {lab}") from None
-    answer = api.call(
-        agent_proc.socket_path(paths.host(host)),
-        "detach",
-        network=att["network"],
-        container_id=ns,
-        ifname=POD_IFNAME,
-    )
-    if not answer["ok"]:
-        raise LabError(answer["error"])
+    _exec_plugin(paths, host, "DEL", att["network"], ns)
     netns.delete_namespace(ns)
     os.unlink(_record(paths, ns))
+
+
+def _exec_plugin(paths: LabPaths, host: str, command: str, network: str, ns: str) -> dict | None:
+    """Run the installed plugin as a runtime would; its CNI error becomes a LabError."""
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "lab",
+        "type": "ovs-overlay",
+        "network": network,
+        "agentSocket": agent_proc.socket_path(paths.host(host)),
+    }
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": ns,
+        "CNI_NETNS": namespace_path(ns),
+        "CNI_IFNAME": POD_IFNAME,
+        "CNI_PATH": paths.cni_bin,
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    proc = subprocess.run(
+        [os.path.join(paths.cni_bin, "ovs-overlay")],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    if proc.returncode != 0:
+        msg = out["msg"] if out else proc.stderr.strip()
+        raise LabError(f"CNI {command} of pod {ns} failed: {msg}")
+    return out
 
 
 def pods(lab: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[dict]:

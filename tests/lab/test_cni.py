@@ -1,0 +1,147 @@
+"""The installed CNI plugin, exec'd as a runtime does, against a lab host's agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+
+import pytest
+
+from cni.plugin import SUPPORTED_VERSIONS
+from lab import agent_proc, lab, netns
+from store import open_cluster
+from tests.helpers import host_paths
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def host():
+    name = "t" + secrets.token_hex(3)
+    try:
+        lab.up(name, 1)
+        yield name
+    finally:
+        lab.down(name)
+
+
+def cni(name, command, container, version="1.0.0", netns_path=None, ifname="eth0", **extra):
+    paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, name)
+    conf = {
+        "cniVersion": version,
+        "name": "t",
+        "type": "ovs-overlay",
+        "network": "default",
+        "agentSocket": agent_proc.socket_path(host_paths(name)),
+        **extra,
+    }
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container,
+        "CNI_IFNAME": ifname,
+        "CNI_NETNS": netns_path if netns_path is not None else f"/run/netns/{container}",
+        "CNI_PATH": paths.cni_bin,
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        [os.path.join(paths.cni_bin, "ovs-overlay")],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def leftovers(name):
+    """Host-side veths, OVS endpoint ports and address allocations on the host."""
+    links = netns.run_in_namespace(f"{name}-h1", ["ip", "-br", "link"]).stdout
+    ports = netns.run_in_namespace(
+        f"{name}-h1", ["ovs-vsctl", "list-ports", "br-int"], env=lab.host_env(name, "h1")
+    ).stdout
+    cluster = open_cluster(lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, name).store_url)
+    try:
+        allocations = cluster.allocations("default")
+    finally:
+        cluster.close()
+    return (
+        {w for w in links.split() if w.startswith("ovo")},
+        {p for p in ports.split() if p.startswith("ovo")},
+        allocations,
+    )
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_add_check_del_in_every_version(host, version):
+    container = f"{host}-h1-v{version.replace('.', '')}"
+    netns.create_namespace(container)
+    try:
+        rc, result = cni(host, "ADD", container, version)
+        assert rc == 0, result
+        assert result["cniVersion"] == version
+        assert ("version" in result["ips"][0]) == version.startswith("0.")
+        if version != "0.3.0":  # CHECK came with 0.4.0
+            assert cni(host, "CHECK", container, version)[0] == 0
+        assert cni(host, "DEL", container, version) == (0, None)
+        assert cni(host, "DEL", container, version) == (0, None)  # again: a no-op
+    finally:
+        netns.delete_namespace(container)
+    assert leftovers(host) == (set(), set(), {})
+
+
+def test_del_with_empty_netns_and_a_vanished_namespace(host):
+    container = f"{host}-h1-gone"
+    netns.create_namespace(container)
+    assert cni(host, "ADD", container)[0] == 0
+    netns.delete_namespace(container)  # the runtime removed the netns first
+    assert cni(host, "DEL", container) == (0, None)
+    assert cni(host, "DEL", container, netns_path="") == (0, None)  # containerd's second DEL
+    assert leftovers(host) == (set(), set(), {})
+
+
+def test_a_failed_add_changes_nothing(host):
+    container = f"{host}-h1-bad"
+    netns.create_namespace(container)
+    try:
+        before = leftovers(host)
+        rc, err = cni(host, "ADD", container, network="nope")
+        assert rc == 1 and err["code"] == 7 and "nope" in err["msg"]
+        rc, err = cni(host, "ADD", f"{host}-h1-missing")  # no such netns
+        assert rc == 1 and err["code"] == 3
+        assert leftovers(host) == before
+    finally:
+        netns.delete_namespace(container)
+
+
+def test_check_notices_a_broken_attachment(host):
+    container = f"{host}-h1-chk"
+    netns.create_namespace(container)
+    try:
+        rc, result = cni(host, "ADD", container)
+        assert rc == 0
+        netns.run_in_namespace(container, ["ip", "addr", "flush", "dev", "eth0"])
+        rc, err = cni(host, "CHECK", container)
+        assert rc == 1 and "lacks address" in err["msg"]
+    finally:
+        cni(host, "DEL", container)
+        netns.delete_namespace(container)
+
+
+def test_status_and_gc(host):
+    assert cni(host, "STATUS", "-", version="1.1.0") == (0, None)
+    keep, drop = f"{host}-h1-keep", f"{host}-h1-drop"
+    for c in (keep, drop):
+        netns.create_namespace(c)
+        assert cni(host, "ADD", c)[0] == 0
+    try:
+        valid = [{"containerID": keep, "ifname": "eth0"}]
+        rc, _ = cni(host, "GC", "-", version="1.1.0", **{"cni.dev/valid-attachments": valid})
+        assert rc == 0
+        links, ports, allocations = leftovers(host)
+        assert len(ports) == 1 and list(allocations.values()) == [f"{keep}/eth0"]
+    finally:
+        cni(host, "DEL", keep)
+        for c in (keep, drop):
+            netns.delete_namespace(c)

@@ -1,0 +1,164 @@
+"""The CNI plugin's own half: validation, errors, VERSION and result formats, no agent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cni import plugin
+
+PLUGIN = [sys.executable, "-m", "cni.plugin"]
+ADD_ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "c1",
+    "CNI_NETNS": "/run/netns/x",
+    "CNI_IFNAME": "eth0",
+}
+
+
+def conf(tmp_path=None, **over):
+    c = {
+        "cniVersion": "1.0.0",
+        "name": "overlay",
+        "type": "ovs-overlay",
+        "network": "default",
+        "agentSocket": str(tmp_path / "no-agent.sock") if tmp_path else "/nonexistent/agent.sock",
+    }
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def run_plugin(env, stdin):
+    proc = subprocess.run(PLUGIN, input=stdin, env=env, capture_output=True, text=True)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def test_version_lists_every_supported_version():
+    code, out = run_plugin({"CNI_COMMAND": "VERSION"}, '{"cniVersion":"1.0.0"}')
+    assert code == 0
+    assert out["cniVersion"] == "1.0.0"
+    assert {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= set(out["supportedVersions"])
+
+
+def test_version_answers_in_the_latest_version_for_an_unknown_one():
+    assert plugin.version_result({"cniVersion": "9.9.9"})["cniVersion"] == "1.1.0"
+
+
+@pytest.mark.parametrize(
+    "env,config,code,words",
+    [
+        ({}, conf(), plugin.ERR_INVALID_ENV, "CNI_COMMAND"),
+        ({"CNI_COMMAND": "FROB"}, conf(), plugin.ERR_INVALID_ENV, "CNI_COMMAND"),
+        (ADD_ENV, conf(cniVersion="0.2.0"), plugin.ERR_INCOMPATIBLE_VERSION, "0.2.0"),
+        (ADD_ENV, conf(cniVersion=None), plugin.ERR_INVALID_CONFIG, "cniVersion"),
+        (ADD_ENV, conf(type="bridge"), plugin.ERR_INVALID_CONFIG, "type"),
+        (ADD_ENV, conf(name=None), plugin.ERR_INVALID_CONFIG, "name"),
+        (ADD_ENV, conf(network=5), plugin.ERR_INVALID_CONFIG, "network"),
+        (ADD_ENV, conf(ipam={"type": "host-local"}), plugin.ERR_UNSUPPORTED_FIELD, "ipam"),
+        (ADD_ENV, conf(agentSocket="relative.sock"), plugin.ERR_INVALID_CONFIG, "agentSocket"),
+        ({**ADD_ENV, "CNI_CONTAINERID": ""}, conf(), plugin.ERR_INVALID_ENV, "CNI_CONTAINERID"),
+        ({**ADD_ENV, "CNI_NETNS": ""}, conf(), plugin.ERR_INVALID_ENV, "CNI_NETNS"),
+        ({"CNI_COMMAND": "STATUS"}, conf(), plugin.ERR_INCOMPATIBLE_VERSION, "1.1.0"),
+        (ADD_ENV, conf(), plugin.ERR_TRY_AGAIN, "/nonexistent/agent.sock"),
+        (
+            {"CNI_COMMAND": "STATUS"},
+            conf(cniVersion="1.1.0"),
+            plugin.ERR_PLUGIN_NOT_AVAILABLE,
+            "not answering",
+        ),
+    ],
+)
+def test_errors_are_valid_cni_error_json_with_the_right_code(env, config, code, words):
+    rc, out = run_plugin(env, json.dumps(config))
+    assert rc != 0
+    assert set(out) >= {"cniVersion", "code", "msg"}
+    assert out["code"] == code
+    assert out["cniVersion"] in plugin.SUPPORTED_VERSIONS
+    assert words in out["msg"]
+
+
+@pytest.mark.parametrize("stdin", ["{not json", "[1]", '"x"'])
+def test_undecodable_config_is_error_6(stdin):
+    rc, out = run_plugin(ADD_ENV, stdin)
+    assert (rc, out["code"]) == (1, plugin.ERR_DECODE)
+
+
+ATT = {
+    "ip": "100.64.0.2",
+    "prefixlen": 16,
+    "gateway": "100.64.0.1",
+    "mac": "0a:58:64:40:00:02",
+    "ifname": "eth0",
+    "netns": "/run/netns/x",
+    "host_port": "ovo123",
+    "host_mac": "aa:bb:cc:dd:ee:ff",
+}
+
+
+@pytest.mark.parametrize("version", plugin.SUPPORTED_VERSIONS)
+def test_add_result_is_in_the_request_version(version):
+    result = plugin.add_result(ATT, version)
+    assert result["cniVersion"] == version
+    [ip] = result["ips"]
+    assert ip["address"] == "100.64.0.2/16" and ip["gateway"] == "100.64.0.1"
+    assert result["interfaces"][ip["interface"]]["sandbox"] == "/run/netns/x"
+    # 0.3.x and 0.4.0 results carry the IP version; 1.0.0 removed that field.
+    assert ("version" in ip) == version.startswith("0.")
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "100.64.0.1"}]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=st.sampled_from([*plugin.VERBS, "", "X"]),
+    env=st.dictionaries(
+        st.sampled_from(["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]), st.text(max_size=10)
+    ),
+    config=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "cniVersion": st.sampled_from([*plugin.SUPPORTED_VERSIONS, "0.1.0", 3]),
+                "name": json_values,
+                "type": st.sampled_from(["ovs-overlay", "x", 1]),
+                "network": json_values,
+                "mtu": json_values,
+                "ipam": json_values,
+            },
+        ),
+    ),
+)
+def test_any_input_is_a_valid_result_or_a_cni_error(command, env, config):
+    # The agent socket cannot exist, so nothing anywhere is changed by these calls.
+    if isinstance(config, dict):
+        config = {**config, "agentSocket": "/nonexistent/agent.sock"}
+    try:
+        out = plugin.run({"CNI_COMMAND": command, **env}, json.dumps(config))
+    except plugin.CniError as err:
+        assert isinstance(err.code, int) and err.msg
+        return
+    assert command == "VERSION" and "supportedVersions" in out
+
+
+def test_plugin_imports_only_the_standard_library():
+    # Runtimes exec the plugin for every verb: a heavy import would add to pod start.
+    code = "import sys, cni.plugin; print(' '.join(sorted(sys.modules)))"
+    mods = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for heavy in ("pyroute2", "ovs", "ovsdbapp", "os_ken", "eventlet"):
+        assert heavy not in mods
