@@ -145,3 +145,25 @@ def test_status_and_gc(host):
         cni(host, "DEL", keep)
         for c in (keep, drop):
             netns.delete_namespace(c)
+
+
+def test_fifty_parallel_adds_get_fifty_addresses_and_ports(host):
+    from concurrent.futures import ThreadPoolExecutor
+
+    containers = [f"{host}-h1-par{i}" for i in range(50)]
+    for c in containers:
+        netns.create_namespace(c)
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            results = list(pool.map(lambda c: cni(host, "ADD", c), containers))
+        assert all(rc == 0 for rc, _ in results), [r for r in results if r[0]][:3]
+        ips = {r["ips"][0]["address"] for _, r in results}
+        assert len(ips) == 50
+        links, ports, allocations = leftovers(host)
+        assert len(ports) == 50 and len(links) == 50 and len(allocations) == 50
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            assert set(pool.map(lambda c: cni(host, "DEL", c), containers)) == {(0, None)}
+    finally:
+        for c in containers:
+            netns.delete_namespace(c)
+    assert leftovers(host) == (set(), set(), {})

@@ -1,0 +1,137 @@
+"""CNI ADD latency until the pod reaches a pod on another host; DEL latency; pods/s.
+
+Run as root from the repo root:  .venv/bin/python bench/cni_add.py [--sequential 40]
+
+A 2-host lab.  An "anchor" pod runs on h2.  Each measured ADD execs the installed
+plugin exactly as a runtime does (env + stdin, new process), then pings the anchor from
+the new pod (``ping -c1 -W 0.2`` repeated) until it answers: the time from exec to the
+first answer is "ADD to reachable" (it includes h2's agent learning the new pod, since
+the answer must come back).  "ADD" alone is exec to the plugin's exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lab import agent_proc, lab, naming, netns, pods  # noqa: E402
+
+
+def plugin(name: str, command: str, container: str) -> float:
+    paths = lab.LabPaths(naming.DEFAULT_STATE_ROOT, name)
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "b",
+        "type": "ovs-overlay",
+        "network": "default",
+        "agentSocket": agent_proc.socket_path(paths.host("h1")),
+    }
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container,
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": f"/run/netns/{container}",
+        "CNI_PATH": paths.cni_bin,
+        "PATH": "/usr/bin:/bin",
+    }
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [os.path.join(paths.cni_bin, "ovs-overlay")],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} {container}: {proc.stdout}")
+    return time.perf_counter() - start
+
+
+def add_until_reachable(name: str, container: str, anchor_ip: str) -> tuple[float, float]:
+    netns.create_namespace(container)
+    start = time.perf_counter()
+    add = plugin(name, "ADD", container)
+    deadline = start + 10
+    while subprocess.run(
+        ["ping", "-c1", "-W", "0.2", anchor_ip],
+        capture_output=True,
+        preexec_fn=lambda: netns.enter_namespace(container),
+    ).returncode:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{container} never reached {anchor_ip}")
+    return add, time.perf_counter() - start
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def row(label: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (
+        f"| {label} | {len(ms)} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} | {pct(ms, 99):.0f} "
+        f"| {max(ms):.0f} |"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sequential", type=int, default=40)
+    p.add_argument("--parallel", type=int, default=10)
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--throughput-pods", type=int, default=100)
+    args = p.parse_args()
+    name = "b" + secrets.token_hex(3)
+    made: list[str] = []
+    try:
+        lab.up(name, 2)
+        anchor = pods.pod_add(name, "h2", "anchor")["ip"]
+
+        def ns(tag: str) -> str:
+            made.append(f"{name}-h1-{tag}")
+            return made[-1]
+
+        seq = [add_until_reachable(name, ns(f"s{i}"), anchor) for i in range(args.sequential)]
+        par = []
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            for b in range(args.batches):
+                batch = [ns(f"p{b}x{i}") for i in range(args.parallel)]
+                par += list(pool.map(lambda c: add_until_reachable(name, c, anchor), batch))
+        dels = [plugin(name, "DEL", c) for c in made]
+        for c in made:
+            netns.delete_namespace(c)
+        made.clear()
+
+        batch = [ns(f"t{i}") for i in range(args.throughput_pods)]
+        for c in batch:
+            netns.create_namespace(c)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            list(pool.map(lambda c: plugin(name, "ADD", c), batch))
+        rate = len(batch) / (time.perf_counter() - start)
+    finally:
+        for c in made:
+            netns.delete_namespace(c)
+        lab.down(name)
+    print("| measure | n | p50 ms | p95 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(row("ADD, sequential", [a for a, _ in seq]))
+    print(row("ADD to reachable, sequential", [r for _, r in seq]))
+    print(row(f"ADD, {args.parallel} in parallel", [a for a, _ in par]))
+    print(row(f"ADD to reachable, {args.parallel} in parallel", [r for _, r in par]))
+    print(row("DEL, sequential", dels))
+    print(f"\n{args.throughput_pods} pods ADDed with {args.parallel} at a time: {rate:.1f} pods/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
