@@ -79,6 +79,8 @@ class Agent:
         )
         self.lease = self.cluster.register_host(cfg.host, cfg.tunnel_ip, cfg.host_ttl)
         self._spawn(self._keepalive, "keepalive")
+        for what in self.endpoints.reconcile():
+            LOG.warning("removed an orphan left while the agent was away: %s", what)
         self._ensure_gateway()
         # Watch from the revision read before the first refresh, so a change made in
         # between is not missed.

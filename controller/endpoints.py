@@ -57,9 +57,12 @@ class Attachment:
         return dict(self.__dict__)
 
 
+HOST_PORT_PREFIX = "ovo"
+
+
 def host_port_name(container_id: str, ifname: str) -> str:
     """The host end's name: stable per attachment, 15 characters, recognisably ours."""
-    return "ovo" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
+    return HOST_PORT_PREFIX + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
 
 
 def mac_for(ip: str) -> str:
@@ -157,13 +160,16 @@ class EndpointManager:
 
     def detach(self, network: str, container_id: str, ifname: str) -> None:
         """Remove every trace of an attachment; parts already gone are fine."""
+        self._remove(network, container_id, ifname)
+        self.publish()
+
+    def _remove(self, network: str, container_id: str, ifname: str) -> None:
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
         self.ovsdb.delete_port(port)
         self._delete_veth(port)
         self.cluster.delete_endpoint(network, self.host, attachment_id)
         self.cluster.release_ip(network, attachment_id)
-        self.publish()
 
     def check(self, network: str, container_id: str, ifname: str, netns_path: str) -> None:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
@@ -216,6 +222,49 @@ class EndpointManager:
             if ep.host == self.host and ep.attachment not in keep and ep.attachment not in removed:
                 self.detach(network, ep.container_id, ep.ifname)
                 removed.append(ep.attachment)
+        return removed
+
+    def reconcile(self) -> list[str]:
+        """Make OVS ports, host veths and the store agree after the agent was away.
+
+        A pod whose namespace vanished took its veth with it and leaves an OVS port,
+        an endpoint record and an address; an agent killed mid-ADD can leave a veth with
+        no port, or an address with no endpoint.  What is whole (veth, port and record)
+        stays; every orphan goes.  Returns what was removed, for the log.
+        """
+        removed = []
+        with IPRoute() as ipr:
+            veths = {
+                link.get("IFLA_IFNAME")
+                for link in ipr.get_links()
+                if link.get("IFLA_IFNAME", "").startswith(HOST_PORT_PREFIX)
+            }
+        live = set()
+        for attached in self.ovsdb.list_endpoint_ports(self.bridge):
+            ep = attached.endpoint
+            if ep.port in veths:
+                live.add((ep.network, ep.attachment))
+            else:  # no publish: the agent's first refresh follows
+                self._remove(ep.network, ep.container_id, ep.ifname)
+                removed.append(f"port {ep.port} of {ep.attachment} (its veth is gone)")
+        ports = {a.endpoint.port for a in self.ovsdb.list_endpoint_ports(self.bridge)}
+        for veth in sorted(veths - ports):
+            self._delete_veth(veth)
+            removed.append(f"veth {veth} (no OVS port)")
+        for ep in self.cluster.list_endpoints():
+            if ep.host == self.host and (ep.network, ep.attachment) not in live:
+                self.cluster.delete_endpoint(ep.network, self.host, ep.attachment)
+                self.cluster.release_ip(ep.network, ep.attachment)
+                removed.append(f"endpoint {ep.attachment} in {ep.network} (no port)")
+        for net in self.cluster.list_networks():
+            mine = [
+                ipaddress.ip_network(b.cidr) for b in self.cluster.blocks_of(net.name, self.host)
+            ]
+            for ip, attachment in self.cluster.allocations(net.name).items():
+                in_mine = any(ipaddress.ip_address(ip) in block for block in mine)
+                if in_mine and (net.name, attachment) not in live:
+                    self.cluster.release_ip(net.name, attachment)
+                    removed.append(f"address {ip} of {attachment} in {net.name} (no endpoint)")
         return removed
 
     def _create_veth(self, att: Attachment, pod_netns: str) -> str:

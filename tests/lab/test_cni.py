@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 
 import pytest
@@ -67,7 +68,7 @@ def leftovers(name):
     finally:
         cluster.close()
     return (
-        {w for w in links.split() if w.startswith("ovo")},
+        {w.split("@")[0] for w in links.split() if w.startswith("ovo")},
         {p for p in ports.split() if p.startswith("ovo")},
         allocations,
     )
@@ -167,3 +168,32 @@ def test_fifty_parallel_adds_get_fifty_addresses_and_ports(host):
         for c in containers:
             netns.delete_namespace(c)
     assert leftovers(host) == (set(), set(), {})
+
+
+def test_a_restarted_agent_removes_orphans_and_keeps_live_pods(host):
+    paths = host_paths(host)
+    live, vanished = f"{host}-h1-live", f"{host}-h1-vanish"
+    for c in (live, vanished):
+        netns.create_namespace(c)
+        assert cni(host, "ADD", c)[0] == 0
+    agent_proc.stop(paths, signal.SIGKILL)
+    # While the agent is away: a pod's namespace vanishes without a DEL (its veth goes
+    # with it), a half-done ADD leaves a veth, another leaves an address.
+    netns.delete_namespace(vanished)
+    netns.run_in_namespace(
+        f"{host}-h1",
+        ["ip", "link", "add", "ovo0123456789ab", "type", "veth", "peer", "name", "strayp"],
+    )
+    cluster = open_cluster(lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host).store_url)
+    try:
+        ghost_ip = cluster.allocate_ip("default", "h1", "ghost/eth0")
+    finally:
+        cluster.close()
+    lab.agent_control(host, "h1", "start")
+    links, ports, allocations = leftovers(host)
+    assert links == ports and len(ports) == 1  # only the live pod's veth and port
+    assert ghost_ip not in allocations
+    assert list(allocations.values()) == [f"{live}/eth0"]
+    assert cni(host, "CHECK", live)[0] == 0
+    assert cni(host, "DEL", live) == (0, None)
+    netns.delete_namespace(live)
