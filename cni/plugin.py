@@ -82,12 +82,14 @@ def parse_config(request: dict, command: str) -> dict:
         value = request.get(field, "default" if field == "network" else None)
         if not isinstance(value, kind) or not value:
             raise CniError(ERR_INVALID_CONFIG, f"{field} must be a non-empty string")
-    for field in ("mtu", "ipam"):
-        if field in request:
-            raise CniError(
-                ERR_UNSUPPORTED_FIELD,
-                f"{field} is not supported yet; remove it from the network configuration",
-            )
+    if "ipam" in request:
+        raise CniError(
+            ERR_UNSUPPORTED_FIELD,
+            "ipam is not supported yet; remove it to use the built-in per-host IPAM",
+        )
+    mtu = request.get("mtu")
+    if mtu is not None and (type(mtu) is not int or not 576 <= mtu <= 9000):
+        raise CniError(ERR_INVALID_CONFIG, f"mtu {mtu!r} must be a whole number in 576..9000")
     sock = request.get("agentSocket", DEFAULT_SOCKET)
     if not isinstance(sock, str) or not sock.startswith("/"):
         raise CniError(ERR_INVALID_CONFIG, "agentSocket must be an absolute path")
@@ -96,8 +98,39 @@ def parse_config(request: dict, command: str) -> dict:
         "name": request["name"],
         "network": request.get("network", "default"),
         "socket": sock,
+        "mtu": mtu,
         "prevResult": request.get("prevResult"),
     }
+
+
+KNOWN_ARGS = {
+    "IgnoreUnknown",
+    "IP",
+    "MAC",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+}
+
+
+def parse_args(cni_args: str) -> dict:
+    """CNI_ARGS ("K=V;K=V"): a static IP= and MAC=; unknown keys are an error unless
+    IgnoreUnknown=1, as in the reference plugins."""
+    pairs = {}
+    for item in filter(None, cni_args.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS item {item!r} is not KEY=VALUE")
+        pairs[key] = value
+    ignore = pairs.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(set(pairs) - KNOWN_ARGS)
+    if unknown and not ignore:
+        raise CniError(
+            ERR_INVALID_ENV,
+            f"CNI_ARGS has unknown keys {', '.join(unknown)}; add IgnoreUnknown=1 to allow them",
+        )
+    return {k.lower(): pairs[k] for k in ("IP", "MAC") if pairs.get(k)}
 
 
 def call_agent(path: str, op: str, **args) -> dict:
@@ -179,6 +212,8 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
             container_id=env["CNI_CONTAINERID"],
             ifname=env["CNI_IFNAME"],
             netns=env["CNI_NETNS"],
+            mtu=conf["mtu"],
+            **parse_args(env.get("CNI_ARGS", "")),
         )
         return add_result(att, conf["version"])
     if command == "DEL":

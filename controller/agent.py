@@ -293,10 +293,19 @@ class Agent:
             "full_syncs": self.reconciler.full_syncs,
         }
 
-    def _api_attach(self, network: str, container_id: str, ifname: str, netns: str) -> dict:
+    def _api_attach(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        netns: str,
+        ip: str | None = None,
+        mac: str | None = None,
+        mtu: int | None = None,
+    ) -> dict:
         try:
             return self.endpoints.attach(
-                AttachRequest(network, container_id, ifname, netns)
+                AttachRequest(network, container_id, ifname, netns, ip, mac, mtu)
             ).to_json()
         except AttachError as exc:
             raise ApiError(str(exc), exc.code) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -37,6 +38,9 @@ class AttachRequest:
     container_id: str
     ifname: str
     netns: str
+    ip: str | None = None  # static, from CNI_ARGS
+    mac: str | None = None
+    mtu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Attachment:
 
 
 HOST_PORT_PREFIX = "ovo"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def host_port_name(container_id: str, ifname: str) -> str:
@@ -100,10 +105,24 @@ class EndpointManager:
             open(netns.namespace_path(req.netns)).close()
         except OSError:
             raise AttachError(f"network namespace {req.netns} does not exist", code=3) from None
+        mtu = self.mtu_for(network)
+        if req.mtu is not None and req.mtu > mtu:
+            raise AttachError(
+                f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
+                f"use {mtu} or less"
+            )
+        if req.mac is not None and not MAC_RE.match(req.mac.lower()):
+            raise AttachError(f"MAC {req.mac!r} in CNI_ARGS is not a MAC address", code=4)
         attachment_id = f"{req.container_id}/{req.ifname}"
         undo: list[tuple[str, Callable[[], None]]] = []
         try:
-            ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
+            if req.ip is not None:
+                try:
+                    ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id)
+                except ValueError as exc:
+                    raise AttachError(str(exc), code=4) from None
+            else:
+                ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
             undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
             att = Attachment(
                 network=req.network,
@@ -112,11 +131,11 @@ class EndpointManager:
                 netns=req.netns,
                 host_port=host_port_name(req.container_id, req.ifname),
                 host_mac="",
-                mac=mac_for(ip),
+                mac=req.mac.lower() if req.mac else mac_for(ip),
                 ip=ip,
                 prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
                 gateway=self.gateway_for(network),
-                mtu=self.mtu_for(network),
+                mtu=req.mtu or mtu,
             )
             att = replace(att, host_mac=self._create_veth(att, req.netns))
             undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))

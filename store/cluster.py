@@ -371,6 +371,35 @@ class ClusterState:
                     "addresses or create a larger network"
                 ) from None
 
+    def reserve_ip(self, network: str, address: str, attachment: str) -> str:
+        """Give ``attachment`` exactly ``address`` (a static IP asked for in CNI_ARGS)."""
+        _check_attachment(attachment)
+        net = self._require(network)
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise StoreError(f"IP {address!r} is not an IPv4 address") from None
+        if ip not in ipaddress.IPv4Network(net.cidr) or str(ip) in reserved_addresses(net.cidr):
+            raise StoreError(
+                f"IP {address} is not a usable address of network {network} ({net.cidr})"
+            )
+        att_key = _attachment_key(network, attachment)
+        prefix = _ipam_prefix(network)
+        result = self.kv.txn(
+            (Compare(prefix + str(ip), 0), Compare(att_key, 0)),
+            (Put(prefix + str(ip), attachment), Put(att_key, str(ip))),
+        )
+        if result.succeeded:
+            return str(ip)
+        existing = self.kv.get(att_key)
+        if existing is not None and existing.value == str(ip):
+            return str(ip)  # a retried ADD
+        holder = self.kv.get(prefix + str(ip))
+        raise StoreError(
+            f"IP {address} in network {network} is already used by "
+            f"{holder.value if holder else 'another attachment'}; pick a free address"
+        )
+
     def release_ip(self, network: str, attachment: str) -> str | None:
         """Free the address of ``attachment`` and return it; None if it had none (a repeated
         CNI DEL is not an error)."""

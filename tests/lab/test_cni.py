@@ -197,3 +197,59 @@ def test_a_restarted_agent_removes_orphans_and_keeps_live_pods(host):
     assert cni(host, "CHECK", live)[0] == 0
     assert cni(host, "DEL", live) == (0, None)
     netns.delete_namespace(live)
+
+
+def test_static_ip_mac_and_mtu(host):
+    container = f"{host}-h1-static"
+    netns.create_namespace(container)
+    try:
+        paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host)
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "t",
+            "type": "ovs-overlay",
+            "network": "default",
+            "mtu": 1400,
+            "agentSocket": agent_proc.socket_path(host_paths(host)),
+        }
+        env = {
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": container,
+            "CNI_IFNAME": "eth0",
+            "CNI_NETNS": f"/run/netns/{container}",
+            "CNI_PATH": paths.cni_bin,
+            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=x;IP=100.64.200.7;MAC=0a:58:aa:bb:cc:dd",
+        }
+        proc = subprocess.run(
+            [os.path.join(paths.cni_bin, "ovs-overlay")],
+            input=json.dumps(conf),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout
+        out = netns.run_in_namespace(container, ["ip", "addr", "show", "eth0"]).stdout
+        assert "100.64.200.7/16" in out and "0a:58:aa:bb:cc:dd" in out and "mtu 1400" in out
+        # The same address for another container is refused, and changes nothing.
+        before = leftovers(host)
+        other = f"{host}-h1-static2"
+        netns.create_namespace(other)
+        try:
+            rc, err = cni(host, "ADD", other, **{})  # dynamic: fine, then DEL
+            assert rc == 0
+            assert cni(host, "DEL", other) == (0, None)
+            env2 = {**env, "CNI_CONTAINERID": other, "CNI_NETNS": f"/run/netns/{other}"}
+            proc = subprocess.run(
+                [os.path.join(paths.cni_bin, "ovs-overlay")],
+                input=json.dumps(conf),
+                env=env2,
+                capture_output=True,
+                text=True,
+            )
+            assert proc.returncode == 1 and "already used" in json.loads(proc.stdout)["msg"]
+            assert leftovers(host) == before
+        finally:
+            netns.delete_namespace(other)
+    finally:
+        cni(host, "DEL", container)
+        netns.delete_namespace(container)

@@ -296,3 +296,21 @@ def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster):
         "delete endpoints/default/h1/c1/eth0",
         "put hosts/h1",
     ]
+
+
+def test_a_static_address_is_reserved_once(tmp_path):
+    from store import open_cluster
+    from store.cluster import StoreError
+
+    c = open_cluster(f"sqlite:///{tmp_path}/s.db")
+    c.create_network("default", 5001, "100.64.0.0/16")
+    assert c.reserve_ip("default", "100.64.9.9", "a/eth0") == "100.64.9.9"
+    assert c.reserve_ip("default", "100.64.9.9", "a/eth0") == "100.64.9.9"  # retried ADD
+    with pytest.raises(StoreError, match="already used by a/eth0"):
+        c.reserve_ip("default", "100.64.9.9", "b/eth0")
+    for bad in ("100.64.0.1", "100.65.0.1", "nope"):  # gateway, outside, not an IP
+        with pytest.raises(StoreError):
+            c.reserve_ip("default", bad, "c/eth0")
+    c.release_ip("default", "a/eth0")
+    assert c.reserve_ip("default", "100.64.9.9", "b/eth0") == "100.64.9.9"
+    c.close()

@@ -162,3 +162,21 @@ def test_plugin_imports_only_the_standard_library():
     ).stdout.split()
     for heavy in ("pyroute2", "ovs", "ovsdbapp", "os_ken", "eventlet"):
         assert heavy not in mods
+
+
+def test_cni_args_give_a_static_ip_and_mac_and_refuse_unknown_keys():
+    assert plugin.parse_args("IP=100.64.3.3;MAC=0a:58:00:00:00:01") == {
+        "ip": "100.64.3.3",
+        "mac": "0a:58:00:00:00:01",
+    }
+    assert plugin.parse_args("K8S_POD_NAME=x;IgnoreUnknown=1;FOO=1") == {}
+    with pytest.raises(plugin.CniError, match="unknown keys FOO"):
+        plugin.parse_args("FOO=1")
+    with pytest.raises(plugin.CniError, match="KEY=VALUE"):
+        plugin.parse_args("IP")
+
+
+@pytest.mark.parametrize("mtu", [0, 100, 10000, "1400", 1400.5, True])
+def test_a_bad_mtu_is_refused(mtu):
+    rc, out = run_plugin(ADD_ENV, json.dumps(conf(mtu=mtu)))
+    assert (rc, out["code"]) == (1, plugin.ERR_INVALID_CONFIG)
