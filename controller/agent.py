@@ -48,6 +48,10 @@ class Agent:
         self.api: ApiServer | None = None
         self._threads: list[threading.Thread] = []
         self._solicited: set[str] = set()
+        self._tickets = threading.Condition()
+        self._ticket = 0  # publish requests taken
+        self._served = 0  # the last ticket a finished refresh covered
+        self._served_version = 0  # the reconciler version that refresh produced
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class Agent:
         # between is not missed.
         self._watch_from = self.cluster.revision()
         self.refresh()
+        self._spawn(self._refresher, "refresher")
         self._spawn(self._watch, "store-watch")
         if self._connect_unix is not None:
             self._spawn(self._restore_watch, "restore-watch")
@@ -169,14 +174,46 @@ class Agent:
                 LOG.warning("could not solicit underlay neighbours %s: %s", sorted(new), exc)
 
     def publish(self) -> None:
-        """Refresh and wait until br-int has the result (an endpoint is reachable on return)."""
-        version = self.refresh()
+        """Refresh and wait until br-int has the result (an endpoint is reachable on return).
+
+        Concurrent callers share refreshes: each takes a ticket, and one refresh that
+        starts after a ticket was taken serves every caller up to that ticket.  Fifty
+        parallel ADDs then cost a few refreshes, not fifty in a row.
+        """
+        with self._tickets:
+            self._ticket += 1
+            mine = self._ticket
+            self._tickets.notify_all()
+            if not self._tickets.wait_for(lambda: self._served >= mine, PUBLISH_TIMEOUT):
+                raise AttachError(
+                    f"the agent did not refresh its state within {PUBLISH_TIMEOUT:.0f}s", code=11
+                )
+            version = self._served_version
         if not self.reconciler.wait_applied(version, PUBLISH_TIMEOUT):
             raise AttachError(
                 f"br-int did not take the new flows within {PUBLISH_TIMEOUT:.0f}s; "
                 "check that ovs-vswitchd is connected to the agent",
                 code=11,
             )
+
+    def _refresher(self) -> None:
+        """Serve publish tickets: one refresh covers every ticket taken before it began."""
+        while not self._stop.is_set():
+            with self._tickets:
+                self._tickets.wait_for(
+                    lambda: self._ticket > self._served or self._stop.is_set(), 1.0
+                )
+                target = self._ticket
+            if target == self._served:
+                continue
+            try:
+                version = self.refresh()
+            except Exception:
+                LOG.exception("refreshing the pipeline state failed")
+                continue
+            with self._tickets:
+                self._served, self._served_version = target, version
+                self._tickets.notify_all()
 
     def _watch(self) -> None:
         for _events in self.cluster.watch_changes(self._stop, self._watch_from):
