@@ -12,7 +12,6 @@ the answer must come back).  "ADD" alone is exec to the plugin's exit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import subprocess
@@ -22,36 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lab import agent_proc, lab, naming, netns, pods  # noqa: E402
+from lab import lab, naming, netns, pods  # noqa: E402
 
 
 def plugin(name: str, command: str, container: str) -> float:
-    paths = lab.LabPaths(naming.DEFAULT_STATE_ROOT, name)
-    conf = {
-        "cniVersion": "1.0.0",
-        "name": "b",
-        "type": "ovs-overlay",
-        "network": "default",
-        "agentSocket": agent_proc.socket_path(paths.host("h1")),
-    }
-    env = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container,
-        "CNI_IFNAME": "eth0",
-        "CNI_NETNS": f"/run/netns/{container}",
-        "CNI_PATH": paths.cni_bin,
-        "PATH": "/usr/bin:/bin",
-    }
     start = time.perf_counter()
-    proc = subprocess.run(
-        [os.path.join(paths.cni_bin, "ovs-overlay")],
-        input=json.dumps(conf),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command} {container}: {proc.stdout}")
+    rc, out = pods.cni_exec(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name), "h1", command, container)
+    if rc != 0:
+        raise RuntimeError(f"{command} {container}: {out}")
     return time.perf_counter() - start
 
 

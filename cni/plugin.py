@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
+
+from controller import api  # the agent API's client: standard library only
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
@@ -136,15 +137,7 @@ def parse_args(cni_args: str) -> dict:
 def call_agent(path: str, op: str, **args) -> dict:
     """One request to the agent; its refusal becomes the CniError it names."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(AGENT_TIMEOUT)
-            sock.connect(path)
-            sock.sendall(json.dumps({"op": op, **args}).encode())
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        answer = json.loads(b"".join(chunks))
+        answer = api.call(path, op, timeout=AGENT_TIMEOUT, **args)
     except (OSError, ValueError) as exc:
         raise CniError(
             ERR_TRY_AGAIN,

@@ -89,21 +89,44 @@ def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STAT
 
 def _exec_plugin(paths: LabPaths, host: str, command: str, network: str, ns: str) -> dict | None:
     """Run the installed plugin as a runtime would; its CNI error becomes a LabError."""
+    rc, out = cni_exec(paths, host, command, ns, network=network)
+    if rc != 0:
+        raise LabError(f"CNI {command} of pod {ns} failed: {out['msg'] if out else 'no output'}")
+    return out
+
+
+def cni_exec(
+    paths: LabPaths,
+    host: str,
+    command: str,
+    container: str,
+    *,
+    network: str = naming.DEFAULT_NETWORK,
+    version: str = "1.0.0",
+    netns_path: str | None = None,
+    cni_args: str = "",
+    **conf_extra,
+) -> tuple[int, dict | None]:
+    """Exec the lab's installed plugin like a runtime: CNI_* env, the config on stdin, a
+    minimal PATH.  Returns its exit code and parsed output (None when it printed nothing)."""
     conf = {
-        "cniVersion": "1.0.0",
+        "cniVersion": version,
         "name": "lab",
         "type": "ovs-overlay",
         "network": network,
         "agentSocket": agent_proc.socket_path(paths.host(host)),
+        **conf_extra,
     }
     env = {
         "CNI_COMMAND": command,
-        "CNI_CONTAINERID": ns,
-        "CNI_NETNS": namespace_path(ns),
+        "CNI_CONTAINERID": container,
+        "CNI_NETNS": namespace_path(container) if netns_path is None else netns_path,
         "CNI_IFNAME": POD_IFNAME,
         "CNI_PATH": paths.cni_bin,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
+    if cni_args:
+        env["CNI_ARGS"] = cni_args
     proc = subprocess.run(
         [os.path.join(paths.cni_bin, "ovs-overlay")],
         input=json.dumps(conf),
@@ -112,11 +135,7 @@ def _exec_plugin(paths: LabPaths, host: str, command: str, network: str, ns: str
         text=True,
         timeout=120,
     )
-    out = json.loads(proc.stdout) if proc.stdout.strip() else None
-    if proc.returncode != 0:
-        msg = out["msg"] if out else proc.stderr.strip()
-        raise LabError(f"CNI {command} of pod {ns} failed: {msg}")
-    return out
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
 def pods(lab: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[dict]:

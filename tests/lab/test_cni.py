@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import signal
-import subprocess
 
 import pytest
 
 from cni.plugin import SUPPORTED_VERSIONS
-from lab import agent_proc, lab, netns
+from lab import agent_proc, lab, netns, pods
 from store import open_cluster
 from tests.helpers import host_paths
 
@@ -28,32 +25,11 @@ def host():
         lab.down(name)
 
 
-def cni(name, command, container, version="1.0.0", netns_path=None, ifname="eth0", **extra):
+def cni(name, command, container, version="1.0.0", netns_path=None, **extra):
     paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, name)
-    conf = {
-        "cniVersion": version,
-        "name": "t",
-        "type": "ovs-overlay",
-        "network": "default",
-        "agentSocket": agent_proc.socket_path(host_paths(name)),
-        **extra,
-    }
-    env = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container,
-        "CNI_IFNAME": ifname,
-        "CNI_NETNS": netns_path if netns_path is not None else f"/run/netns/{container}",
-        "CNI_PATH": paths.cni_bin,
-        "PATH": "/usr/bin:/bin",
-    }
-    proc = subprocess.run(
-        [os.path.join(paths.cni_bin, "ovs-overlay")],
-        input=json.dumps(conf),
-        env=env,
-        capture_output=True,
-        text=True,
+    return pods.cni_exec(
+        paths, "h1", command, container, version=version, netns_path=netns_path, **extra
     )
-    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
 def leftovers(name):
@@ -204,31 +180,9 @@ def test_static_ip_mac_and_mtu(host):
     container = f"{host}-h1-static"
     netns.create_namespace(container)
     try:
-        paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host)
-        conf = {
-            "cniVersion": "1.0.0",
-            "name": "t",
-            "type": "ovs-overlay",
-            "network": "default",
-            "mtu": 1400,
-            "agentSocket": agent_proc.socket_path(host_paths(host)),
-        }
-        env = {
-            "CNI_COMMAND": "ADD",
-            "CNI_CONTAINERID": container,
-            "CNI_IFNAME": "eth0",
-            "CNI_NETNS": f"/run/netns/{container}",
-            "CNI_PATH": paths.cni_bin,
-            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=x;IP=100.64.200.7;MAC=0a:58:aa:bb:cc:dd",
-        }
-        proc = subprocess.run(
-            [os.path.join(paths.cni_bin, "ovs-overlay")],
-            input=json.dumps(conf),
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stdout
+        args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=100.64.200.7;MAC=0a:58:aa:bb:cc:dd"
+        rc, out = cni(host, "ADD", container, mtu=1400, cni_args=args)
+        assert rc == 0, out
         out = netns.run_in_namespace(container, ["ip", "addr", "show", "eth0"]).stdout
         assert "100.64.200.7/16" in out and "0a:58:aa:bb:cc:dd" in out and "mtu 1400" in out
         # The same address for another container is refused, and changes nothing.
@@ -239,15 +193,8 @@ def test_static_ip_mac_and_mtu(host):
             rc, err = cni(host, "ADD", other, **{})  # dynamic: fine, then DEL
             assert rc == 0
             assert cni(host, "DEL", other) == (0, None)
-            env2 = {**env, "CNI_CONTAINERID": other, "CNI_NETNS": f"/run/netns/{other}"}
-            proc = subprocess.run(
-                [os.path.join(paths.cni_bin, "ovs-overlay")],
-                input=json.dumps(conf),
-                env=env2,
-                capture_output=True,
-                text=True,
-            )
-            assert proc.returncode == 1 and "already used" in json.loads(proc.stdout)["msg"]
+            rc, err = cni(host, "ADD", other, mtu=1400, cni_args=args)
+            assert rc == 1 and "already used" in err["msg"]
             assert leftovers(host) == before
         finally:
             netns.delete_namespace(other)
