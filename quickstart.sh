@@ -16,6 +16,7 @@ APT_PACKAGES=(
   ethtool              # checking offloads in tests
   iputils-ping         # reachability checks
   iperf3               # TCP through the lab
+  containernetworking-plugins  # reference CNI plugins (host-local IPAM) for the CNI tests
   python3-venv         # the virtualenv
   python3-dev gcc      # building wheels that have no binary for this Python
 )

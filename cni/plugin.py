@@ -9,8 +9,10 @@ unix socket.  Every failure is a CNI error JSON on stdout with the spec's code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 
 from controller import api  # the agent API's client: standard library only
@@ -83,10 +85,16 @@ def parse_config(request: dict, command: str) -> dict:
         value = request.get(field, "default" if field == "network" else None)
         if not isinstance(value, kind) or not value:
             raise CniError(ERR_INVALID_CONFIG, f"{field} must be a non-empty string")
-    if "ipam" in request:
+    ipam = request.get("ipam")
+    if ipam is not None and (
+        not isinstance(ipam, dict)
+        or not isinstance(ipam.get("type"), str)
+        or not ipam["type"]
+        or "/" in ipam["type"]
+    ):
         raise CniError(
-            ERR_UNSUPPORTED_FIELD,
-            "ipam is not supported yet; remove it to use the built-in per-host IPAM",
+            ERR_INVALID_CONFIG,
+            'ipam must be an object naming an IPAM plugin in "type" (e.g. host-local)',
         )
     mtu = request.get("mtu")
     if mtu is not None and (type(mtu) is not int or not 576 <= mtu <= 9000):
@@ -100,6 +108,7 @@ def parse_config(request: dict, command: str) -> dict:
         "network": request.get("network", "default"),
         "socket": sock,
         "mtu": mtu,
+        "ipam": ipam,
         "prevResult": request.get("prevResult"),
     }
 
@@ -146,6 +155,36 @@ def call_agent(path: str, op: str, **args) -> dict:
     if not answer.get("ok"):
         raise CniError(int(answer.get("code", ERR_TRY_AGAIN)), answer.get("error", "agent error"))
     return answer["result"]
+
+
+def delegate_ipam(ipam_type: str, env: dict[str, str], stdin: str) -> dict | None:
+    """Run the IPAM plugin named in the config (found on CNI_PATH) with our own env and
+    config, as the spec's delegation says; its error comes back as ours."""
+    for directory in filter(None, env.get("CNI_PATH", "").split(":")):
+        path = os.path.join(directory, ipam_type)
+        if os.access(path, os.X_OK):
+            break
+    else:
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            f"IPAM plugin {ipam_type} is not in CNI_PATH ({env.get('CNI_PATH', '')}); install it",
+        )
+    proc = subprocess.run([path], input=stdin, env=env, capture_output=True, text=True)
+    out = proc.stdout.strip()
+    try:
+        answer = json.loads(out) if out else None
+    except ValueError:
+        raise CniError(ERR_IO, f"IPAM plugin {ipam_type} printed no JSON: {out[:200]}") from None
+    if proc.returncode != 0:
+        msg = answer.get("msg", "") if isinstance(answer, dict) else proc.stderr.strip()
+        code = answer.get("code", ERR_IO) if isinstance(answer, dict) else ERR_IO
+        raise CniError(int(code), f"IPAM plugin {ipam_type}: {msg}")
+    return answer
+
+
+def _release_ipam(ipam: dict, env: dict[str, str], stdin: str) -> None:
+    with contextlib.suppress(CniError):  # the ADD's own error is the one to report
+        delegate_ipam(ipam["type"], {**env, "CNI_COMMAND": "DEL"}, stdin)
 
 
 def add_result(att: dict, version: str) -> dict:
@@ -197,26 +236,44 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
                 ERR_INVALID_ENV, f"CNI_NETNS is not set; {command} needs the container's netns path"
             )
     base = {"network": conf["network"]}
+    ipam = conf["ipam"]
     if command == "ADD":
-        att = call_agent(
-            conf["socket"],
-            "attach",
-            **base,
-            container_id=env["CNI_CONTAINERID"],
-            ifname=env["CNI_IFNAME"],
-            netns=env["CNI_NETNS"],
-            mtu=conf["mtu"],
-            **parse_args(env.get("CNI_ARGS", "")),
-        )
+        static = parse_args(env.get("CNI_ARGS", ""))
+        if ipam is not None:
+            ips = (delegate_ipam(ipam["type"], env, stdin) or {}).get("ips") or [{}]
+            address = ips[0].get("address", "")
+            if "/" not in address:
+                _release_ipam(ipam, env, stdin)
+                raise CniError(ERR_IO, f"IPAM plugin {ipam['type']} returned no address")
+            static["ip"] = address.split("/")[0]
+        try:
+            att = call_agent(
+                conf["socket"],
+                "attach",
+                **base,
+                container_id=env["CNI_CONTAINERID"],
+                ifname=env["CNI_IFNAME"],
+                netns=env["CNI_NETNS"],
+                mtu=conf["mtu"],
+                **static,
+            )
+        except CniError:
+            if ipam is not None:  # roll back the delegated allocation too
+                _release_ipam(ipam, env, stdin)
+            raise
         return add_result(att, conf["version"])
     if command == "DEL":
-        call_agent(
-            conf["socket"],
-            "detach",
-            **base,
-            container_id=env["CNI_CONTAINERID"],
-            ifname=env["CNI_IFNAME"],
-        )
+        try:
+            call_agent(
+                conf["socket"],
+                "detach",
+                **base,
+                container_id=env["CNI_CONTAINERID"],
+                ifname=env["CNI_IFNAME"],
+            )
+        finally:
+            if ipam is not None:  # DEL always releases IPAM
+                delegate_ipam(ipam["type"], env, stdin)
         return None
     if command == "CHECK":
         call_agent(

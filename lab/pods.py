@@ -105,6 +105,7 @@ def cni_exec(
     version: str = "1.0.0",
     netns_path: str | None = None,
     cni_args: str = "",
+    cni_path: str | None = None,
     **conf_extra,
 ) -> tuple[int, dict | None]:
     """Exec the lab's installed plugin like a runtime: CNI_* env, the config on stdin, a
@@ -122,7 +123,7 @@ def cni_exec(
         "CNI_CONTAINERID": container,
         "CNI_NETNS": namespace_path(container) if netns_path is None else netns_path,
         "CNI_IFNAME": POD_IFNAME,
-        "CNI_PATH": paths.cni_bin,
+        "CNI_PATH": cni_path or paths.cni_bin,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
     if cni_args:

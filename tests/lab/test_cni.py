@@ -201,3 +201,41 @@ def test_static_ip_mac_and_mtu(host):
     finally:
         cni(host, "DEL", container)
         netns.delete_namespace(container)
+
+
+def test_delegated_host_local_ipam(host, tmp_path):
+    paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host)
+    cni_path = f"{paths.cni_bin}:/usr/lib/cni"  # Debian's containernetworking-plugins
+    data = tmp_path / "host-local"
+    ipam = {
+        "type": "host-local",
+        "dataDir": str(data),
+        "ranges": [
+            [
+                {
+                    "subnet": "100.64.0.0/16",
+                    "rangeStart": "100.64.250.10",
+                    "rangeEnd": "100.64.250.20",
+                }
+            ]
+        ],
+    }
+    container = f"{host}-h1-hl"
+    netns.create_namespace(container)
+    try:
+        rc, result = cni(host, "ADD", container, cni_path=cni_path, ipam=ipam)
+        assert rc == 0, result
+        ip = result["ips"][0]["address"].split("/")[0]
+        assert ip.startswith("100.64.250.")
+        assert (data / "default" / ip).exists() or any(p.name == ip for p in data.rglob("*"))
+        out = netns.run_in_namespace(container, ["ip", "-br", "addr", "show", "eth0"]).stdout
+        assert ip in out
+        assert cni(host, "DEL", container, cni_path=cni_path, ipam=ipam) == (0, None)
+        assert not any(p.name == ip for p in data.rglob("*"))  # host-local released it
+        # A refused ADD gives host-local's address back as well.
+        rc, err = cni(host, "ADD", container, cni_path=cni_path, ipam=ipam, network="nope")
+        assert rc == 1 and "nope" in err["msg"]
+        assert not [p for p in data.rglob("*") if p.name.startswith("100.64.")]
+    finally:
+        netns.delete_namespace(container)
+    assert leftovers(host) == (set(), set(), {})
