@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -19,7 +18,7 @@ from pyroute2 import IPRoute, NetNS
 
 from controller import netns
 from ovsdb.client import OvsdbClient
-from ovsdb.endpoint import EndpointPort
+from ovsdb.endpoint import MAC_RE, EndpointPort
 
 LOG = logging.getLogger(__name__)
 
@@ -62,7 +61,6 @@ class Attachment:
 
 
 HOST_PORT_PREFIX = "ovo"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def host_port_name(container_id: str, ifname: str) -> str:

@@ -14,8 +14,7 @@ import sys
 import time
 
 from controller import api
-from controller.netns import namespace_path
-from lab import ovs_host
+from lab import netns, ovs_host
 from lab.ovs_host import OvsHostPaths
 
 READY_TIMEOUT = 30.0
@@ -72,19 +71,13 @@ def start(paths: OvsHostPaths, namespace: str) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            preexec_fn=lambda: _enter(namespace),
+            preexec_fn=lambda: netns.enter_namespace(namespace),
             start_new_session=True,
             env=paths.env(),
         )
     with open(pidfile(paths), "w") as f:
         f.write(f"{proc.pid}\n")
     return proc
-
-
-def _enter(namespace: str) -> None:
-    from pyroute2 import netns
-
-    netns.setns(namespace_path(namespace), flags=0)
 
 
 def wait_ready(paths: OvsHostPaths, proc: subprocess.Popen | None = None) -> None:

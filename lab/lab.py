@@ -313,10 +313,6 @@ def list_labs(state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     return sorted(names)
 
 
-def host_count(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> int:
-    return int(_read_manifest(LabPaths(state_root, name)).get("hosts", 0))
-
-
 def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
     naming.validate_lab_name(name)
     paths = LabPaths(state_root, name)

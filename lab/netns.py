@@ -17,15 +17,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from controller import netns as ns_helpers
 
-NETNS_DIR = "/run/netns"
-
 
 def list_namespaces() -> list[str]:
     return sorted(netns.listnetns())
 
 
 def namespace_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(NETNS_DIR, name))
+    return os.path.exists(ns_helpers.namespace_path(name))
 
 
 def create_namespace(name: str) -> None:

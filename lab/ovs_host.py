@@ -166,12 +166,6 @@ def terminate(pid: int, sig: int = signal.SIGTERM) -> None:
         wait_gone(pid, STOP_TIMEOUT)
 
 
-def stop(paths: OvsHostPaths) -> None:
-    """Stop ovs-vswitchd, then ovsdb-server (vswitchd wants its database to exit cleanly)."""
-    for daemon in reversed(DAEMONS):
-        kill_daemon(paths, daemon)
-
-
 def wait_gone(pid: int, timeout: float) -> bool:
     """Wait for a process that is not our child (daemons detach) to exit: a pidfd becomes
     readable when it terminates."""

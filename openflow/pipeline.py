@@ -69,32 +69,23 @@ def _defaults(gen: int) -> list[Flow]:
 
 def _classifier(state: HostState, gen: int) -> list[Flow]:
     flows = []
-    c_local = cookie(Feature.CLASSIFY_LOCAL, gen)
-    for port in state.local:
-        vni = state.network(port.network).vni
-        flows.append(
-            Flow(
-                CLASSIFIER,
-                PRIO_NORMAL,
-                match(in_port=port.ofport),
-                c_local,
-                write_metadata=(vni, METADATA_MASK),
-                goto=PORT_SECURITY,
+    # A pod's port goes through port security; the host's own gateway port is trusted.
+    for ports, feature, next_table in (
+        (state.local, Feature.CLASSIFY_LOCAL, PORT_SECURITY),
+        (state.gateways, Feature.GATEWAY, ARP_RESPONDER),
+    ):
+        c = cookie(feature, gen)
+        for port in ports:
+            flows.append(
+                Flow(
+                    CLASSIFIER,
+                    PRIO_NORMAL,
+                    match(in_port=port.ofport),
+                    c,
+                    write_metadata=(state.network(port.network).vni, METADATA_MASK),
+                    goto=next_table,
+                )
             )
-        )
-    c_gw = cookie(Feature.GATEWAY, gen)
-    for gw in state.gateways:
-        vni = state.network(gw.network).vni
-        flows.append(
-            Flow(
-                CLASSIFIER,
-                PRIO_NORMAL,
-                match(in_port=gw.ofport),
-                c_gw,
-                write_metadata=(vni, METADATA_MASK),
-                goto=ARP_RESPONDER,
-            )
-        )
     # Tunnel ingress only from a known peer and for a known VNI: anything else is dropped.
     c_tun = cookie(Feature.CLASSIFY_TUNNEL, gen)
     for peer in state.peers:

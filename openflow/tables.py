@@ -76,10 +76,3 @@ PIPELINE: tuple[Table, ...] = (CLASSIFIER, PORT_SECURITY, ARP_RESPONDER, L2_LOOK
 def table_names() -> dict[int, str]:
     """Table id to name, as OVSDB's Bridge.flow_tables wants it."""
     return {t.table_id: t.name for t in PIPELINE}
-
-
-def table_by_id(table_id: int) -> Table:
-    for table in PIPELINE:
-        if table.table_id == table_id:
-            return table
-    raise KeyError(f"no table {table_id} in the pipeline")

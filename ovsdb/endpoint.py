@@ -24,7 +24,7 @@ MAC_KEY = "attached-mac"
 IFACE_ID_KEY = "iface-id"
 
 MAX_VNI = 2**24 - 1
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PORT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -54,7 +54,7 @@ class EndpointPort:
             raise ValueError(f"endpoint port {self.port}: container id must not be empty")
         if not self.ifname:
             raise ValueError(f"endpoint port {self.port}: ifname must not be empty")
-        if not _MAC_RE.match(self.mac):
+        if not MAC_RE.match(self.mac):
             raise ValueError(
                 f"endpoint port {self.port}: MAC {self.mac!r} is not a lower-case "
                 "colon-separated MAC address"
