@@ -9,13 +9,11 @@ unix socket.  Every failure is a CNI error JSON on stdout with the spec's code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 
-from controller import api  # the agent API's client: standard library only
+from controller import api_client  # json and socket only: imported on every exec
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
@@ -146,7 +144,7 @@ def parse_args(cni_args: str) -> dict:
 def call_agent(path: str, op: str, **args) -> dict:
     """One request to the agent; its refusal becomes the CniError it names."""
     try:
-        answer = api.call(path, op, timeout=AGENT_TIMEOUT, **args)
+        answer = api_client.call(path, op, timeout=AGENT_TIMEOUT, **args)
     except (OSError, ValueError) as exc:
         raise CniError(
             ERR_TRY_AGAIN,
@@ -169,6 +167,8 @@ def delegate_ipam(ipam_type: str, env: dict[str, str], stdin: str) -> dict | Non
             ERR_INVALID_CONFIG,
             f"IPAM plugin {ipam_type} is not in CNI_PATH ({env.get('CNI_PATH', '')}); install it",
         )
+    import subprocess  # only here: the common path never pays for importing it
+
     proc = subprocess.run([path], input=stdin, env=env, capture_output=True, text=True)
     out = proc.stdout.strip()
     try:
@@ -183,8 +183,10 @@ def delegate_ipam(ipam_type: str, env: dict[str, str], stdin: str) -> dict | Non
 
 
 def _release_ipam(ipam: dict, env: dict[str, str], stdin: str) -> None:
-    with contextlib.suppress(CniError):  # the ADD's own error is the one to report
+    try:
         delegate_ipam(ipam["type"], {**env, "CNI_COMMAND": "DEL"}, stdin)
+    except CniError as exc:  # the ADD's own error is the one to report on stdout
+        sys.stderr.write(f"releasing the address from {ipam['type']} failed too: {exc}\n")
 
 
 def add_result(att: dict, version: str) -> dict:

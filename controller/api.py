@@ -1,5 +1,6 @@
 """The agent's local API: one JSON request and one JSON answer per connection, over a unix
-socket only root can open (mode 0600).  The CNI plugin and ``ovs-overlayctl lab pod`` use it.
+socket only root can open (mode 0600).  The CNI plugin and ``ovs-overlayctl lab pod`` use it
+through :mod:`controller.api_client`.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import socketserver
 import threading
 from collections.abc import Callable
@@ -82,16 +82,3 @@ class ApiServer:
         self._server.server_close()
         if os.path.exists(self.path):
             os.unlink(self.path)
-
-
-def call(path: str, op: str, timeout: float = 30.0, **args) -> dict:
-    """Send one request to an agent and return its answer (``ok``, ``result`` or ``error``)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps({"op": op, **args}).encode())
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from controller import api
+from controller import api_client
 from lab import netns, ovs_host
 from lab.ovs_host import OvsHostPaths
 
@@ -89,7 +89,7 @@ def wait_ready(paths: OvsHostPaths, proc: subprocess.Popen | None = None) -> Non
                 f"the agent exited with {proc.returncode}; its log ends: {_log_tail(paths)}"
             )
         try:
-            answer = api.call(socket_path(paths), "status", timeout=2)
+            answer = api_client.call(socket_path(paths), "status", timeout=2)
             if answer.get("ok") and answer["result"]["ready"]:
                 return
         except (OSError, ValueError):

@@ -12,9 +12,11 @@ etcd does in its server happens here inside SQLite transactions:
   each read transaction a consistent snapshot of the file.
 - Each change is also appended to ``events`` under its revision; a watcher reads from
   there, so it can resume from any revision still in the history.
-- SQLite cannot tell another process that something changed, so :meth:`watch` polls the
-  revision (every ``poll_interval``, 50 ms: one indexed read, and a watcher's reaction
-  time).  That is the only waiting loop here.
+- SQLite cannot tell another process that something changed, so every write, once
+  committed, touches a sidecar file, and :meth:`watch` reads the revision (one indexed
+  read) when inotify reports that (store/inotify.py), and at the latest every
+  ``poll_interval`` (50 ms), which also serves lease expiry.  That is the only waiting
+  loop here.
 - Leases expire by wall clock (``clock``, ``time.time`` by default: deadlines must mean
   the same in every process; injectable so tests control time).  Nothing runs in the
   background: the start of every write, and every watch poll, deletes the keys of expired
@@ -31,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from store.inotify import FileChanges, notify_change
 from store.kv import (
     CompactedError,
     Compare,
@@ -47,6 +50,7 @@ from store.kv import (
     prefix_end,
 )
 
+STOP_CHECK = 0.1  # how soon a watch blocked on inotify notices its stop event
 POLL_INTERVAL = 0.05
 BUSY_TIMEOUT = 30.0
 SCHEMA_VERSION = 1
@@ -237,9 +241,14 @@ class SqliteKvStore(KvStore):
         """A read transaction: one consistent snapshot for every statement in it."""
         return self._transaction("BEGIN")
 
-    def _writing(self):
-        """A write transaction holding the file's write lock from its first statement."""
-        return self._transaction("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction holding the file's write lock from its first statement;
+        once it has committed, watchers in every process are woken (store/inotify.py)."""
+        with self._transaction("BEGIN IMMEDIATE"):
+            yield
+        if self.path != ":memory:":
+            notify_change(self.path)
 
     def _current(self) -> int:
         return self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
@@ -366,6 +375,14 @@ class SqliteKvStore(KvStore):
         ]
 
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> Iterator[list[Event]]:
+        changes = None if self.path == ":memory:" else FileChanges(self.path)
+        try:
+            yield from self._watch(prefix, revision, stop, changes)
+        finally:
+            if changes is not None:
+                changes.close()
+
+    def _watch(self, prefix, revision, stop, changes) -> Iterator[list[Event]]:
         seen = revision
         while not stop.is_set():
             self._sweep_if_due()
@@ -377,7 +394,16 @@ class SqliteKvStore(KvStore):
             seen = max(seen, current)
             if events:
                 yield events
+            elif changes is not None:
+                self._wait_for_change(changes, stop)
             elif stop.wait(self.poll_interval):
+                return
+
+    def _wait_for_change(self, changes: FileChanges, stop: threading.Event) -> None:
+        """Until a write, ``poll_interval``, or ``stop`` (seen within STOP_CHECK)."""
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if changes.wait(min(left, STOP_CHECK)):
                 return
 
     def _sweep_if_due(self) -> None:

@@ -342,6 +342,20 @@ def test_a_watch_sees_writes_from_another_process(backend, kv, watchers):
     assert summary(events) == [("put", "proc/k", "from-child", int(out))]
 
 
+def test_a_sqlite_watch_wakes_on_another_process_write_without_polling(tmp_path, watchers):
+    """inotify on the store's directory wakes the watcher: with a poll interval of an
+    hour, only that can deliver the other process's write before the wait gives up."""
+    path = str(tmp_path / "cluster.db")
+    kv = SqliteKvStore(path, poll_interval=3600)
+    try:
+        watcher = watchers(kv, "wake/", kv.revision())
+        (out,) = run_together(KV_CHILD, [["sqlite:///" + path, "put", "wake/k", "v"]])
+        events = watcher.wait_for("wake/k")
+        assert summary(events) == [("put", "wake/k", "v", int(out))]
+    finally:
+        kv.close()
+
+
 def test_a_watch_from_a_compacted_revision_raises(kv):
     kv.put("c/1", "a")
     kv.put("c/2", "b")
