@@ -20,8 +20,9 @@ from controller.api import ApiError, ApiServer
 from controller.config import AgentConfig
 from controller.endpoints import AttachError, AttachRequest, EndpointManager
 from controller.reconciler import Reconciler
+from controller.switch import SwitchError
 from openflow.tables import table_names
-from ovsdb.client import IntegrationBridge, OvsdbClient
+from ovsdb.client import IntegrationBridge, OvsdbClient, endpoint_ports
 from ovsdb.datapath import choose_datapath_type
 from ovsdb.tunnel import TunnelPort
 from store import open_cluster
@@ -32,6 +33,7 @@ GENERATION_KEY = "ovs-overlay-generation"
 DEFAULT_NETWORK = "default"
 PUBLISH_TIMEOUT = 10.0
 RESTORE_POLL = 0.2
+REFRESH_RETRY = 0.5
 
 
 class Agent:
@@ -80,6 +82,7 @@ class Agent:
             self._mtu_for,
             self._gateway_for,
             self.publish,
+            self._missing_port_flows,
         )
         self.lease = self.cluster.register_host(cfg.host, cfg.tunnel_ip, cfg.host_ttl)
         self._spawn(self._keepalive, "keepalive")
@@ -147,7 +150,8 @@ class Agent:
         """Rebuild the host state from OVSDB and the store; returns the version to wait for."""
         with self._refresh_lock:
             cfg = self.config
-            tunnel = self.ovsdb.interface(cfg.bridge, self.tunnel.name)
+            interfaces = self.ovsdb.interfaces(cfg.bridge)
+            tunnel = interfaces.get(self.tunnel.name)
             if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
                 raise RuntimeError(
                     f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
@@ -158,8 +162,8 @@ class Agent:
                 networks=self.cluster.list_networks(),
                 hosts=self.cluster.list_hosts(),
                 endpoints=self.cluster.list_endpoints(),
-                local_ports=self.ovsdb.list_endpoint_ports(cfg.bridge),
-                gateways=self._gateway_ports(),
+                local_ports=endpoint_ports(interfaces),
+                gateways=self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)),
             )
             self._warm_neighbours(state.peers)
             return self.reconciler.update(state)
@@ -180,10 +184,8 @@ class Agent:
         starts after a ticket was taken serves every caller up to that ticket.  Fifty
         parallel ADDs then cost a few refreshes, not fifty in a row.
         """
+        mine = self._request_refresh()
         with self._tickets:
-            self._ticket += 1
-            mine = self._ticket
-            self._tickets.notify_all()
             if not self._tickets.wait_for(lambda: self._served >= mine, PUBLISH_TIMEOUT):
                 raise AttachError(
                     f"the agent did not refresh its state within {PUBLISH_TIMEOUT:.0f}s", code=11
@@ -196,8 +198,16 @@ class Agent:
                 code=11,
             )
 
+    def _request_refresh(self) -> int:
+        """Ask the refresher for a refresh that starts from now; returns the ticket."""
+        with self._tickets:
+            self._ticket += 1
+            self._tickets.notify_all()
+            return self._ticket
+
     def _refresher(self) -> None:
-        """Serve publish tickets: one refresh covers every ticket taken before it began."""
+        """The one thread that refreshes: a refresh covers every ticket taken before it
+        began, whether an ADD/DEL (publish) or a change in the store (_watch) took it."""
         while not self._stop.is_set():
             with self._tickets:
                 self._tickets.wait_for(
@@ -208,8 +218,9 @@ class Agent:
                 continue
             try:
                 version = self.refresh()
-            except Exception:
-                LOG.exception("refreshing the pipeline state failed")
+            except Exception:  # OVSDB or the store briefly away: retried, not spun on
+                LOG.exception("refreshing the pipeline state failed; retrying")
+                self._stop.wait(REFRESH_RETRY)
                 continue
             with self._tickets:
                 self._served, self._served_version = target, version
@@ -217,10 +228,7 @@ class Agent:
 
     def _watch(self) -> None:
         for _events in self.cluster.watch_changes(self._stop, self._watch_from):
-            try:
-                self.refresh()
-            except Exception:  # OVSDB or the store briefly away: the next change retries
-                LOG.exception("refreshing the pipeline state failed")
+            self._request_refresh()
 
     def _restore_watch(self) -> None:
         """Put the pipeline back into a restarted ovs-vswitchd that waits for it.
@@ -290,11 +298,16 @@ class Agent:
                     raise
         self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, mac, ip)
 
-    def _gateway_ports(self) -> list[hoststate.GatewayPort]:
+    def _missing_port_flows(self, ofport: int) -> list[str]:
+        try:
+            return self.reconciler.missing_port_flows(ofport)
+        except SwitchError as exc:
+            raise AttachError(f"cannot read br-int's flows: {exc}", code=11) from None
+
+    def _gateway_ports(self, iface: dict | None) -> list[hoststate.GatewayPort]:
         gw = getattr(self, "_gateway", None)
         if gw is None:
             return []
-        iface = self.ovsdb.interface(self.config.bridge, hoststate.GATEWAY_PORT)
         if not iface or not iface["ofport"] or iface["ofport"] < 0:
             return []
         return [hoststate.GatewayPort(gw.network, iface["ofport"], gw.mac, gw.ip)]

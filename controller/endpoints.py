@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -101,6 +102,7 @@ class EndpointManager:
         mtu_for: Callable[[object], int],
         gateway_for: Callable[[object], str | None],
         publish: Callable[[], None],
+        missing_port_flows: Callable[[int], list[str]],
     ):
         self.host = host
         self.bridge = bridge
@@ -109,6 +111,7 @@ class EndpointManager:
         self.mtu_for = mtu_for
         self.gateway_for = gateway_for
         self.publish = publish  # rebuilds the pipeline and waits until br-int has it
+        self.missing_port_flows = missing_port_flows  # tables lacking a port's flows
 
     def attach(self, req: AttachRequest) -> Attachment:
         network = self.cluster.get_network(req.network)
@@ -222,7 +225,8 @@ class EndpointManager:
 
     def check(self, network: str, container_id: str, ifname: str, netns_path: str) -> None:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
-        with an OpenFlow number, both veth ends, the pod's MAC, address and route."""
+        with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
+        address and default route."""
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
         ep = next(
@@ -238,6 +242,13 @@ class EndpointManager:
         iface = self.ovsdb.interface(self.bridge, port)
         if not iface or not iface["ofport"] or iface["ofport"] < 0:
             raise AttachError(f"OVS port {port} of {attachment_id} is missing or down", code=3)
+        missing = self.missing_port_flows(iface["ofport"])
+        if missing:
+            raise AttachError(
+                f"br-int lacks flows of {attachment_id} (port {port}) in {', '.join(missing)}; "
+                "restart the agent to replay them",
+                code=3,
+            )
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=port):
                 raise AttachError(f"host veth {port} of {attachment_id} is missing", code=3)
@@ -258,6 +269,15 @@ class EndpointManager:
             addrs = {a.get("IFA_ADDRESS") for a in pod.get_addr(index=found[0])}
             if ep.ip not in addrs:
                 raise AttachError(f"{ifname} in {netns_path} lacks address {ep.ip}", code=3)
+            network_spec = self.cluster.get_network(network)
+            gateway = self.gateway_for(network_spec) if network_spec else None
+            if gateway and not any(
+                r.get("RTA_GATEWAY") == gateway and r.get("dst_len") == 0
+                for r in pod.get_routes(family=socket.AF_INET, oif=found[0])
+            ):
+                raise AttachError(
+                    f"{ifname} in {netns_path} has no default route via {gateway}", code=3
+                )
 
     def gc(self, network: str, keep: list[str]) -> list[str]:
         """Detach every attachment of ``network`` on this host that is not in ``keep``."""

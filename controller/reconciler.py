@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies, pipeline
 from openflow.diff import GenerationDelete, diff, index_flows, replace_generation
-from openflow.model import Flow, Group
+from openflow.model import Flow, Group, Output
 from openflow.state import HostState
-from openflow.tables import CANARY
+from openflow.tables import CANARY, table_names
 
 LOG = logging.getLogger(__name__)
 
@@ -184,6 +185,40 @@ class Reconciler:
         parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
         stats = link.request(parser.OFPFlowStatsRequest(link.dp, 0, ofp.OFPTT_ALL))
         return {cookies.generation_of(s.cookie) for s in stats}
+
+    def missing_port_flows(self, ofport: int) -> list[str]:
+        """The tables where br-int itself (asked, not the model) lacks one of the current
+        generation's flows that match ``in_port=ofport`` or output to ``ofport``: what
+        CNI CHECK needs to know about an endpoint's flows."""
+        with self._cond:
+            link, installed = self._link, self._installed
+        if link is None or installed is None:
+            raise SwitchError("br-int is not connected to the agent")
+        parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
+
+        def on_switch(**filters) -> Counter:
+            req = parser.OFPFlowStatsRequest(
+                link.dp,
+                table_id=ofp.OFPTT_ALL,
+                cookie=self._generation,
+                cookie_mask=cookies.GENERATION_MASK,
+                **filters,
+            )
+            return Counter(stat.table_id for stat in link.request(req))
+
+        flows = installed[0]
+        want_in = Counter(
+            f.table.table_id
+            for f in flows
+            if any(m.name == "in_port" and m.value == ofport for m in f.match)
+        )
+        want_out = Counter(f.table.table_id for f in flows if Output(ofport) in f.actions)
+        have_in = on_switch(match=parser.OFPMatch(in_port=ofport))
+        have_out = on_switch(out_port=ofport)
+        short = {t for t, n in want_in.items() if have_in[t] < n}
+        short |= {t for t, n in want_out.items() if have_out[t] < n}
+        names = table_names()
+        return sorted(names[t] for t in short)
 
     def _canary_present(self, link: SwitchLink) -> bool:
         parser = link.dp.ofproto_parser

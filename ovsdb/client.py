@@ -345,17 +345,24 @@ class OvsdbClient:
 
     def list_endpoint_ports(self, bridge: str) -> list[AttachedEndpoint]:
         """Every port on ``bridge`` that we tagged as an endpoint, with its ofport."""
+        return endpoint_ports(self.interfaces(bridge))
+
+    def interfaces(self, bridge: str) -> dict[str, dict]:
+        """Every interface on ``bridge`` (type, options, external_ids, ofport) by name, read
+        in one transaction: one consistent view for a caller that needs several."""
         data = self._read_bridge(bridge)
-        if data is None:
-            return []
-        found = []
-        for name, iface in sorted(data["interfaces"].items()):
-            endpoint = EndpointPort.from_external_ids(name, iface["external_ids"])
-            if endpoint is not None:
-                found.append(AttachedEndpoint(endpoint, iface["ofport"]))
-        return found
+        return {} if data is None else data["interfaces"]
 
     def interface(self, bridge: str, name: str) -> dict | None:
         """One interface's type, options, external_ids and ofport, None if absent."""
-        data = self._read_bridge(bridge)
-        return None if data is None else data["interfaces"].get(name)
+        return self.interfaces(bridge).get(name)
+
+
+def endpoint_ports(interfaces: Mapping[str, dict]) -> list[AttachedEndpoint]:
+    """The interfaces (as OvsdbClient.interfaces gives them) that we tagged as endpoints."""
+    found = []
+    for name, iface in sorted(interfaces.items()):
+        endpoint = EndpointPort.from_external_ids(name, iface["external_ids"])
+        if endpoint is not None:
+            found.append(AttachedEndpoint(endpoint, iface["ofport"]))
+    return found

@@ -13,7 +13,7 @@ import pytest
 from cni.plugin import SUPPORTED_VERSIONS
 from lab import agent_proc, lab, netns, pods
 from store import open_cluster
-from tests.helpers import host_paths
+from tests.helpers import host_paths, ovs
 
 pytestmark = pytest.mark.lab
 
@@ -95,15 +95,37 @@ def test_a_failed_add_changes_nothing(host):
         netns.delete_namespace(container)
 
 
-def test_check_notices_a_broken_attachment(host):
-    container = f"{host}-h1-chk"
+BREAKAGES = {
+    "address": (["ip", "addr", "flush", "dev", "eth0"], "lacks address"),
+    "route": (["ip", "route", "del", "default"], "no default route via 100.64.0.1"),
+    "flows": (None, "lacks flows of"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BREAKAGES))
+def test_check_notices_a_broken_attachment(host, broken):
+    container = f"{host}-h1-chk{broken[:2]}"
+    argv, message = BREAKAGES[broken]
     netns.create_namespace(container)
     try:
         rc, result = cni(host, "ADD", container)
-        assert rc == 0
-        netns.run_in_namespace(container, ["ip", "addr", "flush", "dev", "eth0"])
+        assert rc == 0 and cni(host, "CHECK", container)[0] == 0
+        if argv is not None:
+            netns.run_in_namespace(container, argv)
+        else:  # a flow lost from br-int behind the agent's back
+            port = result["interfaces"][0]["name"]
+            ovs(
+                host,
+                "h1",
+                "ovs-ofctl",
+                "-O",
+                "OpenFlow13",
+                "del-flows",
+                "br-int",
+                f"table=l2_lookup,out_port={port}",
+            )
         rc, err = cni(host, "CHECK", container)
-        assert rc == 1 and "lacks address" in err["msg"]
+        assert rc == 1 and err["code"] == 3 and message in err["msg"], err
     finally:
         cni(host, "DEL", container)
         netns.delete_namespace(container)
