@@ -189,6 +189,18 @@ def _release_ipam(ipam: dict, env: dict[str, str], stdin: str) -> None:
         sys.stderr.write(f"releasing the address from {ipam['type']} failed too: {exc}\n")
 
 
+def prev_routes(prev: dict | None) -> list[dict]:
+    """The routes of the ADD result a runtime passes back on CHECK (``prevResult``)."""
+    if prev is not None and not isinstance(prev, dict):
+        raise CniError(ERR_INVALID_CONFIG, "prevResult must be the ADD result, a JSON object")
+    routes = (prev or {}).get("routes") or []
+    if not isinstance(routes, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("dst"), str) for r in routes
+    ):
+        raise CniError(ERR_INVALID_CONFIG, "prevResult.routes must be a list of {dst, gw} objects")
+    return [{"dst": r["dst"], "gw": r.get("gw")} for r in routes]
+
+
 def add_result(att: dict, version: str) -> dict:
     """The ADD result for an attachment, in the request's CNI version."""
     ip = {"address": f"{att['ip']}/{att['prefixlen']}", "interface": 1}
@@ -203,7 +215,7 @@ def add_result(att: dict, version: str) -> dict:
             {"name": att["ifname"], "mac": att["mac"], "sandbox": att["netns"]},
         ],
         "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": att["gateway"]}] if att.get("gateway") else [],
+        "routes": [{"dst": "0.0.0.0/0", "gw": att["gateway"]}] if att["default_route"] else [],
         "dns": {},
     }
     return result
@@ -285,6 +297,7 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
             container_id=env["CNI_CONTAINERID"],
             ifname=env["CNI_IFNAME"],
             netns=env["CNI_NETNS"],
+            routes=prev_routes(conf["prevResult"]),
         )
         return None
     if command == "STATUS":

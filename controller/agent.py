@@ -364,9 +364,16 @@ class Agent:
         self.endpoints.detach(network, container_id, ifname)
         return {}
 
-    def _api_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict:
+    def _api_check(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        netns: str,
+        routes: list[dict] = (),
+    ) -> dict:
         try:
-            self.endpoints.check(network, container_id, ifname, netns)
+            self.endpoints.check(network, container_id, ifname, netns, routes)
         except AttachError as exc:
             raise ApiError(str(exc), exc.code) from None
         return {}

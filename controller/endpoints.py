@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from controller import netns
 from ovsdb.client import OvsdbClient
 from ovsdb.endpoint import MAC_RE, EndpointPort
+from store.cluster import AddressExhaustedError
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Attachment:
     prefixlen: int
     gateway: str | None
     mtu: int
+    default_route: bool = False  # via gateway; not when the pod had one (a second network)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -90,6 +92,10 @@ class _Steps:
     def __str__(self) -> str:
         total = (self._last - self._start) * 1000
         return f"{total:.0f} ms ({', '.join(self._ms)})"
+
+
+def _has_default_route(ipr: IPRoute) -> bool:
+    return any(r.get("dst_len") == 0 for r in ipr.get_routes(family=socket.AF_INET))
 
 
 class EndpointManager:
@@ -142,7 +148,11 @@ class EndpointManager:
                 except ValueError as exc:
                     raise AttachError(str(exc), code=4) from None
             else:
-                ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
+                try:
+                    ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
+                except AddressExhaustedError as exc:
+                    # Not the runtime's fault and not permanent: deleting pods frees addresses.
+                    raise AttachError(str(exc), code=11) from None
             steps.done("ipam")
             undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
             att = Attachment(
@@ -158,7 +168,8 @@ class EndpointManager:
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
             )
-            att = replace(att, host_mac=self._create_veth(att, req.netns))
+            host_mac, default_route = self._create_veth(att, req.netns)
+            att = replace(att, host_mac=host_mac, default_route=default_route)
             steps.done("veth")
             undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
             self.ovsdb.add_endpoint_port(
@@ -223,10 +234,17 @@ class EndpointManager:
         self.cluster.release_ip(network, attachment_id)
         steps.done("store")
 
-    def check(self, network: str, container_id: str, ifname: str, netns_path: str) -> None:
+    def check(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        netns_path: str,
+        routes: list[dict] = (),
+    ) -> None:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
         with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
-        address and default route."""
+        address, and ``routes`` (the ADD result's, ``{"dst", "gw"}``) via ``ifname``."""
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
         ep = next(
@@ -269,15 +287,16 @@ class EndpointManager:
             addrs = {a.get("IFA_ADDRESS") for a in pod.get_addr(index=found[0])}
             if ep.ip not in addrs:
                 raise AttachError(f"{ifname} in {netns_path} lacks address {ep.ip}", code=3)
-            network_spec = self.cluster.get_network(network)
-            gateway = self.gateway_for(network_spec) if network_spec else None
-            if gateway and not any(
-                r.get("RTA_GATEWAY") == gateway and r.get("dst_len") == 0
+            present = {
+                (f"{r.get('RTA_DST') or '0.0.0.0'}/{r.get('dst_len')}", r.get("RTA_GATEWAY"))
                 for r in pod.get_routes(family=socket.AF_INET, oif=found[0])
-            ):
-                raise AttachError(
-                    f"{ifname} in {netns_path} has no default route via {gateway}", code=3
-                )
+            }
+            for route in routes:
+                if (route["dst"], route.get("gw")) not in present:
+                    via = f" via {route['gw']}" if route.get("gw") else ""
+                    raise AttachError(
+                        f"{ifname} in {netns_path} has no route to {route['dst']}{via}", code=3
+                    )
 
     def gc(self, network: str, keep: list[str]) -> list[str]:
         """Detach every attachment of ``network`` on this host that is not in ``keep``."""
@@ -336,8 +355,11 @@ class EndpointManager:
                     removed.append(f"address {ip} of {attachment} in {net.name} (no endpoint)")
         return removed
 
-    def _create_veth(self, att: Attachment, pod_netns: str) -> str:
-        """The veth pair, configured on both ends; returns the host end's MAC.
+    def _create_veth(self, att: Attachment, pod_netns: str) -> tuple[str, bool]:
+        """The veth pair, configured on both ends; returns the host end's MAC and whether
+        the pod's default route now goes via this interface.  A pod that has a default
+        route already (its first network; this is a second attachment) keeps it: the
+        second network is reached through its connected subnet route.
 
         The pod end is configured from this thread moved into the pod's namespace
         (netns.in_namespace) rather than through pyroute2's NetNS, which starts a
@@ -366,10 +388,11 @@ class EndpointManager:
             idx = pod.link_lookup(ifname=att.ifname)[0]
             pod.link("set", index=idx, state="up")
             pod.addr("add", index=idx, address=att.ip, prefixlen=att.prefixlen)
-            if att.gateway:
+            default_route = bool(att.gateway) and not _has_default_route(pod)
+            if default_route:
                 pod.route("add", dst="0.0.0.0/0", gateway=att.gateway, oif=idx)
             netns.disable_tx_checksum(None, att.ifname)
-        return host_mac
+        return host_mac, default_route
 
     @staticmethod
     def _delete_veth(host_port: str) -> None:

@@ -104,6 +104,7 @@ def cni_exec(
     network: str = naming.DEFAULT_NETWORK,
     version: str = "1.0.0",
     netns_path: str | None = None,
+    ifname: str = POD_IFNAME,
     cni_args: str = "",
     cni_path: str | None = None,
     **conf_extra,
@@ -122,7 +123,7 @@ def cni_exec(
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container,
         "CNI_NETNS": namespace_path(container) if netns_path is None else netns_path,
-        "CNI_IFNAME": POD_IFNAME,
+        "CNI_IFNAME": ifname,
         "CNI_PATH": cni_path or paths.cni_bin,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }

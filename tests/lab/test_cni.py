@@ -63,7 +63,7 @@ def test_add_check_del_in_every_version(host, version):
         assert result["cniVersion"] == version
         assert ("version" in result["ips"][0]) == version.startswith("0.")
         if version != "0.3.0":  # CHECK came with 0.4.0
-            assert cni(host, "CHECK", container, version)[0] == 0
+            assert cni(host, "CHECK", container, version, prevResult=result)[0] == 0
         assert cni(host, "DEL", container, version) == (0, None)
         assert cni(host, "DEL", container, version) == (0, None)  # again: a no-op
     finally:
@@ -97,7 +97,7 @@ def test_a_failed_add_changes_nothing(host):
 
 BREAKAGES = {
     "address": (["ip", "addr", "flush", "dev", "eth0"], "lacks address"),
-    "route": (["ip", "route", "del", "default"], "no default route via 100.64.0.1"),
+    "route": (["ip", "route", "del", "default"], "no route to 0.0.0.0/0 via 100.64.0.1"),
     "flows": (None, "lacks flows of"),
 }
 
@@ -109,7 +109,7 @@ def test_check_notices_a_broken_attachment(host, broken):
     netns.create_namespace(container)
     try:
         rc, result = cni(host, "ADD", container)
-        assert rc == 0 and cni(host, "CHECK", container)[0] == 0
+        assert rc == 0 and cni(host, "CHECK", container, prevResult=result)[0] == 0
         if argv is not None:
             netns.run_in_namespace(container, argv)
         else:  # a flow lost from br-int behind the agent's back
@@ -124,11 +124,52 @@ def test_check_notices_a_broken_attachment(host, broken):
                 "br-int",
                 f"table=l2_lookup,out_port={port}",
             )
-        rc, err = cni(host, "CHECK", container)
+        rc, err = cni(host, "CHECK", container, prevResult=result)
         assert rc == 1 and err["code"] == 3 and message in err["msg"], err
     finally:
         cni(host, "DEL", container)
         netns.delete_namespace(container)
+
+
+def test_a_pod_on_two_networks_and_an_exhausted_pool(host):
+    """eth0 on default, net1 on a /30 network (room for one pod): the second network adds
+    no second default route; a second pod finds the /30 full (code 11, naming the network
+    and the fix) and leaves nothing; each attachment is deleted on its own."""
+    cluster = open_cluster(lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host).store_url)
+    cluster.create_network("tiny", 5077, "100.65.0.0/30")
+    pod, other = f"{host}-h1-two", f"{host}-h1-full"
+    netns.create_namespace(pod)
+    netns.create_namespace(other)
+    try:
+        rc, first = cni(host, "ADD", pod)
+        assert rc == 0, first
+        rc, second = cni(host, "ADD", pod, network="tiny", ifname="net1")
+        assert rc == 0, second
+        assert second["ips"][0]["address"] == "100.65.0.2/30" and second["routes"] == []
+        assert first["interfaces"][0]["name"] != second["interfaces"][0]["name"]
+        routes = netns.run_in_namespace(pod, ["ip", "-4", "route"]).stdout
+        assert "default via 100.64.0.1 dev eth0" in routes and "100.65.0.0/30 dev net1" in routes
+        for ifname, result, net in (("eth0", first, "default"), ("net1", second, "tiny")):
+            assert cni(host, "CHECK", pod, network=net, ifname=ifname, prevResult=result)[0] == 0
+
+        before = leftovers(host)
+        rc, err = cni(host, "ADD", other, network="tiny")
+        assert rc == 1 and err["code"] == 11, err
+        assert "tiny" in err["msg"] and "create a larger network" in err["msg"]
+        assert leftovers(host) == before
+
+        assert cni(host, "DEL", pod, network="tiny", ifname="net1") == (0, None)
+        assert cni(host, "CHECK", pod, prevResult=first)[0] == 0  # eth0 untouched
+        assert "net1" not in netns.run_in_namespace(pod, ["ip", "-br", "link"]).stdout
+        assert cni(host, "DEL", pod) == (0, None)
+    finally:
+        cni(host, "DEL", pod, network="tiny", ifname="net1")
+        cni(host, "DEL", pod)
+        for ns in (pod, other):
+            netns.delete_namespace(ns)
+        cluster.delete_network("tiny")
+        cluster.close()
+    assert leftovers(host) == (set(), set(), {})
 
 
 def test_status_and_gc(host):

@@ -98,6 +98,7 @@ ATT = {
     "netns": "/run/netns/x",
     "host_port": "ovo123",
     "host_mac": "aa:bb:cc:dd:ee:ff",
+    "default_route": True,
 }
 
 
@@ -111,6 +112,33 @@ def test_add_result_is_in_the_request_version(version):
     # 0.3.x and 0.4.0 results carry the IP version; 1.0.0 removed that field.
     assert ("version" in ip) == version.startswith("0.")
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "100.64.0.1"}]
+
+
+def test_a_second_network_returns_no_default_route():
+    result = plugin.add_result({**ATT, "default_route": False}, "1.0.0")
+    assert result["routes"] == [] and result["ips"][0]["gateway"] == "100.64.0.1"
+
+
+@pytest.mark.parametrize(
+    "prev, routes",
+    [
+        (None, []),
+        (
+            {"routes": [{"dst": "0.0.0.0/0", "gw": "100.64.0.1"}]},
+            [{"dst": "0.0.0.0/0", "gw": "100.64.0.1"}],
+        ),
+        ({"routes": [{"dst": "100.65.0.0/24"}]}, [{"dst": "100.65.0.0/24", "gw": None}]),
+    ],
+)
+def test_check_takes_the_routes_to_verify_from_prev_result(prev, routes):
+    assert plugin.prev_routes(prev) == routes
+
+
+@pytest.mark.parametrize("prev", ["x", {"routes": "x"}, {"routes": [{"gw": "1.2.3.4"}]}])
+def test_a_malformed_prev_result_is_error_7(prev):
+    with pytest.raises(plugin.CniError) as err:
+        plugin.prev_routes(prev)
+    assert err.value.code == plugin.ERR_INVALID_CONFIG and "prevResult" in err.value.msg
 
 
 json_values = st.recursive(
