@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -226,10 +227,16 @@ class EndpointManager:
         steps = steps or _Steps()
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
-        self.ovsdb.delete_port(port)
-        steps.done("port")
-        self._delete_veth(port)
-        steps.done("veth")
+        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
+        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
+        # vanishes first, as when a runtime deletes the netns before DEL.
+        veth = threading.Thread(target=self._delete_veth, args=(port,), name="delete-veth")
+        veth.start()
+        try:
+            self.ovsdb.delete_port(port)
+        finally:
+            veth.join()
+        steps.done("port and veth")
         self.cluster.delete_endpoint(network, self.host, attachment_id)
         self.cluster.release_ip(network, attachment_id)
         steps.done("store")
