@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
@@ -144,6 +144,19 @@ class _RefusedInterfaces(command.ReadOnlyCommand):
         self.result = [row.name for row in found if row is not None and row.ofport in ([], [-1])]
 
 
+@dataclass
+class _Pending:
+    """One thread's commands waiting for a group commit, and how they fared."""
+
+    cmds: list
+    done: bool = False
+    error: BaseException | None = None
+    refused: list[str] = field(default_factory=list)
+
+    def ports(self) -> set[str]:
+        return {cmd.port for cmd in self.cmds if isinstance(cmd, commands.EnsurePort)}
+
+
 class OvsdbClient:
     """An OVSDB connection to one host's ovsdb-server (one per agent, never shared)."""
 
@@ -156,6 +169,9 @@ class OvsdbClient:
                 f"cannot reach ovsdb-server at {db_sock} ({exc}); start it or fix the socket path"
             ) from exc
         helper.register_all()
+        self._group = threading.Condition()  # group commit (_commit)
+        self._queue: list[_Pending] = []
+        self._committing = False
         self._idl = _Idl(remote, helper)
         self.timeout = timeout
         self._conn = connection.Connection(self._idl, timeout)
@@ -180,18 +196,64 @@ class OvsdbClient:
 
     def _commit(self, cmds: list) -> None:
         """Commit and wait until ovs-vswitchd has applied the change; raise PortError
-        naming any new interface it could not open."""
+        naming any new interface of ours it could not open.
+
+        Group commit: while one thread's transaction is in flight (most of that is
+        waiting for vswitchd), other threads' commands queue, and the next thread
+        commits all of them in one transaction.  vswitchd then reconfigures once for
+        them: each reconfiguration walks every port (46 ms of its CPU at 90 ports, 0.8
+        per port in a batch), so ten parallel CNI ADDs cost it one, not ten.
+        """
+        mine = _Pending(cmds)
+        with self._group:
+            self._queue.append(mine)
+            self._group.wait_for(lambda: mine.done or not self._committing)
+            lead = not mine.done
+            if lead:
+                self._committing = True
+                batch, self._queue = self._queue, []
+        if lead:
+            try:
+                self._commit_batch(batch)
+            finally:
+                with self._group:
+                    for pending in batch:
+                        pending.done = True
+                    self._committing = False
+                    self._group.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        if mine.refused:
+            raise PortError(f"ovs-vswitchd could not open device {', '.join(mine.refused)}")
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            try:
+                refused = self._commit_now([cmd for pending in batch for cmd in pending.cmds])
+            except Exception:  # whose command failed?  Each on its own finds out.
+                LOG.debug("a batch of %d commits failed; committing them one by one", len(batch))
+            else:
+                for pending in batch:
+                    pending.refused = [n for n in refused if n in pending.ports()]
+                return
+        for pending in batch:
+            try:
+                pending.refused = self._commit_now(pending.cmds)
+            except Exception as exc:
+                pending.error = exc
+
+    def _commit_now(self, cmds: list) -> list[str]:
+        """One transaction, waited for; returns the new interfaces vswitchd refused."""
         txn = _ConfigTransaction(self.api, self._conn, check_error=True, log_errors=False)
         for cmd in cmds:
             txn.add(cmd)
         txn.commit()
         if txn.next_cfg is None:  # nothing was written
-            return
+            return []
         self._wait_applied(txn.next_cfg)
-        if txn.new_interfaces:
-            refused = _RefusedInterfaces(self.api, txn.new_interfaces).execute(check_error=True)
-            if refused:
-                raise PortError(f"ovs-vswitchd could not open device {', '.join(refused)}")
+        if not txn.new_interfaces:
+            return []
+        return _RefusedInterfaces(self.api, txn.new_interfaces).execute(check_error=True)
 
     def _wait_applied(self, next_cfg: int) -> None:
         """Until ovs-vswitchd reports ``cur_cfg`` >= ``next_cfg`` (it applied our commit)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -122,6 +124,45 @@ def test_a_port_vswitchd_cannot_open_leaves_no_row(one_host_lab, client):
     with pytest.raises(PortError, match="could not open device vnothere"):
         client.add_endpoint_port(INTEGRATION_BRIDGE, ep)
     assert "vnothere" not in {r["name"] for r in rows(one_host_lab.name, "h1", "Port")}
+
+
+def test_concurrent_port_adds_share_transactions_and_keep_their_own_errors(one_host_lab, client):
+    """Twelve threads add ports at once, one of them for a device that does not exist:
+    they go in fewer transactions than twelve (group commit: vswitchd reconfigures fewer
+    times), the eleven get their ports, and only the twelfth gets the PortError."""
+    name = one_host_lab.name
+    good = [f"vgc{i}" for i in range(11)]
+    for port in good:
+        netns.run_in_namespace(
+            f"{name}-h1", ["ip", "link", "add", port, "type", "veth", "peer", "name", port + "p"]
+        )
+    start = threading.Barrier(12)
+
+    def add(port: str):
+        ep = EndpointPort(port, "default", 5001, port, "eth0", "0a:58:64:40:00:09", "100.64.0.9")
+        start.wait()
+        try:
+            client.add_endpoint_port(INTEGRATION_BRIDGE, ep)
+        except PortError as exc:
+            return str(exc)
+        return None
+
+    cfg_before = rows(name, "h1", "Open_vSwitch")[0]["next_cfg"]
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            ports = [*good, "vgcnothere"]
+            outcome = dict(zip(ports, pool.map(add, ports), strict=True))
+        transactions = rows(name, "h1", "Open_vSwitch")[0]["next_cfg"] - cfg_before
+        assert transactions < 12  # one of them is the refused port's removal
+        assert outcome.pop("vgcnothere").startswith("ovs-vswitchd could not open device vgcnothere")
+        assert outcome == dict.fromkeys(good)
+        for port in good:
+            assert client.interface(INTEGRATION_BRIDGE, port)["ofport"] > 0
+        assert client.interface(INTEGRATION_BRIDGE, "vgcnothere") is None
+    finally:
+        for port in good:
+            client.delete_port(port)
+            netns.run_in_namespace(f"{name}-h1", ["ip", "link", "del", port])
 
 
 def test_client_survives_an_ovsdb_server_restart(one_host_lab, client):
