@@ -17,6 +17,8 @@ switch without leaving the host.
 
 from __future__ import annotations
 
+import functools
+
 from openflow.cookies import Feature, cookie
 from openflow.model import (
     ARP_REPLY,
@@ -136,6 +138,7 @@ def _port_security(state: HostState, gen: int) -> list[Flow]:
     return flows
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _arp_reply(mac: str, ip: str) -> tuple:
     """Turn an ARP request into the reply for ``ip`` is-at ``mac``, back out the way it came."""
     return (

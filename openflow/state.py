@@ -6,6 +6,7 @@ remote endpoints); the pipeline is a pure function of it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -71,4 +72,8 @@ class HostState:
             ipaddress.ip_address(ip)
 
     def network(self, name: str) -> NetworkSpec:
-        return next(n for n in self.networks if n.name == name)
+        return self._networks_by_name[name]
+
+    @functools.cached_property
+    def _networks_by_name(self) -> dict[str, NetworkSpec]:
+        return {n.name: n for n in self.networks}

@@ -33,6 +33,10 @@ from ovsdb.tunnel import TunnelPort
 LOG = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 15.0
+# The Interface columns we read or write.  vswitchd rewrites the others (statistics,
+# status, link state, ifindex, ...) of many interfaces after each reconfiguration;
+# replicating them cost the agent's IDL thread a parse of every interface per pod ADD.
+INTERFACE_COLUMNS = ["name", "type", "options", "external_ids", "ofport", "mac", "error"]
 
 
 class OvsdbUnavailable(RuntimeError):
@@ -168,7 +172,11 @@ class OvsdbClient:
             raise OvsdbUnavailable(
                 f"cannot reach ovsdb-server at {db_sock} ({exc}); start it or fix the socket path"
             ) from exc
-        helper.register_all()
+        for table in helper.schema_json["tables"]:
+            if table != "Interface":
+                helper.register_table(table)
+        helper.register_columns("Interface", INTERFACE_COLUMNS)
+        self._bridge_cache: dict = {}  # ReadBridge's last answer, used in its thread only
         self._group = threading.Condition()  # group commit (_commit)
         self._queue: list[_Pending] = []
         self._committing = False
@@ -373,7 +381,7 @@ class OvsdbClient:
         return cmd.result
 
     def _read_bridge(self, name: str) -> dict | None:
-        cmd = commands.ReadBridge(self.api, name)
+        cmd = commands.ReadBridge(self.api, name, self._bridge_cache)
         self._commit_plain([cmd])
         return cmd.result
 

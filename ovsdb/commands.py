@@ -177,13 +177,29 @@ class DeletePort(command.BaseCommand):
 
 
 class ReadBridge(command.ReadOnlyCommand):
-    """A bridge's settings and ports as plain values (rows must not leave the IDL thread)."""
+    """A bridge's settings and ports as plain values (rows must not leave the IDL thread).
 
-    def __init__(self, api, name: str):
+    With a ``cache`` (a dict the caller keeps), an answer is reused while the IDL has
+    seen no change (its ``change_seqno``): the agent reads br-int on every refresh, and
+    converting every interface row was its largest cost per pod ADD after the pipeline.
+    A cached answer is shared: callers must not modify it.
+    """
+
+    def __init__(self, api, name: str, cache: dict | None = None):
         super().__init__(api)
         self.name = name
+        self.cache = cache
 
     def run_idl(self, txn):
+        key = (self.name, self.api.idl.change_seqno)
+        if self.cache is not None and self.cache.get("key") == key:
+            self.result = self.cache["result"]
+            return
+        self._read()
+        if self.cache is not None:
+            self.cache.update(key=key, result=self.result)
+
+    def _read(self):
         br = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.name, None)
         if br is None:
             self.result = None
