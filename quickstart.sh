@@ -17,6 +17,9 @@ APT_PACKAGES=(
   iputils-ping         # reachability checks
   iperf3               # TCP through the lab
   containernetworking-plugins  # reference CNI plugins (host-local IPAM) for the CNI tests
+  podman runc          # a real runtime driving the plugin (tests/lab/test_runtime.py)
+  busybox-static       # the root of that test's containers
+  nftables             # that test reads the root namespace's ruleset (nft list ruleset)
   python3-venv         # the virtualenv
   python3-dev gcc      # building wheels that have no binary for this Python
 )

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import secrets
 import subprocess
+from collections.abc import Iterator
+
+import pytest
 
 from lab import lab, naming, netns
+from store import open_cluster
+
+
+@contextlib.contextmanager
+def running_lab(hosts: int, **options) -> Iterator[str]:
+    """A lab of ``hosts`` hosts under a fresh name (``t`` + random hex), removed afterwards
+    even when the test fails; yields its name."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests create network namespaces and OVS daemons; run them as root")
+    name = "t" + secrets.token_hex(3)
+    try:
+        lab.up(name, hosts, **options)
+        yield name
+    finally:
+        lab.down(name)
 
 
 def host_paths(lab_name: str, host: str = "h1"):
@@ -33,3 +55,65 @@ def ovs_map(value) -> dict:
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+
+
+# -- what a lab host holds for pods: counted by the CNI tests to find leaks ---------------
+
+POD_PORT_PREFIX = "ovo"  # controller.endpoints.HOST_PORT_PREFIX: host veth ends and OVS ports
+_COOKIE = re.compile(r"cookie=0x[0-9a-f]+, ")
+
+
+def host_veths(lab_name: str, host: str) -> set[str]:
+    """The pods' host-side veth ends (``ovo*``) in a lab host's namespace."""
+    out = netns.run_in_namespace(naming.host_namespace(lab_name, host), ["ip", "-br", "link"])
+    return {
+        line.split()[0].split("@")[0]
+        for line in out.stdout.splitlines()
+        if line.startswith(POD_PORT_PREFIX)
+    }
+
+
+def pod_ports(lab_name: str, host: str) -> set[str]:
+    """The pods' ports (``ovo*``) on a lab host's br-int."""
+    out = ovs(lab_name, host, "ovs-vsctl", "list-ports", naming.INTEGRATION_BRIDGE)
+    return {p for p in out.split() if p.startswith(POD_PORT_PREFIX)}
+
+
+def flows(lab_name: str, host: str) -> list[str]:
+    """br-int's flows, sorted, without cookies and counters: a restarted agent installs the
+    same flows under a new generation's cookie, so two dumps of one state compare equal."""
+    out = ovs(
+        lab_name,
+        host,
+        "ovs-ofctl",
+        "-O",
+        "OpenFlow13",
+        "--no-stats",
+        "dump-flows",
+        naming.INTEGRATION_BRIDGE,
+    )
+    return sorted(_COOKIE.sub("", line.strip()) for line in out.splitlines() if "actions=" in line)
+
+
+def groups(lab_name: str, host: str) -> list[str]:
+    """br-int's groups, sorted, each with its buckets sorted (a flood group has one bucket
+    per local pod)."""
+    out = ovs(
+        lab_name, host, "ovs-ofctl", "-O", "OpenFlow13", "dump-groups", naming.INTEGRATION_BRIDGE
+    )
+    return sorted(
+        ",bucket=".join([head, *sorted(buckets)])
+        for head, *buckets in (
+            line.strip().split(",bucket=") for line in out.splitlines() if "group_id=" in line
+        )
+    )
+
+
+def store_pods(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> tuple[dict, list]:
+    """The cluster state's address allocations (address -> attachment) and endpoint records
+    of ``network``."""
+    cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
+    try:
+        return cluster.allocations(network), cluster.list_endpoints(network)
+    finally:
+        cluster.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import re
-import secrets
 
 import pytest
 
@@ -16,7 +15,7 @@ from openflow.model import ETH_TYPE_ARP, ETH_TYPE_IP
 from openflow.simulate import Switch
 from ovsdb.client import OvsdbClient
 from store import open_cluster
-from tests.helpers import host_paths, ovs
+from tests.helpers import host_paths, ovs, running_lab
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +24,11 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 
 @pytest.fixture(scope="module")
 def world():
-    name = "t" + secrets.token_hex(3)
-    try:
-        lab.up(name, 2)
+    with running_lab(2) as name:
         p1 = pods.pod_add(name, "h1", "p1")
         pods.pod_add(name, "h1", "p2")
         r1 = pods.pod_add(name, "h2", "p1")
         yield name, p1, r1, _model(name)
-    finally:
-        lab.down(name)
 
 
 def _model(name: str):

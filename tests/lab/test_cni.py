@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 
@@ -13,19 +12,15 @@ import pytest
 from cni.plugin import SUPPORTED_VERSIONS
 from lab import agent_proc, lab, netns, pods
 from store import open_cluster
-from tests.helpers import host_paths, ovs
+from tests.helpers import host_paths, ovs, running_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def host():
-    name = "t" + secrets.token_hex(3)
-    try:
-        lab.up(name, 1)
+    with running_lab(1) as name:
         yield name
-    finally:
-        lab.down(name)
 
 
 def cni(name, command, container, version="1.0.0", netns_path=None, **extra):

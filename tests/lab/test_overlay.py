@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from lab import lab, netns, pods
 from store import open_cluster
+from tests.helpers import running_lab
 from tests.packets import Sniffer, send
 
 pytestmark = pytest.mark.lab
@@ -22,9 +22,7 @@ CTL = [sys.executable, "-m", "ctl.main"]
 
 @pytest.fixture(scope="module")
 def overlay():
-    name = "t" + secrets.token_hex(3)
-    try:
-        lab.up(name, 3)
+    with running_lab(3) as name:
         subprocess.run(
             [
                 *CTL,
@@ -51,8 +49,6 @@ def overlay():
         ]:
             made[f"{host}/{pod}"] = pods.pod_add(name, host, pod, net)
         yield name, made
-    finally:
-        lab.down(name)
 
 
 def ns(lab_name, key):

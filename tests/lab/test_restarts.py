@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 import signal
 import subprocess
 import time
@@ -11,21 +10,17 @@ import time
 import pytest
 
 from lab import agent_proc, lab, netns, ovs_host, pods
-from tests.helpers import host_paths
+from tests.helpers import host_paths, running_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def two_pods():
-    name = "t" + secrets.token_hex(3)
-    try:
-        lab.up(name, 2)
+    with running_lab(2) as name:
         a = pods.pod_add(name, "h1", "p1")
         b = pods.pod_add(name, "h2", "p1")
         yield name, a, b
-    finally:
-        lab.down(name)
 
 
 def start_ping(namespace: str, ip: str, count: int) -> subprocess.Popen:
