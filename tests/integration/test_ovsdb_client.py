@@ -40,6 +40,8 @@ def test_integration_bridge_as_the_agent_needs_it(one_host_lab, client):
     assert info.fail_mode == "secure"
     assert info.protocols == ("OpenFlow13",)
     assert info.controllers == ("tcp:127.0.0.1:6653",)
+    # vswitchd retries the agent at least every second, not after up to 8 s.
+    assert {r["max_backoff"] for r in rows(one_host_lab.name, "h1", "Controller")} == {1000}
     assert info.table_names == table_names()
     # vswitchd really made it, and OpenFlow tools show the table names.
     features = ovs(
