@@ -227,7 +227,14 @@ class Agent:
                 self._tickets.notify_all()
 
     def _watch(self) -> None:
-        for _events in self.cluster.watch_changes(self._stop, self._watch_from):
+        """A refresh for each change of other hosts, networks and other hosts' endpoints.
+        This host's own endpoints are left out: the pipeline takes them from OVSDB, and
+        the ADD or DEL that wrote one publishes itself (a refresh for the echo of its
+        own write made every ADD wait for two)."""
+        changes = self.cluster.watch_changes(
+            self._stop, self._watch_from, except_endpoints_of=self.config.host
+        )
+        for _events in changes:
             self._request_refresh()
 
     def _restore_watch(self) -> None:

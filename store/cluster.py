@@ -463,13 +463,26 @@ class ClusterState:
     # -- changes ------------------------------------------------------------------------
 
     def watch_changes(
-        self, stop: threading.Event, revision: int | None = None
+        self,
+        stop: threading.Event,
+        revision: int | None = None,
+        except_endpoints_of: str | None = None,
     ) -> Iterator[list[Event]]:
         """Batches of changes to hosts, networks and endpoints after ``revision`` (default:
         now), until ``stop``.  Read ``revision()`` before a full read and pass it here, and
-        no change between the read and the watch is missed."""
+        no change between the read and the watch is missed.  ``except_endpoints_of``
+        leaves out that host's own endpoints: its agent has them from OVSDB already."""
         start = self.kv.revision() if revision is None else revision
         for batch in self.kv.watch("", start, stop):
-            relevant = [e for e in batch if e.key.startswith(WATCHED_PREFIXES)]
+            relevant = [
+                e
+                for e in batch
+                if e.key.startswith(WATCHED_PREFIXES)
+                and not (
+                    except_endpoints_of is not None
+                    and e.key.startswith("endpoints/")
+                    and e.key.split("/")[2] == except_endpoints_of
+                )
+            ]
             if relevant:
                 yield relevant
