@@ -7,13 +7,16 @@ plugin exactly as a runtime does (env + stdin, new process), then pings the anch
 the new pod until it answers (one ping process sending a request every 2 ms, ``ping -c1
 -w10 -i0.002``, so the measure has 2 ms granularity): the time from exec to the first
 answer is "ADD to reachable" (it includes h2's agent learning the new pod, since the
-answer must come back).  "ADD" alone is exec to the plugin's exit.
+answer must come back).  "ADD" alone is exec to the plugin's exit.  For the throughput
+run it also prints the CPU each process spent per pod (from /proc, and the plugins'
+rusage): where a pod start goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lab import lab, naming, netns, pods  # noqa: E402
+from lab import agent_proc, lab, naming, netns, ovs_host, pods  # noqa: E402
 
 
 def plugin(name: str, command: str, container: str) -> float:
@@ -44,6 +47,29 @@ def add_until_reachable(name: str, container: str, anchor_ip: str) -> tuple[floa
     ).returncode:
         raise RuntimeError(f"{container} never reached {anchor_ip}")
     return add, time.perf_counter() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemons(name: str) -> dict[str, int]:
+    paths = lab.LabPaths(naming.DEFAULT_STATE_ROOT, name)
+    found = {}
+    for host in ("h1", "h2"):
+        hp = paths.host(host)
+        found[f"{host} agent"] = agent_proc.agent_pid(hp)
+        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+            found[f"{host} {daemon}"] = ovs_host.daemon_pid(hp, daemon)
+    return found
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def pct(values: list[float], p: float) -> float:
@@ -90,10 +116,15 @@ def main() -> int:
         batch = [ns(f"t{i}") for i in range(args.throughput_pods)]
         for c in batch:
             netns.create_namespace(c)
+        procs = daemons(name)
+        cpu_before = {k: cpu_seconds(pid) for k, pid in procs.items()}
+        plugins_before = children_cpu()
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             list(pool.map(lambda c: plugin(name, "ADD", c), batch))
         rate = len(batch) / (time.perf_counter() - start)
+        per_pod = {k: (cpu_seconds(pid) - cpu_before[k]) / len(batch) for k, pid in procs.items()}
+        per_pod["plugin processes"] = (children_cpu() - plugins_before) / len(batch)
     finally:
         for c in made:
             netns.delete_namespace(c)
@@ -106,6 +137,10 @@ def main() -> int:
     print(row(f"ADD to reachable, {args.parallel} in parallel", [r for _, r in par]))
     print(row("DEL, sequential", dels))
     print(f"\n{args.throughput_pods} pods ADDed with {args.parallel} at a time: {rate:.1f} pods/s")
+    print("\n| CPU per pod (throughput run) | ms |")
+    print("|---|---:|")
+    for what, seconds in per_pod.items():
+        print(f"| {what} | {seconds * 1000:.1f} |")
     return 0
 
 

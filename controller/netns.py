@@ -8,13 +8,19 @@ needs a per-thread switch that fails on a missing namespace instead.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyroute2 import netns as _pyroute2_netns
 
 NETNS_DIR = "/run/netns"
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17  # set tx checksum offload (struct ethtool_value)
 
 
 def namespace_path(netns: str) -> str:
@@ -46,19 +52,15 @@ def disable_tx_checksum(netns: str | None, ifname: str) -> None:
     so with tx checksum offload on, TCP leaves with bad checksums and stalls
     while ping still works.  The ethtool ioctl acts on the namespace of the
     socket it uses, so the socket is made while this thread is in ``netns``.
+    It is the legacy ETHTOOL_STXCSUM request (what ``ethtool -K IF tx off`` amounts
+    to): one ioctl, where pyroute2's Ethtool took 3 ms of every pod ADD.
     """
-    from pyroute2.ethtool import Ethtool
 
     def _off() -> None:
-        tool = Ethtool()
-        try:
-            features = tool.get_features(ifname)
-            for name, feature in features.features.items():
-                if name.startswith("tx-checksum"):
-                    feature.enable = False
-            tool.set_features(ifname, features)
-        finally:
-            tool.close()
+        request = array.array("B", struct.pack("II", ETHTOOL_STXCSUM, 0))
+        ifreq = struct.pack("16sP16x", ifname.encode(), request.buffer_info()[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
 
     if netns is None:
         _off()
