@@ -99,14 +99,14 @@ class ChurnError(AssertionError):
 
 
 # Packet loss under churn, found here: every veth created or deleted in a host's namespace
-# (each CNI ADD and DEL) makes ovs-vswitchd 3.1 reconfigure its bridges and revalidate
-# every datapath flow (coverage counters bridge_reconfigure and rev_reconfigure, about one
-# per link event), and meanwhile the userspace datapath's megaflow for a pod's traffic into
-# the VXLAN tunnel shows actions:drop.  1-3% of the cross-host packets of pods nobody
-# touches get lost at 6-12 cycles a second (more churn, more loss); same-host traffic
-# loses none.  Veths made with plain 'ip link' and never added to OVS do the same, so it is
-# OVS, not the agent.  Hence same-host echoes must all be answered and cross-host ones
-# mostly: a cross-host outage of a few seconds per agent restart would exceed this.
+# (each CNI ADD and DEL) makes ovs-vswitchd 3.1 flush and re-read its cached system
+# routes; a pod's traffic into the VXLAN tunnel translated meanwhile finds no route and
+# its megaflow becomes actions:drop until the next revalidation.  1-3% of the cross-host
+# packets of pods nobody touches get lost at 6-12 cycles a second; same-host traffic
+# loses none; plain 'ip link' veths never added to OVS do the same.  The cause and a
+# mitigation not applied yet are in docs/architecture.md ("Known: cross-host packets
+# lost").  Hence same-host echoes must all be answered and cross-host ones mostly: a
+# cross-host outage of a few seconds per agent restart would exceed this.
 MAX_VXLAN_LOSS = 0.10
 
 
