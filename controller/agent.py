@@ -40,7 +40,7 @@ class Agent:
     def __init__(self, config: AgentConfig, connect_unix=None):
         self.config = config
         self._connect_unix = connect_unix
-        self.tunnel = TunnelPort(local_ip=config.tunnel_ip, tunnel_type=config.tunnel_type)
+        self.tunnel = TunnelPort(tunnel_type=config.tunnel_type)
         self._stop = threading.Event()
         self._refresh_lock = threading.Lock()
         self.ready = threading.Event()  # set after the first full pipeline install
@@ -50,6 +50,7 @@ class Agent:
         self.api: ApiServer | None = None
         self._threads: list[threading.Thread] = []
         self._solicited: set[str] = set()
+        self._route_ok = True  # whether the last look found the underlay route in OVS
         self._tickets = threading.Condition()
         self._ticket = 0  # publish requests taken
         self._served = 0  # the last ticket a finished refresh covered
@@ -89,6 +90,9 @@ class Agent:
         for what in self.endpoints.reconcile():
             LOG.warning("removed an orphan left while the agent was away: %s", what)
         self._ensure_gateway()
+        self._keep_underlay_route()
+        if cfg.underlay_cidr:
+            self._spawn(self._underlay_route_watch, "underlay-route")
         # Watch from the revision read before the first refresh, so a change made in
         # between is not missed.
         self._watch_from = self.cluster.revision()
@@ -260,6 +264,32 @@ class Agent:
                 continue
             self.reconciler.wait_connected(RESTORE_POLL * 20)
 
+    def _keep_underlay_route(self) -> bool:
+        """The OVS route userspace tunnels need (controller/underlay.py); True when there."""
+        cfg = self.config
+        if not cfg.underlay_cidr:
+            return True
+        rundir = os.path.dirname(cfg.ovsdb_sock)
+        try:
+            if underlay.ensure_route(rundir, cfg.underlay_cidr, cfg.underlay_bridge):
+                LOG.info(
+                    "added OVS route %s via %s for the tunnels",
+                    cfg.underlay_cidr,
+                    cfg.underlay_bridge,
+                )
+        except underlay.UnixctlError as exc:
+            if self._route_ok:
+                LOG.warning("tunnels have no OVS route to the underlay yet: %s", exc)
+            self._route_ok = False
+            return False
+        self._route_ok = True
+        return True
+
+    def _underlay_route_watch(self) -> None:
+        """Put the route back when it goes (a restarted ovs-vswitchd starts without it)."""
+        while not self._stop.wait(RESTORE_POLL):
+            self._keep_underlay_route()
+
     def _keepalive(self) -> None:
         interval = max(1.0, self.config.host_ttl / 3)
         while not self._stop.wait(interval):
@@ -332,6 +362,7 @@ class Agent:
         """After a (re)connect: a restarted ovs-vswitchd recreated its internal ports (the
         gateway lost its address) and forgot its tunnel neighbours; restore both."""
         self._ensure_gateway()
+        self._keep_underlay_route()
         self._solicited = set()
         self._warm_neighbours(
             [h.tunnel_ip for h in self.cluster.list_hosts() if h.name != self.config.host]

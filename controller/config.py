@@ -17,7 +17,7 @@ GROUP = "agent"
 
 OPTS = [
     cfg.StrOpt("host", help="this host's name in the cluster state (required)"),
-    cfg.StrOpt("tunnel_ip", help="this host's underlay IP, the tunnels' local_ip (required)"),
+    cfg.StrOpt("tunnel_ip", help="this host's underlay IP, the tunnels' source (required)"),
     cfg.StrOpt(
         "store",
         default="sqlite:////var/lib/ovs-overlay/cluster.db",
@@ -33,6 +33,13 @@ OPTS = [
     ),
     cfg.StrOpt("socket", default="/run/ovs-overlay/agent.sock", help="the CNI server's socket"),
     cfg.IntOpt("underlay_mtu", default=1500, help="MTU of the underlay network"),
+    cfg.StrOpt(
+        "underlay_cidr",
+        help="the underlay network (e.g. 198.18.0.0/16); with the userspace datapath the "
+        "agent keeps an OVS route to it via underlay_bridge, for ovs-vswitchd run with "
+        "--disable-system-route (unset: OVS uses the kernel's routes)",
+    ),
+    cfg.StrOpt("underlay_bridge", default="br-phy", help="the OVS bridge holding the tunnel IP"),
     cfg.IntOpt(
         "host_ttl", default=10, help="seconds a host stays in the store after its agent dies"
     ),
@@ -51,6 +58,8 @@ class AgentConfig:
     datapath_type: str | None
     socket: str
     underlay_mtu: int
+    underlay_cidr: str | None
+    underlay_bridge: str
     host_ttl: int
     canary_interval: float
     controller_port: int

@@ -1,5 +1,14 @@
-"""Resolving peers' underlay addresses before the first tunnelled packet needs them.
+"""The underlay as userspace tunnels need it: a route in OVS, and peers' MACs resolved.
 
+Route: ovs-vswitchd routes userspace tunnels with its own table.  Filled from the
+kernel's routes, it is flushed and re-read on every link change (each pod ADD and DEL),
+and tunnelled packets routed in between are dropped (docs/architecture.md).  So
+vswitchd runs with ``--disable-system-route`` and the agent keeps the one route the
+tunnels need, ``ovs/route/add <underlay_cidr> <underlay_bridge>``, through vswitchd's
+unixctl socket: at start and whenever it is missing (a restarted vswitchd forgot it,
+or br-phy had no address yet when we tried).
+
+Neighbours:
 With userspace tunnelling, ovs-vswitchd keeps its own neighbour cache for the
 outer header.  The first packet to a peer whose MAC it does not know is
 dropped while vswitchd sends an ARP request (seen in the lab: the first ping to
@@ -13,10 +22,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import Iterable
 
+from ovs.unixctl.client import UnixctlClient
 from pyroute2 import IPRoute
 
 LOG = logging.getLogger(__name__)
@@ -51,4 +62,38 @@ def solicit(local_ip: str, peers: Iterable[str]) -> bool:
         for peer in peers:
             sock.send(arp_request(mac, local_ip, peer))
     LOG.debug("solicited underlay neighbours %s from %s", list(peers), ifname)
+    return True
+
+
+class UnixctlError(RuntimeError):
+    """ovs-vswitchd's unixctl socket refused or failed a command."""
+
+
+def _vswitchd_call(rundir: str, command: str, *args: str) -> str:
+    try:
+        with open(os.path.join(rundir, "ovs-vswitchd.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise UnixctlError(f"ovs-vswitchd's pidfile in {rundir} is unreadable: {exc}") from None
+    path = os.path.join(rundir, f"ovs-vswitchd.{pid}.ctl")
+    error, client = UnixctlClient.create(path)
+    if error:
+        raise UnixctlError(f"cannot reach ovs-vswitchd at {path}: {os.strerror(error)}")
+    try:
+        error, failure, result = client.transact(command, list(args))  # this order
+    finally:
+        client.close()
+    if error or failure:
+        raise UnixctlError(f"{command} {' '.join(args)}: {failure or os.strerror(error)}")
+    return result or ""
+
+
+def ensure_route(rundir: str, cidr: str, bridge: str) -> bool:
+    """Add the user route ``cidr`` via ``bridge`` to ovs-vswitchd unless it has it; returns
+    whether it was added.  Raises UnixctlError (e.g. while ``bridge`` has no address)."""
+    for line in _vswitchd_call(rundir, "ovs/route/show").splitlines():
+        words = line.split()
+        if words[:1] == ["User:"] and words[1:2] == [cidr] and words[3:4] == [bridge]:
+            return False
+    _vswitchd_call(rundir, "ovs/route/add", cidr, bridge)
     return True

@@ -14,7 +14,7 @@ import sys
 import time
 
 from controller import api_client
-from lab import netns, ovs_host
+from lab import naming, netns, ovs_host
 from lab.ovs_host import OvsHostPaths
 
 READY_TIMEOUT = 30.0
@@ -50,6 +50,8 @@ def write_config(
             # userspace tunnelling through br-phy needs the userspace datapath
             "datapath_type = netdev\n"
             f"socket = {socket_path(paths)}\n"
+            f"underlay_cidr = {naming.UNDERLAY_NET}\n"
+            f"underlay_bridge = {naming.PHYS_BRIDGE}\n"
             "host_ttl = 6\n"
         )
     return conf

@@ -105,7 +105,7 @@ def up(
     """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
-    TunnelPort(local_ip=naming.underlay_ip(1), tunnel_type=tunnel_type)  # validates the type
+    TunnelPort(tunnel_type=tunnel_type)  # validates the type
     paths = LabPaths(state_root, name)
     taken = _lab_namespaces(name)
     if taken:
@@ -158,7 +158,6 @@ def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
     ns = naming.host_namespace(paths.name, host)
     underlay = naming.underlay_namespace(paths.name)
     port = naming.underlay_port(host)
-    ip = naming.underlay_ip(index)
 
     netns.create_namespace(ns)
     netns.create_veth(underlay, port, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU)
@@ -186,9 +185,7 @@ def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
                 table_names=table_names(),
             )
         )
-        client.ensure_tunnel_port(
-            naming.INTEGRATION_BRIDGE, TunnelPort(local_ip=ip, tunnel_type=tunnel_type)
-        )
+        client.ensure_tunnel_port(naming.INTEGRATION_BRIDGE, TunnelPort(tunnel_type=tunnel_type))
     _configure_underlay_ip(ns, index)
 
 

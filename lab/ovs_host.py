@@ -77,10 +77,19 @@ def start(paths: OvsHostPaths, namespace: str) -> None:
 
 
 def start_vswitchd(paths: OvsHostPaths, namespace: str) -> None:
+    """ovs-vswitchd without a copy of the kernel's routes (``--disable-system-route``): OVS
+    3.1 flushes that copy on every link change in the namespace, and userspace tunnels
+    routed in the gap drop packets (docs/architecture.md).  The agent gives it the one
+    route the tunnels need (controller/underlay.py)."""
     _run_detached(
         namespace,
         paths,
-        ["ovs-vswitchd", f"unix:{paths.db_sock}", *_daemon_args(paths, "ovs-vswitchd")],
+        [
+            "ovs-vswitchd",
+            f"unix:{paths.db_sock}",
+            "--disable-system-route",
+            *_daemon_args(paths, "ovs-vswitchd"),
+        ],
     )
 
 

@@ -2,13 +2,15 @@
 
 One port per tunnel type, whose remote end and key are set per packet by flows
 (``options:remote_ip=flow``, ``options:key=flow``): hosts join and leave the
-mesh by changing flows, never ports, as in Antrea.  ``local_ip`` pins the
-source address so peers can check ``tun_src``.
+mesh by changing flows, never ports, as in Antrea.  The outer source address is
+the underlay route's (this host's tunnel IP on br-phy), which peers check as
+``tun_src``.  The port sets no ``options:local_ip``: with it, OVS 3.1's userspace
+tunnel lookup also wants a *local* route for the source, which it only has from
+the kernel's routes, and those it drops on every link change (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 # Bytes of outer headers each type adds to an IPv4 underlay packet; the pod MTU
@@ -21,7 +23,6 @@ TUNNEL_TYPES = tuple(TUNNEL_OVERHEAD)
 class TunnelPort:
     """The tunnel port this host puts on its integration bridge."""
 
-    local_ip: str
     tunnel_type: str = "vxlan"
     dst_port: int | None = None
 
@@ -31,13 +32,6 @@ class TunnelPort:
                 f"tunnel type {self.tunnel_type!r} is not supported; use one of "
                 f"{', '.join(TUNNEL_TYPES)}"
             )
-        try:
-            ipaddress.ip_address(self.local_ip)
-        except ValueError:
-            raise ValueError(
-                f"tunnel local IP {self.local_ip!r} is not an IP address; set it to this "
-                "host's underlay address"
-            ) from None
         if self.dst_port is not None:
             if self.tunnel_type == "gre":
                 raise ValueError("a GRE tunnel has no UDP port; leave dst_port unset for gre")
@@ -54,7 +48,7 @@ class TunnelPort:
 
     def options(self) -> dict[str, str]:
         """The Interface.options that make the port flow-based."""
-        opts = {"remote_ip": "flow", "key": "flow", "local_ip": self.local_ip}
+        opts = {"remote_ip": "flow", "key": "flow"}
         if self.dst_port is not None:
             opts["dst_port"] = str(self.dst_port)
         return opts

@@ -69,3 +69,9 @@ def test_ovs_vswitchd_restart_gets_the_pipeline_back(two_pods):
     ).stdout
     assert "flow-restore-wait" not in out
     assert ovs_host.daemon_pid(paths, "ovs-vswitchd") is not None
+    # The new vswitchd knows no routes (--disable-system-route): the agent gave it the
+    # tunnels' one again, or the ping above could not have crossed.
+    routes = netns.run_in_namespace(
+        f"{name}-h2", ["ovs-appctl", "ovs/route/show"], env=paths.env()
+    ).stdout
+    assert "User: 198.18.0.0/16 dev br-phy SRC 198.18.0.2" in routes, routes
