@@ -55,6 +55,7 @@ class Agent:
         self._ticket = 0  # publish requests taken
         self._served = 0  # the last ticket a finished refresh covered
         self._served_version = 0  # the reconciler version that refresh produced
+        self._refreshing = False  # a refresh is running (in the refresher or a publisher)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -186,9 +187,20 @@ class Agent:
 
         Concurrent callers share refreshes: each takes a ticket, and one refresh that
         starts after a ticket was taken serves every caller up to that ticket.  Fifty
-        parallel ADDs then cost a few refreshes, not fifty in a row.
+        parallel ADDs then cost a few refreshes, not fifty in a row.  A caller that finds
+        no refresh running does its own in its thread, rather than hand it to the
+        refresher thread and wait to be woken.
         """
-        mine = self._request_refresh()
+        with self._tickets:
+            self._ticket += 1
+            mine = self._ticket
+            claimed = self._claim_refresh()
+            self._tickets.notify_all()
+        if claimed is not None:
+            try:
+                self._run_refresh(claimed)
+            except Exception as exc:  # the refresher thread retries the ticket
+                raise AttachError(f"the agent could not refresh its state: {exc}", code=11) from exc
         with self._tickets:
             if not self._tickets.wait_for(lambda: self._served >= mine, PUBLISH_TIMEOUT):
                 raise AttachError(
@@ -202,33 +214,52 @@ class Agent:
                 code=11,
             )
 
-    def _request_refresh(self) -> int:
-        """Ask the refresher for a refresh that starts from now; returns the ticket."""
+    def _claim_refresh(self) -> int | None:
+        """(Holding ``_tickets``.)  Take the next refresh if one is due and none runs;
+        returns the ticket it will serve."""
+        if self._refreshing or self._ticket <= self._served:
+            return None
+        self._refreshing = True
+        return self._ticket
+
+    def _run_refresh(self, ticket: int) -> None:
+        version = None
+        try:
+            version = self.refresh()
+        finally:
+            with self._tickets:
+                self._refreshing = False
+                if version is not None:
+                    self._served = max(self._served, ticket)
+                    self._served_version = version
+                self._tickets.notify_all()
+
+    def _request_refresh(self) -> None:
+        """A refresh that starts from now, by the refresher thread (store changes)."""
         with self._tickets:
             self._ticket += 1
             self._tickets.notify_all()
-            return self._ticket
 
     def _refresher(self) -> None:
-        """The one thread that refreshes: a refresh covers every ticket taken before it
-        began, whether an ADD/DEL (publish) or a change in the store (_watch) took it."""
+        """Serve the tickets nobody is refreshing for: those of store changes (_watch),
+        and those of ADDs and DELs that arrived while a refresh was running."""
         while not self._stop.is_set():
             with self._tickets:
                 self._tickets.wait_for(
-                    lambda: self._ticket > self._served or self._stop.is_set(), 1.0
+                    lambda: (
+                        (self._ticket > self._served and not self._refreshing)
+                        or self._stop.is_set()
+                    ),
+                    1.0,
                 )
-                target = self._ticket
-            if target == self._served:
+                claimed = self._claim_refresh()
+            if claimed is None:
                 continue
             try:
-                version = self.refresh()
+                self._run_refresh(claimed)
             except Exception:  # OVSDB or the store briefly away: retried, not spun on
                 LOG.exception("refreshing the pipeline state failed; retrying")
                 self._stop.wait(REFRESH_RETRY)
-                continue
-            with self._tickets:
-                self._served, self._served_version = target, version
-                self._tickets.notify_all()
 
     def _watch(self) -> None:
         """A refresh for each change of other hosts, networks and other hosts' endpoints.
