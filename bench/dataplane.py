@@ -70,7 +70,7 @@ def to_normal(lab_name: str) -> None:
                 "vx-base",
                 "type=vxlan",
                 f"options:remote_ip={naming.underlay_ip(peer)}",
-                f"options:local_ip={naming.underlay_ip(index)}",
+                # no local_ip: the source comes from the agent's OVS route, as for ours
                 "options:key=5001",
             ],
             ["ovs-ofctl", "-O", "OpenFlow13", "del-flows", "br-int"],
