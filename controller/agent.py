@@ -317,9 +317,12 @@ class Agent:
         return True
 
     def _underlay_route_watch(self) -> None:
-        """Put the route back when it goes (a restarted ovs-vswitchd starts without it)."""
+        """Retry the route while adding it fails (br-phy has no address yet, vswitchd is
+        restarting).  A restarted vswitchd, which starts without it, reconnects to us,
+        and that full sync adds it again (_after_full_sync)."""
         while not self._stop.wait(RESTORE_POLL):
-            self._keep_underlay_route()
+            if not self._route_ok:
+                self._keep_underlay_route()
 
     def _keepalive(self) -> None:
         interval = max(1.0, self.config.host_ttl / 3)
