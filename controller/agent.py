@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
@@ -442,7 +443,7 @@ class Agent:
         container_id: str,
         ifname: str,
         netns: str,
-        routes: list[dict] = (),
+        routes: Sequence[dict] = (),
     ) -> dict:
         try:
             self.endpoints.check(network, container_id, ifname, netns, routes)

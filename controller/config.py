@@ -7,6 +7,7 @@ is passed down; nothing below the app reads the global CONF.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from oslo_config import cfg
@@ -74,4 +75,13 @@ def from_conf(conf, controller_port: int) -> AgentConfig:
     for required in ("host", "tunnel_ip"):
         if not group[required]:
             raise ValueError(f"[agent] {required} is not set; set it in the agent's config file")
-    return AgentConfig(controller_port=controller_port, **{o.dest: group[o.dest] for o in OPTS})
+    values = {o.dest: group[o.dest] for o in OPTS}
+    if values["underlay_cidr"]:
+        try:  # as OVS prints it, e.g. 198.18.0.0/16: ensure_route compares the text
+            values["underlay_cidr"] = str(ipaddress.ip_network(values["underlay_cidr"], False))
+        except ValueError:
+            raise ValueError(
+                f"[agent] underlay_cidr {values['underlay_cidr']!r} is not a network like "
+                "198.18.0.0/16; fix it in the agent's config file"
+            ) from None
+    return AgentConfig(controller_port=controller_port, **values)

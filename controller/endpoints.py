@@ -8,16 +8,18 @@ nothing behind.  DEL succeeds when any part is already gone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from controller import netns
 from ovsdb.client import OvsdbClient
@@ -140,6 +142,10 @@ class EndpointManager:
         if req.mac is not None and not MAC_RE.match(req.mac.lower()):
             raise AttachError(f"MAC {req.mac!r} in CNI_ARGS is not a MAC address", code=4)
         attachment_id = f"{req.container_id}/{req.ifname}"
+        if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
+            # Without this, the ADD would fail at the veth and its rollback would release
+            # the address the live attachment holds.
+            raise AttachError(f"{attachment_id} is attached already; DEL it before adding it again")
         undo: list[tuple[str, Callable[[], None]]] = []
         steps = _Steps()
         try:
@@ -169,10 +175,13 @@ class EndpointManager:
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
             )
+            # Undone from before it begins, so a step failing after `link add` (address,
+            # route, offloads) leaves no host end behind.  (No live attachment owns this
+            # name: that was refused above.)
+            undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
             host_mac, default_route = self._create_veth(att, req.netns)
             att = replace(att, host_mac=host_mac, default_route=default_route)
             steps.done("veth")
-            undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
             self.ovsdb.add_endpoint_port(
                 self.bridge,
                 EndpointPort(
@@ -230,12 +239,22 @@ class EndpointManager:
         # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
         # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
         # vanishes first, as when a runtime deletes the netns before DEL.
-        veth = threading.Thread(target=self._delete_veth, args=(port,), name="delete-veth")
+        failed: list[Exception] = []
+
+        def delete_veth() -> None:
+            try:
+                self._delete_veth(port)
+            except Exception as exc:  # raised below, in the caller's thread
+                failed.append(exc)
+
+        veth = threading.Thread(target=delete_veth, name="delete-veth")
         veth.start()
         try:
             self.ovsdb.delete_port(port)
         finally:
             veth.join()
+        if failed:
+            raise failed[0]
         steps.done("port and veth")
         self.cluster.delete_endpoint(network, self.host, attachment_id)
         self.cluster.release_ip(network, attachment_id)
@@ -247,7 +266,7 @@ class EndpointManager:
         container_id: str,
         ifname: str,
         netns_path: str,
-        routes: list[dict] = (),
+        routes: Sequence[dict] = (),
     ) -> None:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
         with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
@@ -408,7 +427,12 @@ class EndpointManager:
 
     @staticmethod
     def _delete_veth(host_port: str) -> None:
+        """Delete the veth pair; gone already (or going, with its netns) is fine."""
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=host_port)
             if found:
-                ipr.link("del", index=found[0])
+                try:
+                    ipr.link("del", index=found[0])
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:
+                        raise

@@ -21,13 +21,13 @@ vswitchd the MAC before any pod packet needs it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import socket
 import struct
 from collections.abc import Iterable
 
-from ovs.unixctl.client import UnixctlClient
 from pyroute2 import IPRoute
 
 LOG = logging.getLogger(__name__)
@@ -69,23 +69,41 @@ class UnixctlError(RuntimeError):
     """ovs-vswitchd's unixctl socket refused or failed a command."""
 
 
+UNIXCTL_TIMEOUT = 5.0
+
+
 def _vswitchd_call(rundir: str, command: str, *args: str) -> str:
+    """One unixctl command (JSON-RPC over vswitchd's control socket), with a timeout:
+    python-ovs's UnixctlClient has none, and a stopped vswitchd would hang the caller
+    (the reconciler, during a full sync)."""
     try:
         with open(os.path.join(rundir, "ovs-vswitchd.pid")) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError) as exc:
         raise UnixctlError(f"ovs-vswitchd's pidfile in {rundir} is unreadable: {exc}") from None
     path = os.path.join(rundir, f"ovs-vswitchd.{pid}.ctl")
-    error, client = UnixctlClient.create(path)
-    if error:
-        raise UnixctlError(f"cannot reach ovs-vswitchd at {path}: {os.strerror(error)}")
+    request = json.dumps({"method": command, "params": list(args), "id": 0}).encode()
+    decoder, buf = json.JSONDecoder(), ""
     try:
-        error, failure, result = client.transact(command, list(args))  # this order
-    finally:
-        client.close()
-    if error or failure:
-        raise UnixctlError(f"{command} {' '.join(args)}: {failure or os.strerror(error)}")
-    return result or ""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(UNIXCTL_TIMEOUT)
+            sock.connect(path)
+            sock.sendall(request)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise UnixctlError(f"ovs-vswitchd closed {path} before answering {command}")
+                buf += chunk.decode()
+                try:
+                    reply, _ = decoder.raw_decode(buf)
+                    break
+                except ValueError:
+                    continue  # not all of it yet
+    except OSError as exc:
+        raise UnixctlError(f"cannot reach ovs-vswitchd at {path}: {exc}") from None
+    if reply.get("error") is not None:
+        raise UnixctlError(f"{command} {' '.join(args)}: {str(reply['error']).strip()}")
+    return reply.get("result") or ""
 
 
 def ensure_route(rundir: str, cidr: str, bridge: str) -> bool:

@@ -36,7 +36,7 @@ DEFAULT_TIMEOUT = 15.0
 # The Interface columns we read or write.  vswitchd rewrites the others (statistics,
 # status, link state, ifindex, ...) of many interfaces after each reconfiguration;
 # replicating them cost the agent's IDL thread a parse of every interface per pod ADD.
-INTERFACE_COLUMNS = ["name", "type", "options", "external_ids", "ofport", "mac", "error"]
+INTERFACE_COLUMNS = ["name", "type", "options", "external_ids", "ofport", "mac"]
 
 
 class OvsdbUnavailable(RuntimeError):
@@ -237,25 +237,35 @@ class OvsdbClient:
     def _commit_batch(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:
             try:
-                refused = self._commit_now([cmd for pending in batch for cmd in pending.cmds])
+                txn = self._write([cmd for pending in batch for cmd in pending.cmds])
             except Exception:  # whose command failed?  Each on its own finds out.
                 LOG.debug("a batch of %d commits failed; committing them one by one", len(batch))
             else:
+                try:
+                    refused = self._applied(txn)
+                except Exception as exc:  # written for all of them: the failure is theirs
+                    for pending in batch:
+                        pending.error = exc
+                    return
                 for pending in batch:
                     pending.refused = [n for n in refused if n in pending.ports()]
                 return
         for pending in batch:
             try:
-                pending.refused = self._commit_now(pending.cmds)
+                pending.refused = self._applied(self._write(pending.cmds))
             except Exception as exc:
                 pending.error = exc
 
-    def _commit_now(self, cmds: list) -> list[str]:
-        """One transaction, waited for; returns the new interfaces vswitchd refused."""
+    def _write(self, cmds: list) -> _ConfigTransaction:
+        """Commit ``cmds`` to the database in one transaction (vswitchd not waited for)."""
         txn = _ConfigTransaction(self.api, self._conn, check_error=True, log_errors=False)
         for cmd in cmds:
             txn.add(cmd)
         txn.commit()
+        return txn
+
+    def _applied(self, txn: _ConfigTransaction) -> list[str]:
+        """Wait until vswitchd applied ``txn``; returns the new interfaces it refused."""
         if txn.next_cfg is None:  # nothing was written
             return []
         self._wait_applied(txn.next_cfg)
@@ -357,8 +367,8 @@ class OvsdbClient:
             protocols=data["protocols"],
             controllers=data["controllers"],
             ports=tuple(sorted(data["interfaces"])),
-            table_names=data["table_names"],
-            external_ids=data["external_ids"],
+            table_names=dict(data["table_names"]),  # copies: ``data`` may be the cached read
+            external_ids=dict(data["external_ids"]),
         )
 
     def set_bridge_external_ids(self, name: str, values: Mapping[str, str]) -> None:

@@ -16,7 +16,7 @@ half a poll interval on average; with it, after one revision read.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import logging
 import os
 import select
 import time
@@ -27,17 +27,23 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 SUFFIX = "-changed"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+LOG = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter already has
 
 
 def notify_change(db_path: str) -> None:
-    """Tell every watcher of ``db_path`` that a commit is visible now."""
+    """Tell every watcher of ``db_path`` that a commit is visible now.  Failing to is
+    logged, not raised: the commit stands, and watchers' polls still find it."""
     marker = db_path + SUFFIX
     try:
-        os.utime(marker)
-    except FileNotFoundError:
-        with open(marker, "a"):
-            pass
+        try:
+            os.utime(marker)
+        except FileNotFoundError:
+            with open(marker, "a"):
+                pass
+    except OSError as exc:
+        LOG.warning("cannot wake the watchers of %s (%s); they will poll", db_path, exc)
 
 
 class FileChanges:

@@ -27,6 +27,7 @@ etcd does in its server happens here inside SQLite transactions:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -49,6 +50,8 @@ from store.kv import (
     check_ops,
     prefix_end,
 )
+
+LOG = logging.getLogger(__name__)
 
 STOP_CHECK = 0.1  # how soon a watch blocked on inotify notices its stop event
 POLL_INTERVAL = 0.05
@@ -375,7 +378,12 @@ class SqliteKvStore(KvStore):
         ]
 
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> Iterator[list[Event]]:
-        changes = None if self.path == ":memory:" else FileChanges(self.path)
+        changes = None
+        if self.path != ":memory:":
+            try:
+                changes = FileChanges(self.path)
+            except OSError as exc:  # e.g. out of inotify instances: polling still works
+                LOG.warning("watching %s by polling only: %s", self.path, exc)
         try:
             yield from self._watch(prefix, revision, stop, changes)
         finally:

@@ -66,6 +66,22 @@ def test_add_check_del_in_every_version(host, version):
     assert leftovers(host) == (set(), set(), {})
 
 
+def test_a_second_add_of_a_live_attachment_is_refused_and_changes_nothing(host):
+    container = f"{host}-h1-twice"
+    netns.create_namespace(container)
+    try:
+        rc, result = cni(host, "ADD", container)
+        assert rc == 0, result
+        before = leftovers(host)
+        rc, err = cni(host, "ADD", container)
+        assert rc == 1 and err["code"] == 7 and "attached already" in err["msg"], err
+        assert leftovers(host) == before
+        assert cni(host, "CHECK", container, prevResult=result)[0] == 0
+    finally:
+        cni(host, "DEL", container)
+        netns.delete_namespace(container)
+
+
 def test_del_with_empty_netns_and_a_vanished_namespace(host):
     container = f"{host}-h1-gone"
     netns.create_namespace(container)

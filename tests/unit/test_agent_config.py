@@ -1,0 +1,31 @@
+"""The agent's [agent] options as the launcher reads them from a config file."""
+
+from __future__ import annotations
+
+import pytest
+from oslo_config import cfg
+
+from controller import config
+
+
+def load(tmp_path, **options) -> config.AgentConfig:
+    path = tmp_path / "agent.conf"
+    lines = ["[agent]", "host = h1", "tunnel_ip = 198.18.0.1"]
+    lines += [f"{k} = {v}" for k, v in options.items()]
+    path.write_text("\n".join(lines) + "\n")
+    conf = cfg.ConfigOpts()
+    config.register(conf)
+    conf(args=["--config-file", str(path)])
+    return config.from_conf(conf, controller_port=6653)
+
+
+def test_underlay_cidr_is_read_as_ovs_prints_it(tmp_path):
+    # The agent compares it with `ovs-appctl ovs/route/show`, which prints the network.
+    assert load(tmp_path, underlay_cidr="198.18.0.1/16").underlay_cidr == "198.18.0.0/16"
+    assert load(tmp_path).underlay_cidr is None
+    assert load(tmp_path).underlay_bridge == "br-phy"
+
+
+def test_a_bad_underlay_cidr_stops_the_agent_with_one_sentence(tmp_path):
+    with pytest.raises(ValueError, match=r"underlay_cidr '198.18.0.0/33' is not a network"):
+        load(tmp_path, underlay_cidr="198.18.0.0/33")
