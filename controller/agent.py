@@ -43,7 +43,6 @@ class Agent:
         self._connect_unix = connect_unix
         self.tunnel = TunnelPort(tunnel_type=config.tunnel_type)
         self._stop = threading.Event()
-        self._refresh_lock = threading.Lock()
         self.ready = threading.Event()  # set after the first full pipeline install
         self.cluster = None
         self.ovsdb: OvsdbClient | None = None
@@ -153,26 +152,26 @@ class Agent:
     # -- the state the pipeline is computed from ---------------------------------
 
     def refresh(self) -> int:
-        """Rebuild the host state from OVSDB and the store; returns the version to wait for."""
-        with self._refresh_lock:
-            cfg = self.config
-            interfaces = self.ovsdb.interfaces(cfg.bridge)
-            tunnel = interfaces.get(self.tunnel.name)
-            if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
-                raise RuntimeError(
-                    f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
-                )
-            state = hoststate.build_host_state(
-                me=cfg.host,
-                tunnel_ofport=tunnel["ofport"],
-                networks=self.cluster.list_networks(),
-                hosts=self.cluster.list_hosts(),
-                endpoints=self.cluster.list_endpoints(),
-                local_ports=endpoint_ports(interfaces),
-                gateways=self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)),
+        """Rebuild the host state from OVSDB and the store; returns the version to wait for.
+        One at a time: the start, then only whoever claimed the refresh (_claim_refresh)."""
+        cfg = self.config
+        interfaces = self.ovsdb.interfaces(cfg.bridge)
+        tunnel = interfaces.get(self.tunnel.name)
+        if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
+            raise RuntimeError(
+                f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
             )
-            self._warm_neighbours(state.peers)
-            return self.reconciler.update(state)
+        state = hoststate.build_host_state(
+            me=cfg.host,
+            tunnel_ofport=tunnel["ofport"],
+            networks=self.cluster.list_networks(),
+            hosts=self.cluster.list_hosts(),
+            endpoints=self.cluster.list_endpoints(),
+            local_ports=endpoint_ports(interfaces),
+            gateways=self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)),
+        )
+        self._warm_neighbours(state.peers)
+        return self.reconciler.update(state)
 
     def _warm_neighbours(self, peers) -> None:
         new = set(peers) - self._solicited
@@ -296,11 +295,12 @@ class Agent:
                 continue
             self.reconciler.wait_connected(RESTORE_POLL * 20)
 
-    def _keep_underlay_route(self) -> bool:
-        """The OVS route userspace tunnels need (controller/underlay.py); True when there."""
+    def _keep_underlay_route(self) -> None:
+        """The OVS route userspace tunnels need (controller/underlay.py); ``_route_ok``
+        says whether it is there."""
         cfg = self.config
         if not cfg.underlay_cidr:
-            return True
+            return
         rundir = os.path.dirname(cfg.ovsdb_sock)
         try:
             if underlay.ensure_route(rundir, cfg.underlay_cidr, cfg.underlay_bridge):
@@ -313,9 +313,8 @@ class Agent:
             if self._route_ok:
                 LOG.warning("tunnels have no OVS route to the underlay yet: %s", exc)
             self._route_ok = False
-            return False
+            return
         self._route_ok = True
-        return True
 
     def _underlay_route_watch(self) -> None:
         """Retry the route while adding it fails (br-phy has no address yet, vswitchd is
@@ -395,7 +394,8 @@ class Agent:
 
     def _after_full_sync(self) -> None:
         """After a (re)connect: a restarted ovs-vswitchd recreated its internal ports (the
-        gateway lost its address) and forgot its tunnel neighbours; restore both."""
+        gateway lost its address), and forgot the tunnels' route and neighbours; restore
+        all three, then let it forward."""
         self._ensure_gateway()
         self._keep_underlay_route()
         self._solicited = set()
