@@ -20,6 +20,8 @@ APT_PACKAGES=(
   podman runc          # a real runtime driving the plugin (tests/lab/test_runtime.py)
   busybox-static       # the root of that test's containers
   nftables             # that test reads the root namespace's ruleset (nft list ruleset)
+  libpcap0.8           # scapy sends and sniffs through libpcap (the lab's forged-packet tests)
+  etcd-server etcd-client  # the distributed cluster state: real etcd in tests and the lab
   python3-venv         # the virtualenv
   python3-dev gcc      # building wheels that have no binary for this Python
 )
