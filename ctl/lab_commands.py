@@ -30,9 +30,7 @@ def add_parser(subparsers) -> None:
         help="the cluster state: a SQLite file in the state dir, or etcd members in the lab "
         "(default: %(default)s)",
     )
-    up.add_argument(
-        "--etcd-members", type=int, default=1, help="etcd members with --store etcd (default 1)"
-    )
+    up.add_argument("--etcd-members", type=int, help="etcd members with --store etcd (default 1)")
     up.add_argument(
         "--host-ttl",
         type=int,

@@ -126,7 +126,7 @@ def up(
     tunnel_type: str = "vxlan",
     agents: bool = True,
     store: str = "sqlite",
-    etcd_members: int = 1,
+    etcd_members: int | None = None,
     host_ttl: int = DEFAULT_HOST_TTL,
 ) -> LabStatus:
     """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made.
@@ -134,14 +134,18 @@ def up(
     ``agents=False`` leaves out the agents (and the cluster state): hosts with
     bare OVS, for testing the OVSDB layer on its own.  ``store="etcd"`` runs
     ``etcd_members`` etcd members and waits until they are healthy before any agent
-    starts; ``host_ttl`` is the agents' ``host_ttl`` (seconds).
+    starts (default 1); ``host_ttl`` is the agents' ``host_ttl`` (seconds).
     """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
     TunnelPort(tunnel_type=tunnel_type)  # validates the type
     if store not in STORES:
         raise ValueError(f"store {store!r} is not one of {', '.join(STORES)}; pick one")
-    naming.validate_etcd_members(etcd_members)
+    if etcd_members is not None and store != "etcd":
+        raise ValueError(
+            "--etcd-members applies to --store etcd only; add --store etcd or drop --etcd-members"
+        )
+    etcd_members = naming.validate_etcd_members(1 if etcd_members is None else etcd_members)
     if isinstance(host_ttl, bool) or not isinstance(host_ttl, int) or host_ttl < 1:
         raise ValueError(f"host TTL {host_ttl!r} is not a whole number of seconds >= 1")
     paths = LabPaths(state_root, name)
