@@ -1,8 +1,11 @@
-"""The KV contract every store backend must meet (store/kv.py), run against each backend.
+"""The KV contract every store backend must meet (store/kv.py), run against each backend:
+SQLite, and a real etcd (tests/etcd_server.py, one member shared by the session).
 
-Only SQLite exists today.  An etcd backend joins by adding a case to ``backend``: a
-factory for clients on one store, a URL a child process can open, and a way to move time
-forward (SQLite's clock is injected; etcd would have to really wait out a short TTL).
+A backend is a factory for clients on one store, a URL a child process can open, and a way
+to move lease time forward: SQLite's clock is injected, so the tests that control time
+run on SQLite only (``clock_backend``); etcd has its own real-time lease test in
+test_store_etcd.py.  On the shared etcd every test starts by deleting every key and
+compares revisions relative to its start.
 """
 
 from __future__ import annotations
@@ -64,18 +67,40 @@ class Backend:
         return kv
 
 
-@pytest.fixture(params=["sqlite"])
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    path = str(tmp_path / "cluster.db")
+    clock = FakeClock()
+
+    def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    return Backend("sqlite", lambda: SqliteKvStore(path, clock=clock), "sqlite:///" + path, advance)
+
+
+def _etcd_backend(server) -> Backend:
+    def advance(seconds: float) -> None:
+        raise NotImplementedError("etcd leases run on real time")
+
+    b = Backend("etcd", lambda: open_kv(server.url()), server.url(), advance)
+    b.client().delete_prefix("")  # a clean keyspace; the revision goes on
+    return b
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
 def backend(request, tmp_path) -> Backend:
     if request.param == "sqlite":
-        path = str(tmp_path / "cluster.db")
-        clock = FakeClock()
+        b = _sqlite_backend(tmp_path)
+    else:
+        b = _etcd_backend(request.getfixturevalue("etcd_server"))
+    yield b
+    for kv in b.clients:
+        kv.close()
 
-        def advance(seconds: float) -> None:
-            clock.now += seconds
 
-        b = Backend(
-            "sqlite", lambda: SqliteKvStore(path, clock=clock), "sqlite:///" + path, advance
-        )
+@pytest.fixture
+def clock_backend(tmp_path) -> Backend:
+    """A backend whose lease time the test moves (SQLite only)."""
+    b = _sqlite_backend(tmp_path)
     yield b
     for kv in b.clients:
         kv.close()
@@ -367,7 +392,9 @@ def test_a_watch_from_a_compacted_revision_raises(kv):
 # -- leases --------------------------------------------------------------------------------
 
 
-def test_an_expired_lease_deletes_its_keys_with_delete_events(backend, kv):
+def test_an_expired_lease_deletes_its_keys_with_delete_events(clock_backend):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(10)
     kv.put("l/a", "A", lease=lease)
     kv.put("l/b", "B", lease=lease)
@@ -386,7 +413,9 @@ def test_an_expired_lease_deletes_its_keys_with_delete_events(backend, kv):
         kv.put("l/c", "C", lease=lease)
 
 
-def test_keepalive_extends_a_lease_by_its_ttl(backend, kv):
+def test_keepalive_extends_a_lease_by_its_ttl(clock_backend):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(10)
     kv.put("ka", "v", lease=lease)
     backend.advance(8)
@@ -410,7 +439,9 @@ def test_revoke_deletes_the_keys_now_and_a_put_without_lease_detaches(kv):
     assert not kv.keepalive(lease)
 
 
-def test_a_watcher_alone_notices_an_expired_lease(backend, kv, watchers):
+def test_a_watcher_alone_notices_an_expired_lease(clock_backend, watchers):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(5)
     kv.put("hosts/h1", "x", lease=lease)
     watcher = watchers(backend.client(), "hosts/", kv.revision())
@@ -422,11 +453,12 @@ def test_a_watcher_alone_notices_an_expired_lease(backend, kv, watchers):
 
 
 def test_racing_creates_from_several_processes_have_exactly_one_winner(backend, kv):
+    start = kv.revision()
     outs = run_together(KV_CHILD, [[backend.url, "create", "race", f"p{i}"] for i in range(6)])
     assert sorted(o.strip() for o in outs) == ["False"] * 5 + ["True"]
     winner = outs.index("True\n")
     assert kv.get("race").value == f"p{winner}"
-    assert len(kv.events_since("race", 0)) == 1
+    assert len(kv.events_since("race", start)) == 1
 
 
 # -- the contract against a model ----------------------------------------------------------
@@ -490,8 +522,8 @@ def test_the_store_behaves_like_a_dict_with_a_revision_counter(kv, script):
 
 
 def test_open_kv_refuses_an_unknown_url_and_a_foreign_file(tmp_path):
-    with pytest.raises(ValueError, match="sqlite:///ABSOLUTE/PATH"):
-        open_kv("etcd://localhost:2379")
+    with pytest.raises(ValueError, match="sqlite:///ABSOLUTE/PATH or etcd://HOST:PORT"):
+        open_kv("redis://localhost:6379")
     foreign = tmp_path / "foreign.db"
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(ValueError, match="not an ovs-overlay store"):
