@@ -177,26 +177,42 @@ def stop(paths: EtcdMemberPaths, sig: int = signal.SIGKILL) -> int | None:
     return pid
 
 
-def health(lab: str, index: int, timeout: float = 2.0) -> bool:
-    """Whether member ``index`` says it is healthy: etcd 3.4's ``/health`` answers true only
-    when the member has a leader and a quorum read through it succeeds."""
+def _ask(lab: str, index: int, method: str, path: str, timeout: float) -> dict | None:
+    """One HTTP request to member ``index`` from the operator namespace; its JSON answer, or
+    None when the member does not answer (with 200 and JSON)."""
     try:
         with in_operator_namespace(lab):
             conn = http.client.HTTPConnection(
                 naming.etcd_ip(index), naming.ETCD_CLIENT_PORT, timeout=timeout
             )
             try:
-                conn.request("GET", "/health")
+                conn.request(method, path, body="{}" if method == "POST" else None)
                 answer = conn.getresponse()
                 body = answer.read()
             finally:
                 conn.close()
-    except OSError:
-        return False
-    try:
-        return answer.status == 200 and json.loads(body).get("health") == "true"
-    except ValueError:
-        return False
+        return json.loads(body) if answer.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+def health(lab: str, index: int, timeout: float = 2.0) -> bool:
+    """Whether member ``index`` says it is healthy: etcd 3.4's ``/health`` answers true only
+    when the member has a leader and a quorum read through it succeeds."""
+    answer = _ask(lab, index, "GET", "/health", timeout)
+    return answer is not None and answer.get("health") == "true"
+
+
+def leader(lab: str, members: int, timeout: float = 2.0) -> int | None:
+    """The index of the member that leads now (for fault tests that kill the leader), or
+    None when the members that answer name no leader or disagree."""
+    statuses = {
+        index: _ask(lab, index, "POST", "/v3/maintenance/status", timeout)
+        for index in range(1, members + 1)
+    }
+    ids = {s["header"]["member_id"]: index for index, s in statuses.items() if s}
+    leaders = {s.get("leader") for s in statuses.values() if s} & ids.keys()
+    return ids[leaders.pop()] if len(leaders) == 1 else None
 
 
 def wait_healthy(
