@@ -7,7 +7,7 @@ import itertools
 import signal
 import sys
 
-from lab import lab, naming, pods
+from lab import lab, naming, pods, running
 
 
 def add_parser(subparsers) -> None:
@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
     agent.set_defaults(func=cmd_agent)
 
     etcd = sub.add_parser("etcd", help="stop, start or restart etcd members (fault tests)")
-    etcd.add_argument("action", choices=lab.ETCD_ACTIONS)
+    etcd.add_argument("action", choices=running.ETCD_ACTIONS)
     etcd.add_argument("--lab", required=True)
     etcd.add_argument(
         "--signal",
@@ -121,7 +121,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_host_add(args) -> int:
-    h = lab.host_add(args.lab, args.state_dir)
+    h = running.host_add(args.lab, args.state_dir)
     print(f"added {h.name}: namespace {h.namespace}, underlay {h.underlay_ip}")
     return 0
 
@@ -132,7 +132,7 @@ def cmd_etcd(args) -> int:
         sig = signal.Signals["SIG" + name]
     except KeyError:
         raise ValueError(f"signal {args.signal!r} is unknown; use e.g. KILL or TERM") from None
-    lab.etcd_control(args.lab, args.members, args.action, sig, args.state_dir, not args.no_wait)
+    running.etcd_control(args.lab, args.members, args.action, sig, args.state_dir, not args.no_wait)
     return 0
 
 

@@ -85,7 +85,7 @@ class LabPaths:
     def store_url(self) -> str:
         """The lab's store as its manifest records it (a lab from before etcd: SQLite).
         An etcd URL is reachable only from the lab's namespaces: see ``open_lab_cluster``."""
-        return _read_manifest(self).get("store", {}).get("url") or self.sqlite_url
+        return read_manifest(self).get("store", {}).get("url") or self.sqlite_url
 
     def host(self, host: str) -> ovs_host.OvsHostPaths:
         return ovs_host.OvsHostPaths(os.path.join(self.root, "hosts", host))
@@ -171,7 +171,7 @@ def up(
                 "members": etcd_members,
                 "url": naming.etcd_url(etcd_members),
             }
-        _write_manifest(
+        write_manifest(
             paths,
             {
                 "name": name,
@@ -192,12 +192,12 @@ def up(
                 etcd.build_member_namespace(name, k)
                 etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
         for index in range(1, hosts + 1):
-            _build_host(paths, index, tunnel_type)
+            build_host(paths, index, tunnel_type)
         if etcd_procs:
             etcd.wait_healthy(name, paths.root, list(etcd_procs), etcd_procs)
         if agents:
             _seed_cluster(paths)
-            procs = [_start_agent(paths, index) for index in range(1, hosts + 1)]
+            procs = [start_agent(paths, index) for index in range(1, hosts + 1)]
             for index, proc in enumerate(procs, start=1):
                 agent_proc.wait_ready(paths.host(naming.host_name(index)), proc)
     except BaseException:
@@ -207,14 +207,14 @@ def up(
     return status(name, state_root)
 
 
-def _write_manifest(paths: LabPaths, manifest: dict) -> None:
+def write_manifest(paths: LabPaths, manifest: dict) -> None:
     tmp = paths.manifest + ".tmp"
     with open(tmp, "w") as f:
         json.dump(manifest, f)
     os.replace(tmp, paths.manifest)
 
 
-def _read_manifest(paths: LabPaths) -> dict:
+def read_manifest(paths: LabPaths) -> dict:
     try:
         with open(paths.manifest) as f:
             return json.load(f)
@@ -222,7 +222,7 @@ def _read_manifest(paths: LabPaths) -> dict:
         return {}
 
 
-def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
+def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
     host = naming.host_name(index)
     ns = naming.host_namespace(paths.name, host)
     underlay = naming.underlay_namespace(paths.name)
@@ -290,7 +290,7 @@ def open_lab_cluster(
     """
     naming.validate_lab_name(name)
     paths = LabPaths(state_root, name)
-    manifest = _read_manifest(paths)
+    manifest = read_manifest(paths)
     if not manifest:
         raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
     if manifest.get("store", {}).get("kind", "sqlite") == "sqlite":
@@ -308,10 +308,10 @@ def open_lab_cluster(
             cluster.close()
 
 
-def _start_agent(paths: LabPaths, index: int):
+def start_agent(paths: LabPaths, index: int):
     host = naming.host_name(index)
     host_paths = paths.host(host)
-    manifest = _read_manifest(paths)
+    manifest = read_manifest(paths)
     agent_proc.write_config(
         host_paths,
         host,
@@ -322,55 +322,6 @@ def _start_agent(paths: LabPaths, index: int):
         host_ttl=int(manifest.get("host_ttl", DEFAULT_HOST_TTL)),
     )
     return agent_proc.start(host_paths, naming.host_namespace(paths.name, host))
-
-
-def host_add(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> HostStatus:
-    """Add host h<N+1> (namespace, OVS daemons, agent) to a running lab; returns its status.
-    On failure the half-made host is removed and the lab stays as it was."""
-    naming.validate_lab_name(name)
-    paths = LabPaths(state_root, name)
-    manifest = _read_manifest(paths)
-    if not manifest:
-        raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
-    index = int(manifest["hosts"]) + 1
-    naming.validate_host_count(index)
-    host = naming.host_name(index)
-    try:
-        # Claims the host: of two 'host add' racing, the second stops here, touching nothing.
-        os.makedirs(os.path.dirname(paths.host(host).root), exist_ok=True)
-        os.mkdir(paths.host(host).root)
-    except FileExistsError:
-        raise LabError(
-            f"host {host} of lab {name} is being added by someone else; wait and try again"
-        ) from None
-    agents = any(
-        os.path.exists(agent_proc.config_path(paths.host(naming.host_name(i))))
-        for i in range(1, index)
-    )
-    try:
-        _build_host(paths, index, manifest.get("tunnel_type", "vxlan"))
-        if agents:
-            agent_proc.wait_ready(paths.host(host), _start_agent(paths, index))
-    except BaseException:
-        LOG.error("lab %s: adding %s failed, removing it", name, host)
-        _remove_host(paths, host)
-        raise
-    _write_manifest(paths, {**manifest, "hosts": index})
-    return next(h for h in status(name, state_root).hosts if h.name == host)
-
-
-def _remove_host(paths: LabPaths, host: str) -> None:
-    """Everything of one host: agent, daemons, its namespaces, its underlay port, its files."""
-    host_paths = paths.host(host)
-    agent_proc.stop(host_paths)
-    for daemon in reversed(ovs_host.DAEMONS):
-        ovs_host.kill_daemon(host_paths, daemon)
-    ns = naming.host_namespace(paths.name, host)
-    for pod_ns in [n for n in netns.list_namespaces() if n == ns or n.startswith(ns + "-")]:
-        for pid in netns.namespace_pids(pod_ns):
-            ovs_host.terminate(pid)
-        netns.delete_namespace(pod_ns)  # the host's veth ends go with it
-    shutil.rmtree(host_paths.root, ignore_errors=True)
 
 
 AGENT_ACTIONS = ("stop", "start", "restart", "kill")
@@ -395,45 +346,6 @@ def agent_control(name: str, host: str, action: str, state_root: str = naming.DE
             raise LabError(f"the agent of {host} is already running; use 'restart'")
         proc = agent_proc.start(host_paths, naming.host_namespace(name, host))
         agent_proc.wait_ready(host_paths, proc)
-
-
-ETCD_ACTIONS = ("stop", "start", "restart")
-
-
-def etcd_control(
-    name: str,
-    members: Sequence[str],
-    action: str,
-    sig: int = signal.SIGKILL,
-    state_root: str = naming.DEFAULT_STATE_ROOT,
-    wait: bool = True,
-) -> None:
-    """Stop (``sig``, default SIGKILL: a crash), start or restart etcd members of a lab
-    (``lab etcd ...``).  A started member rejoins with its data dir; with ``wait`` this
-    returns once every started member is healthy (which needs a quorum running)."""
-    if action not in ETCD_ACTIONS:
-        raise ValueError(f"etcd action {action!r} is not one of {', '.join(ETCD_ACTIONS)}")
-    naming.validate_lab_name(name)
-    paths = LabPaths(state_root, name)
-    store = _read_manifest(paths).get("store", {})
-    if store.get("kind") != "etcd":
-        raise LabError(f"lab {name} has no etcd (its store is SQLite); build it with --store etcd")
-    count = int(store["members"])
-    indices = []
-    for member in members:
-        index = naming.etcd_member_index(member)
-        if index > count:
-            raise LabError(f"lab {name} has etcd members etcd1..etcd{count}, not {member}")
-        indices.append(index)
-    if action in ("stop", "restart"):
-        for index in indices:
-            stopped = etcd.stop(etcd.member_paths(paths.root, index), sig)
-            if stopped is None and action == "stop":
-                raise LabError(f"{naming.etcd_member_name(index)} of lab {name} is not running")
-    if action in ("start", "restart"):
-        procs = {k: etcd.start(name, paths.root, k, count) for k in indices}
-        if wait:
-            etcd.wait_healthy(name, paths.root, indices, procs)
 
 
 def restart_vswitchd(name: str, host: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> None:
@@ -521,7 +433,7 @@ def list_labs(state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
 def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
     naming.validate_lab_name(name)
     paths = LabPaths(state_root, name)
-    manifest = _read_manifest(paths)
+    manifest = read_manifest(paths)
     if not manifest:
         raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
     hosts = []

@@ -110,14 +110,14 @@ def test_up_on_a_name_in_use_changes_nothing(lab_name):
 
 
 def test_a_failure_midway_tears_down_what_was_made(lab_name, monkeypatch):
-    real_build = lab._build_host
+    real_build = lab.build_host
 
     def fail_on_second(paths, index, tunnel_type):
         if index == 2:
             raise RuntimeError("injected failure on host 2")
         real_build(paths, index, tunnel_type)
 
-    monkeypatch.setattr(lab, "_build_host", fail_on_second)
+    monkeypatch.setattr(lab, "build_host", fail_on_second)
     with pytest.raises(RuntimeError, match="injected"):
         lab.up(lab_name, 3)
     assert_nothing_left(lab_name, [])
