@@ -300,6 +300,11 @@ def open_lab_cluster(
         finally:
             cluster.close()
         return
+    if not netns.namespace_exists(etcd.operator_namespace(name)):
+        raise LabError(
+            f"lab {name} has no namespace {etcd.operator_namespace(name)} to reach its etcd "
+            f"from; it is half removed: run 'ovs-overlayctl lab down --name {name}'"
+        )
     with etcd.in_operator_namespace(name):
         cluster = open_cluster(paths.store_url)
         try:
