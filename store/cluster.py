@@ -269,9 +269,10 @@ class ClusterState:
 
     def remove_host(self, name: str) -> HostRemoval:
         """Reclaim what a host that never returns still holds: its endpoints (every other
-        host drops its flows), its blocks, and the addresses and attachment records in them
-        or named by its endpoints.  Refused while the host is alive (its agent keeps its
-        lease): removing a live host's state would cut its pods off.
+        host drops its flows), its blocks, the addresses and attachment records in them or
+        named by its endpoints, and its endpoints' MAC claims.  Refused while the host is
+        alive (its agent keeps its lease): removing a live host's state would cut its pods
+        off.
 
         Every transaction is guarded by the host's key being absent, so a host that comes
         back in the middle stops the removal; what is already reclaimed stays reclaimed, and
@@ -297,6 +298,7 @@ class ClusterState:
                     address_ops.append(Delete(_ipam_prefix(net.name) + ip))
                     address_ops.append(Delete(_attachment_key(net.name, attachment)))
                     counts["addresses"] += 1
+            address_ops.extend(Delete(key) for key in self._mac_claims_of(net.name, name, held))
             if endpoints:
                 last_ops.append(Delete(f"endpoints/{net.name}/{name}/", prefix=True))
                 counts["endpoints"] += len(endpoints)
@@ -316,6 +318,23 @@ class ClusterState:
                     "leave it (what was reclaimed so far, its agent re-publishes)"
                 )
         return HostRemoval(name, **counts)
+
+    def _mac_claims_of(self, network: str, host: str, attachments: set[str]) -> list[str]:
+        """The keys of the MAC claims (``macs/NETWORK/MAC``, task ADMISSION's) that ``host``
+        or one of its ``attachments`` holds; the value is {"attachment", "host"} or a bare
+        attachment id."""
+        keys = []
+        for kv in self.kv.range(f"macs/{network}/")[0]:
+            try:
+                claim = json.loads(kv.value)
+            except ValueError:
+                claim = kv.value
+            if isinstance(claim, dict):
+                if claim.get("host") == host or claim.get("attachment") in attachments:
+                    keys.append(kv.key)
+            elif kv.value in attachments:
+                keys.append(kv.key)
+        return keys
 
     # -- networks -----------------------------------------------------------------------
 

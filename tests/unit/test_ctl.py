@@ -250,6 +250,10 @@ def test_host_remove_reclaims_exactly_the_dead_hosts_state(capsys, cluster, url)
     attach(cluster, "h2", "c3/eth0", ip="100.64.200.9")  # a static IP, outside its blocks
     cluster.allocate_ip("default", "h2", "c4/eth0")  # an ADD that died before publishing
     cluster.allocate_ip("blue", "h2", "c2/net1")
+    # MAC claims as task ADMISSION writes them with an endpoint, and one bare (older form).
+    cluster.kv.put("macs/default/0a:58:64:40:00:02", '{"attachment": "c2/eth0", "host": "h2"}')
+    cluster.kv.put("macs/default/0a:58:64:40:00:03", "c3/eth0")
+    cluster.kv.put("macs/default/0a:58:64:40:00:04", '{"attachment": "c1/eth0", "host": "h1"}')
     cluster.unregister_host(gone)
 
     code, out, _ = ctl(capsys, "host", "remove", "h2", "-o", "json", "--store", url)
@@ -263,6 +267,7 @@ def test_host_remove_reclaims_exactly_the_dead_hosts_state(capsys, cluster, url)
     assert cluster.list_blocks("blue") == []
     assert cluster.kv.range("attachments/")[0][0].key == "attachments/default/c1/eth0"
     assert len(cluster.kv.range("attachments/")[0]) == 1
+    assert [kv.key for kv in cluster.kv.range("macs/")[0]] == ["macs/default/0a:58:64:40:00:04"]
     # The addresses are free again: the next host gets h2's old block.
     assert cluster.allocate_ip("default", "h3", "c5/eth0") == "100.64.0.64"
     code, _, err = ctl(capsys, "host", "remove", "h2", "--store", url)
