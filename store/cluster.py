@@ -285,7 +285,8 @@ class ClusterState:
                 f"host {name} is alive (its agent keeps its lease); stop its agent and wait "
                 "for the host's TTL to pass before removing it"
             )
-        address_ops: list[Delete] = []
+        address_ops: list[Delete] = []  # pairs: an address and its attachment record
+        mac_ops: list[Delete] = []
         last_ops: list[Delete] = []
         counts = {"endpoints": 0, "blocks": 0, "addresses": 0}
         for net in self.list_networks():
@@ -298,14 +299,15 @@ class ClusterState:
                     address_ops.append(Delete(_ipam_prefix(net.name) + ip))
                     address_ops.append(Delete(_attachment_key(net.name, attachment)))
                     counts["addresses"] += 1
-            address_ops.extend(Delete(key) for key in self._mac_claims_of(net.name, name, held))
+            mac_ops.extend(Delete(key) for key in self._mac_claims_of(net.name, name, held))
             if endpoints:
                 last_ops.append(Delete(f"endpoints/{net.name}/{name}/", prefix=True))
                 counts["endpoints"] += len(endpoints)
             last_ops.extend(Delete(_block_prefix(net.name) + b.cidr) for b in blocks)
             counts["blocks"] += len(blocks)
-        ops = address_ops + last_ops  # REMOVE_BATCH is even: an address and its record
-        if not ops:  # stay in one transaction
+        # REMOVE_BATCH is even, so an address and its record stay in one transaction.
+        ops = address_ops + mac_ops + last_ops
+        if not ops:
             raise StoreError(
                 f"host {name} holds nothing in the store (no endpoint, block or address); "
                 "check the name with 'ovs-overlayctl host list'"
