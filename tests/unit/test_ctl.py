@@ -42,8 +42,9 @@ def attach(cluster: ClusterState, host: str, attachment: str, ip: str | None = N
     else:
         cluster.reserve_ip("default", ip, attachment)
     cid, ifname = attachment.split("/")
+    mac = "0a:58:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))  # one per pod
     cluster.put_endpoint(
-        "default", host, attachment, mac="0a:58:64:40:00:02", ip=ip, container_id=cid, ifname=ifname
+        "default", host, attachment, mac=mac, ip=ip, container_id=cid, ifname=ifname
     )
     return ip
 
@@ -251,9 +252,9 @@ def test_host_remove_reclaims_exactly_the_dead_hosts_state(capsys, cluster, url)
     cluster.allocate_ip("default", "h2", "c4/eth0")  # an ADD that died before publishing
     cluster.allocate_ip("blue", "h2", "c2/net1")
     # MAC claims as task ADMISSION writes them with an endpoint, and one bare (older form).
-    cluster.kv.put("macs/default/0a:58:64:40:00:02", '{"attachment": "c2/eth0", "host": "h2"}')
-    cluster.kv.put("macs/default/0a:58:64:40:00:03", "c3/eth0")
-    cluster.kv.put("macs/default/0a:58:64:40:00:04", '{"attachment": "c1/eth0", "host": "h1"}')
+    cluster.kv.put("macs/default/0a:00:00:00:00:02", '{"attachment": "c2/eth0", "host": "h2"}')
+    cluster.kv.put("macs/default/0a:00:00:00:00:03", "c3/eth0")
+    cluster.kv.put("macs/default/0a:00:00:00:00:04", '{"attachment": "c1/eth0", "host": "h1"}')
     cluster.unregister_host(gone)
 
     code, out, _ = ctl(capsys, "host", "remove", "h2", "-o", "json", "--store", url)
@@ -267,7 +268,9 @@ def test_host_remove_reclaims_exactly_the_dead_hosts_state(capsys, cluster, url)
     assert cluster.list_blocks("blue") == []
     assert cluster.kv.range("attachments/")[0][0].key == "attachments/default/c1/eth0"
     assert len(cluster.kv.range("attachments/")[0]) == 1
-    assert [kv.key for kv in cluster.kv.range("macs/")[0]] == ["macs/default/0a:58:64:40:00:04"]
+    claims = [json.loads(kv.value) for kv in cluster.kv.range("macs/")[0] if kv.value[0] == "{"]
+    assert claims and all(claim["host"] == "h1" for claim in claims)
+    assert "c3/eth0" not in [kv.value for kv in cluster.kv.range("macs/")[0]]
     # The addresses are free again: the next host gets h2's old block.
     assert cluster.allocate_ip("default", "h3", "c5/eth0") == "100.64.0.64"
     code, _, err = ctl(capsys, "host", "remove", "h2", "--store", url)
