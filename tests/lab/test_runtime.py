@@ -54,6 +54,7 @@ import tempfile
 import pytest
 from pyroute2 import IPRoute
 
+from controller.netns import in_namespace
 from ctl import cni_install
 from lab import agent_proc, lab, naming, netns
 from tests.helpers import host_veths, ovs_map, pod_ports, rows, running_lab, store_pods
@@ -286,6 +287,17 @@ def attachment(lab_name: str, host: str, container_id: str) -> dict | None:
     return None
 
 
+def container_iflink(sandbox: str) -> int:
+    """The ifindex of the peer of eth0 in the container's network namespace, asked over
+    netlink in that namespace (IFLA_LINK).  Not /sys/class/net/eth0/iflink inside the
+    container: sysfs shows the network namespace of whoever mounted it, and in a chroot
+    (../shared/fresh-root.sh) the container's /sys was the chroot's, so it named another
+    namespace's eth0."""
+    with in_namespace(sandbox), IPRoute() as ipr:
+        (eth0,) = ipr.get_links(ifname="eth0")
+        return eth0.get("IFLA_LINK")
+
+
 def host_ifindex(lab_name: str, host: str, ifname: str) -> int:
     with netns.open_namespace(naming.host_namespace(lab_name, host)) as ns:
         return netns.link_index(ns, ifname)
@@ -341,8 +353,7 @@ def test_two_podman_containers_on_two_hosts_ping_each_other(two_hosts, podman):
         assert att is not None, f"{host} has no port for {name}"
         assert att["ovs-overlay-ip"] == c["ip"] and c["ip"].startswith("100.64.")
         assert attachment(two_hosts, other, c["id"]) is None
-        iflink = podman("exec", name, "cat", "/sys/class/net/eth0/iflink").stdout
-        assert int(iflink) == host_ifindex(two_hosts, host, att["port"])
+        assert container_iflink(c["sandbox"]) == host_ifindex(two_hosts, host, att["port"])
     assert c1["ip"] != c2["ip"]
 
     # Across hosts: c1 (on h1) to c2 (on h2) and back, through the VXLAN tunnel.
