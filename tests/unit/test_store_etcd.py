@@ -22,6 +22,7 @@ from tests.etcd_server import HOST, free_port
 from tests.unit.test_store_contract import Watcher, summary
 
 LEASE_GONE_WITHIN = 15.0  # seconds: a 1 s lease (2 s in etcd) must be gone well before
+QUORUM_LOSS_NOTICED_WITHIN = 30.0  # etcd ends leaderless watches after a few elections
 
 
 @pytest.fixture
@@ -132,6 +133,16 @@ def test_a_watch_that_fell_behind_compaction_raises_and_a_relist_recovers(etcd_s
     batches.close()
 
 
+def test_a_quiet_watch_outlives_the_request_timeout(etcd_server, prefix, watchers, caplog):
+    """The timeout bounds requests, not the silence of a watch: the stream's reads wait."""
+    kv = open_kv(etcd_server.url(timeout=0.2))
+    watcher = watchers(kv, prefix, kv.revision())
+    threading.Event().wait(1.0)  # quiet for five timeouts
+    revision = kv.put(prefix + "k", "v")
+    assert summary(watcher.wait_for(prefix + "k")) == [("put", prefix + "k", "v", revision)]
+    assert "ended" not in caplog.text
+
+
 # -- several endpoints ---------------------------------------------------------------------
 
 
@@ -158,9 +169,10 @@ def test_reads_writes_and_watches_go_on_when_one_member_of_three_dies(
         etcd_cluster3.restart(0)
 
 
-def test_a_store_that_lost_its_quorum_is_reported_unavailable(etcd_cluster3, prefix):
+def test_a_store_that_lost_its_quorum_is_reported_unavailable(etcd_cluster3, prefix, watchers):
     kv = open_kv(etcd_cluster3.url(timeout=1))
     kv.put(prefix + "k", "v")
+    watcher = watchers(kv, prefix, kv.revision())
     etcd_cluster3.kill(0)
     etcd_cluster3.kill(1)
     try:
@@ -168,6 +180,10 @@ def test_a_store_that_lost_its_quorum_is_reported_unavailable(etcd_cluster3, pre
             kv.get(prefix + "k")
         with pytest.raises(StoreUnavailableError):
             kv.put(prefix + "k", "w")
+        # The survivor keeps the watch's connection open; it ends it only because the
+        # watch asked for a leader (store/etcd.py), so the watcher learns, not hangs.
+        with pytest.raises(StoreUnavailableError, match="no leader"):
+            watcher.wait_for(prefix + "never", QUORUM_LOSS_NOTICED_WITHIN)
     finally:
         etcd_cluster3.restart(0)
         etcd_cluster3.restart(1)
