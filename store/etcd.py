@@ -43,6 +43,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import urllib.parse
@@ -253,12 +254,19 @@ def _never_applied(exc: Etcd3Exception) -> bool:
 
 
 class EtcdKvStore(KvStore):
-    """The KV contract on the etcd cluster at ``options.endpoints``.  Opening does no I/O:
-    an unreachable etcd shows in the first call (StoreUnavailableError)."""
+    """The KV contract on the etcd cluster at ``options.endpoints``.  Opening talks to no
+    member (it only checks that the TLS files exist): an unreachable etcd shows in the
+    first call (StoreUnavailableError)."""
 
     def __init__(self, options: EtcdOptions, *, page_size: int = PAGE_SIZE):
         if page_size < 1:
             raise ValueError(f"page size {page_size} must be at least 1")
+        for name in ("cacert", "cert", "key"):
+            path = getattr(options, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(
+                    f"the etcd {name} file {path} does not exist; fix {name}= in the store URL"
+                )
         self.options = options
         self.page_size = page_size
         self._clients = [

@@ -71,6 +71,11 @@ def test_a_bad_etcd_url_is_refused_naming_the_problem(url, message):
         open_kv(url)
 
 
+def test_a_missing_tls_file_is_refused_when_the_store_is_opened(tmp_path):
+    with pytest.raises(StoreError, match=f"cacert file {tmp_path}/ca.pem does not exist"):
+        open_kv(f"etcd://{HOST}:2379?cacert={tmp_path}/ca.pem")
+
+
 # -- leases, pages, records ----------------------------------------------------------------
 
 
