@@ -23,10 +23,11 @@ compaction.  What etcd does and this module relies on, checked against etcd 3.4:
   (``check_ops`` refuses both on every backend).
 - requests' sessions read CA bundles and proxies from the environment, overriding the
   session's CA; ours ignore the environment (``trust_env``).
-- A member without a leader answers a watch only if the request asks it to refuse:
-  ``Grpc-Metadata-hasleader: true`` (the gateway passes ``Grpc-Metadata-*`` headers on as
-  gRPC metadata; it is what etcd's Go client sends), so a watch on a member cut off from
-  the quorum ends and moves to another member instead of going silent.
+- A member without a leader keeps a watch open, silent (no change can reach it), unless
+  the watch asks for a leader: ``Grpc-Metadata-hasleader: true`` (the gateway passes
+  ``Grpc-Metadata-*`` headers on as gRPC metadata; etcd's Go client sends it).  Then the
+  member ends the watch ("no leader") a few seconds after losing the quorum, and the
+  watch moves to another member.
 
 Several endpoints: each call goes to the endpoint that last answered; one that cannot be
 reached, times out or has no leader sends the call to the next, within a budget of two
@@ -46,9 +47,7 @@ import logging
 import os
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -56,6 +55,7 @@ import urllib3
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 
+from store.etcd_url import EtcdOptions, endpoint_name, parse_url
 from store.kv import (
     CompactedError,
     Compare,
@@ -75,9 +75,6 @@ from store.kv import (
 
 LOG = logging.getLogger(__name__)
 
-SCHEME = "etcd"
-DEFAULT_PORT = 2379
-DEFAULT_TIMEOUT = 2.0  # seconds, per request to one endpoint
 FAILOVER_BUDGET = 2  # a call tries further endpoints until this many timeouts have passed
 PAGE_SIZE = 1000  # keys per range request
 API_PATH = "/v3/"  # etcd >= 3.4 (3.3 served /v3beta/)
@@ -88,88 +85,6 @@ ALL_KEYS = b"\0"  # as both key and range_end: every key
 _GRPC_NOT_FOUND = 5
 _GRPC_OUT_OF_RANGE = 11
 _GRPC_UNAVAILABLE = 14
-_QUERY_OPTIONS = ("cacert", "cert", "key", "timeout")
-
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    """Where the etcd cluster is and how to talk to it (from an ``etcd://`` URL)."""
-
-    endpoints: tuple[tuple[str, int], ...]
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-
-    @property
-    def names(self) -> str:
-        return ",".join(_endpoint_name(host, port) for host, port in self.endpoints)
-
-    @property
-    def protocol(self) -> str:
-        return "https" if self.cacert else "http"
-
-
-def _endpoint_name(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_url(url: str) -> EtcdOptions:
-    """``etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=SECONDS]``;
-    ValueError naming what is wrong."""
-    usage = "use etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=S]"
-    scheme, _, rest = url.partition("://")
-    if scheme != SCHEME or not rest:
-        raise ValueError(f"store URL {url!r} is not an etcd URL; {usage}")
-    netloc, _, query = rest.partition("?")
-    netloc = netloc.rstrip("/")
-    if "/" in netloc:
-        raise ValueError(f"store URL {url!r} has a path; etcd URLs have none: {usage}")
-    endpoints = tuple(_parse_endpoint(url, item, usage) for item in netloc.split(","))
-    try:
-        params = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"store URL {url!r} has a malformed query; {usage}") from None
-    unknown = sorted(set(params) - set(_QUERY_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"store URL {url!r} has unknown option(s) {', '.join(unknown)}; "
-            f"the options are {', '.join(_QUERY_OPTIONS)}"
-        )
-    options: dict[str, str] = {}
-    for name, values in params.items():
-        if len(values) != 1 or not values[0]:
-            raise ValueError(f"store URL {url!r}: give option {name} exactly one value")
-        options[name] = values[0]
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in options:
-        try:
-            timeout = float(options["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout <= 600:
-            raise ValueError(
-                f"store URL {url!r}: timeout {options['timeout']!r} must be seconds in (0, 600]"
-            )
-    cert, key = options.get("cert"), options.get("key")
-    if (cert is None) != (key is None):
-        raise ValueError(f"store URL {url!r}: give cert and key together (a client certificate)")
-    if cert is not None and "cacert" not in options:
-        raise ValueError(
-            f"store URL {url!r}: a client certificate needs cacert (the CA the server's "
-            "certificate is verified against)"
-        )
-    return EtcdOptions(endpoints, options.get("cacert"), cert, key, timeout)
-
-
-def _parse_endpoint(url: str, item: str, usage: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, sep, port = item[1:].partition("]:")
-    else:
-        host, sep, port = item.rpartition(":")
-    if not host or not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"store URL {url!r}: endpoint {item!r} is not HOST:PORT; {usage}")
-    return host, int(port)
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -297,7 +212,7 @@ class EtcdKvStore(KvStore):
     # -- requests ------------------------------------------------------------------------
 
     def _endpoint(self, index: int) -> str:
-        return _endpoint_name(*self.options.endpoints[index])
+        return endpoint_name(*self.options.endpoints[index])
 
     def _order(self) -> list[int]:
         """Every endpoint, starting with the one that answered last."""

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from store import StoreError, open_kv
-from store.etcd import EtcdKvStore, EtcdOptions, parse_url
+from store.etcd import EtcdKvStore
+from store.etcd_url import EtcdOptions, parse_url
 from store.kv import CompactedError, KvError, StoreUnavailableError
 from tests.etcd_server import HOST, free_port
 from tests.unit.test_store_contract import Watcher, summary
