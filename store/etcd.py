@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -114,9 +115,14 @@ def _range_end(prefix: str) -> bytes:
     return bytes(raw)
 
 
+def _prefix_bounds(prefix: str) -> tuple[bytes, bytes]:
+    """etcd's key and range_end for every key starting with ``prefix``."""
+    return prefix.encode() or ALL_KEYS, _range_end(prefix)
+
+
 def _prefix_range(prefix: str) -> dict[str, str]:
-    key = prefix.encode() or ALL_KEYS
-    return {"key": _b64(key), "range_end": _b64(_range_end(prefix))}
+    key, range_end = _prefix_bounds(prefix)
+    return {"key": _b64(key), "range_end": _b64(range_end)}
 
 
 def _int(message: dict[str, Any], field: str) -> int:
@@ -301,7 +307,9 @@ class EtcdKvStore(KvStore):
             yield page, revision
             if not result.get("more") or not page:
                 return
-            request["key"] = _b64(page[-1].key.encode() + b"\0")
+            # The next page starts just after the last key's raw bytes (which need not be
+            # UTF-8, so not re-encoded from the decoded key).
+            request["key"] = _b64(base64.b64decode(result["kvs"][-1]["key"]) + b"\0")
 
     def revision(self) -> int:
         result = self._call(
@@ -386,10 +394,7 @@ class EtcdKvStore(KvStore):
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> Iterator[list[Event]]:
         if revision < 0:
             raise ValueError(f"revision {revision} is negative; revisions start at 0")
-        request = _prefix_range(prefix)
-        return self._watch(
-            base64.b64decode(request["key"]), base64.b64decode(request["range_end"]), revision, stop
-        )
+        return self._watch(*_prefix_bounds(prefix), revision, stop)
 
     def _watch(
         self, key: bytes, range_end: bytes, revision: int, stop: threading.Event
@@ -417,7 +422,17 @@ class EtcdKvStore(KvStore):
             LOG.warning("watch on etcd %s ended (%s)", self._endpoint(index), stream.ended)
             self._next_endpoint(index, stream.ended, failures, seen + 1)
 
-    def _open_stream(self, index, key, range_end, start, stop, failures) -> _WatchStream | None:
+    def _open_stream(
+        self,
+        index: int,
+        key: bytes,
+        range_end: bytes,
+        start: int,
+        stop: threading.Event,
+        failures: list[str],
+    ) -> _WatchStream | None:
+        """A watch stream from revision ``start`` on endpoint ``index``, or None (and the
+        next endpoint preferred) if it cannot be opened."""
         client = self._clients[index]
         create = {
             "key": _b64(key),
@@ -483,7 +498,9 @@ class _WatchStream:
     the watch within the timeout.  The body is read with no timeout: a quiet watch is
     normal."""
 
-    def __init__(self, response: requests.Response, stop: threading.Event, timeout, names):
+    def __init__(
+        self, response: requests.Response, stop: threading.Event, timeout: float, names: str
+    ):
         self._response = response
         self._stop = stop
         self._names = names
@@ -494,7 +511,10 @@ class _WatchStream:
         if self._sock is not None:
             self._sock.settimeout(None)
         threading.Thread(
-            target=self._guard, args=(time.monotonic() + timeout,), daemon=True
+            target=self._guard,
+            args=(time.monotonic() + timeout,),
+            name="etcd-watch-guard",
+            daemon=True,
         ).start()
 
     def _guard(self, created_by: float) -> None:
@@ -511,7 +531,7 @@ class _WatchStream:
     def _shutdown(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(2)  # SHUT_RDWR: the blocked read returns
+                self._sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns
 
     def batches(self) -> Iterator[list[Event]]:
         """The events of each response, until the stream ends (``ended`` says why)."""
@@ -521,7 +541,8 @@ class _WatchStream:
                     continue
                 message = json.loads(line)
                 if "error" in message:
-                    self.ended = str(message["error"].get("message", message["error"]))
+                    error = message["error"]
+                    self.ended = str(error.get("message") if isinstance(error, dict) else error)
                     return
                 result = message.get("result") or {}
                 if _int(result, "compact_revision"):
