@@ -57,10 +57,10 @@ def open_kv(url: str) -> KvStore:
     ``etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=SECONDS]``
     (no I/O until the first call; see store/etcd.py).  StoreError for a bad URL."""
     if url.startswith(ETCD_PREFIX):
-        from store.etcd import EtcdKvStore, parse_url
+        from store.etcd import EtcdKvStore
 
         try:
-            return EtcdKvStore(parse_url(url))
+            return EtcdKvStore.from_url(url)
         except ValueError as exc:
             raise StoreError(str(exc)) from exc
     if url.startswith(SQLITE_PREFIX):

@@ -23,10 +23,11 @@ compaction.  What etcd does and this module relies on, checked against etcd 3.4:
   (``check_ops`` refuses both on every backend).
 - requests' sessions read CA bundles and proxies from the environment, overriding the
   session's CA; ours ignore the environment (``trust_env``).
-- A member without a leader answers a watch only if the request asks it to refuse:
-  ``Grpc-Metadata-hasleader: true`` (the gateway passes ``Grpc-Metadata-*`` headers on as
-  gRPC metadata; it is what etcd's Go client sends), so a watch on a member cut off from
-  the quorum ends and moves to another member instead of going silent.
+- A member without a leader keeps a watch open, silent (no change can reach it), unless
+  the watch asks for a leader: ``Grpc-Metadata-hasleader: true`` (the gateway passes
+  ``Grpc-Metadata-*`` headers on as gRPC metadata; etcd's Go client sends it).  Then the
+  member ends the watch ("no leader") a few seconds after losing the quorum, and the
+  watch moves to another member.
 
 Several endpoints: each call goes to the endpoint that last answered; one that cannot be
 reached, times out or has no leader sends the call to the next, within a budget of two
@@ -43,11 +44,11 @@ import base64
 import contextlib
 import json
 import logging
+import os
+import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -55,6 +56,7 @@ import urllib3
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 
+from store.etcd_url import EtcdOptions, endpoint_name, parse_url
 from store.kv import (
     CompactedError,
     Compare,
@@ -74,9 +76,6 @@ from store.kv import (
 
 LOG = logging.getLogger(__name__)
 
-SCHEME = "etcd"
-DEFAULT_PORT = 2379
-DEFAULT_TIMEOUT = 2.0  # seconds, per request to one endpoint
 FAILOVER_BUDGET = 2  # a call tries further endpoints until this many timeouts have passed
 PAGE_SIZE = 1000  # keys per range request
 API_PATH = "/v3/"  # etcd >= 3.4 (3.3 served /v3beta/)
@@ -87,88 +86,6 @@ ALL_KEYS = b"\0"  # as both key and range_end: every key
 _GRPC_NOT_FOUND = 5
 _GRPC_OUT_OF_RANGE = 11
 _GRPC_UNAVAILABLE = 14
-_QUERY_OPTIONS = ("cacert", "cert", "key", "timeout")
-
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    """Where the etcd cluster is and how to talk to it (from an ``etcd://`` URL)."""
-
-    endpoints: tuple[tuple[str, int], ...]
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-
-    @property
-    def names(self) -> str:
-        return ",".join(_endpoint_name(host, port) for host, port in self.endpoints)
-
-    @property
-    def protocol(self) -> str:
-        return "https" if self.cacert else "http"
-
-
-def _endpoint_name(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_url(url: str) -> EtcdOptions:
-    """``etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=SECONDS]``;
-    ValueError naming what is wrong."""
-    usage = "use etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=S]"
-    scheme, _, rest = url.partition("://")
-    if scheme != SCHEME or not rest:
-        raise ValueError(f"store URL {url!r} is not an etcd URL; {usage}")
-    netloc, _, query = rest.partition("?")
-    netloc = netloc.rstrip("/")
-    if "/" in netloc:
-        raise ValueError(f"store URL {url!r} has a path; etcd URLs have none: {usage}")
-    endpoints = tuple(_parse_endpoint(url, item, usage) for item in netloc.split(","))
-    try:
-        params = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"store URL {url!r} has a malformed query; {usage}") from None
-    unknown = sorted(set(params) - set(_QUERY_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"store URL {url!r} has unknown option(s) {', '.join(unknown)}; "
-            f"the options are {', '.join(_QUERY_OPTIONS)}"
-        )
-    options: dict[str, str] = {}
-    for name, values in params.items():
-        if len(values) != 1 or not values[0]:
-            raise ValueError(f"store URL {url!r}: give option {name} exactly one value")
-        options[name] = values[0]
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in options:
-        try:
-            timeout = float(options["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout <= 600:
-            raise ValueError(
-                f"store URL {url!r}: timeout {options['timeout']!r} must be seconds in (0, 600]"
-            )
-    cert, key = options.get("cert"), options.get("key")
-    if (cert is None) != (key is None):
-        raise ValueError(f"store URL {url!r}: give cert and key together (a client certificate)")
-    if cert is not None and "cacert" not in options:
-        raise ValueError(
-            f"store URL {url!r}: a client certificate needs cacert (the CA the server's "
-            "certificate is verified against)"
-        )
-    return EtcdOptions(endpoints, options.get("cacert"), cert, key, timeout)
-
-
-def _parse_endpoint(url: str, item: str, usage: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, sep, port = item[1:].partition("]:")
-    else:
-        host, sep, port = item.rpartition(":")
-    if not host or not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"store URL {url!r}: endpoint {item!r} is not HOST:PORT; {usage}")
-    return host, int(port)
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -198,9 +115,14 @@ def _range_end(prefix: str) -> bytes:
     return bytes(raw)
 
 
+def _prefix_bounds(prefix: str) -> tuple[bytes, bytes]:
+    """etcd's key and range_end for every key starting with ``prefix``."""
+    return prefix.encode() or ALL_KEYS, _range_end(prefix)
+
+
 def _prefix_range(prefix: str) -> dict[str, str]:
-    key = prefix.encode() or ALL_KEYS
-    return {"key": _b64(key), "range_end": _b64(_range_end(prefix))}
+    key, range_end = _prefix_bounds(prefix)
+    return {"key": _b64(key), "range_end": _b64(range_end)}
 
 
 def _int(message: dict[str, Any], field: str) -> int:
@@ -253,12 +175,19 @@ def _never_applied(exc: Etcd3Exception) -> bool:
 
 
 class EtcdKvStore(KvStore):
-    """The KV contract on the etcd cluster at ``options.endpoints``.  Opening does no I/O:
-    an unreachable etcd shows in the first call (StoreUnavailableError)."""
+    """The KV contract on the etcd cluster at ``options.endpoints``.  Opening talks to no
+    member (it only checks that the TLS files exist): an unreachable etcd shows in the
+    first call (StoreUnavailableError)."""
 
     def __init__(self, options: EtcdOptions, *, page_size: int = PAGE_SIZE):
         if page_size < 1:
             raise ValueError(f"page size {page_size} must be at least 1")
+        for name in ("cacert", "cert", "key"):
+            path = getattr(options, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(
+                    f"the etcd {name} file {path} does not exist; fix {name}= in the store URL"
+                )
         self.options = options
         self.page_size = page_size
         self._clients = [
@@ -289,7 +218,7 @@ class EtcdKvStore(KvStore):
     # -- requests ------------------------------------------------------------------------
 
     def _endpoint(self, index: int) -> str:
-        return _endpoint_name(*self.options.endpoints[index])
+        return endpoint_name(*self.options.endpoints[index])
 
     def _order(self) -> list[int]:
         """Every endpoint, starting with the one that answered last."""
@@ -378,7 +307,9 @@ class EtcdKvStore(KvStore):
             yield page, revision
             if not result.get("more") or not page:
                 return
-            request["key"] = _b64(page[-1].key.encode() + b"\0")
+            # The next page starts just after the last key's raw bytes (which need not be
+            # UTF-8, so not re-encoded from the decoded key).
+            request["key"] = _b64(base64.b64decode(result["kvs"][-1]["key"]) + b"\0")
 
     def revision(self) -> int:
         result = self._call(
@@ -463,10 +394,7 @@ class EtcdKvStore(KvStore):
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> Iterator[list[Event]]:
         if revision < 0:
             raise ValueError(f"revision {revision} is negative; revisions start at 0")
-        request = _prefix_range(prefix)
-        return self._watch(
-            base64.b64decode(request["key"]), base64.b64decode(request["range_end"]), revision, stop
-        )
+        return self._watch(*_prefix_bounds(prefix), revision, stop)
 
     def _watch(
         self, key: bytes, range_end: bytes, revision: int, stop: threading.Event
@@ -494,7 +422,17 @@ class EtcdKvStore(KvStore):
             LOG.warning("watch on etcd %s ended (%s)", self._endpoint(index), stream.ended)
             self._next_endpoint(index, stream.ended, failures, seen + 1)
 
-    def _open_stream(self, index, key, range_end, start, stop, failures) -> _WatchStream | None:
+    def _open_stream(
+        self,
+        index: int,
+        key: bytes,
+        range_end: bytes,
+        start: int,
+        stop: threading.Event,
+        failures: list[str],
+    ) -> _WatchStream | None:
+        """A watch stream from revision ``start`` on endpoint ``index``, or None (and the
+        next endpoint preferred) if it cannot be opened."""
         client = self._clients[index]
         create = {
             "key": _b64(key),
@@ -560,7 +498,9 @@ class _WatchStream:
     the watch within the timeout.  The body is read with no timeout: a quiet watch is
     normal."""
 
-    def __init__(self, response: requests.Response, stop: threading.Event, timeout, names):
+    def __init__(
+        self, response: requests.Response, stop: threading.Event, timeout: float, names: str
+    ):
         self._response = response
         self._stop = stop
         self._names = names
@@ -571,7 +511,10 @@ class _WatchStream:
         if self._sock is not None:
             self._sock.settimeout(None)
         threading.Thread(
-            target=self._guard, args=(time.monotonic() + timeout,), daemon=True
+            target=self._guard,
+            args=(time.monotonic() + timeout,),
+            name="etcd-watch-guard",
+            daemon=True,
         ).start()
 
     def _guard(self, created_by: float) -> None:
@@ -588,7 +531,7 @@ class _WatchStream:
     def _shutdown(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(2)  # SHUT_RDWR: the blocked read returns
+                self._sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns
 
     def batches(self) -> Iterator[list[Event]]:
         """The events of each response, until the stream ends (``ended`` says why)."""
@@ -598,7 +541,8 @@ class _WatchStream:
                     continue
                 message = json.loads(line)
                 if "error" in message:
-                    self.ended = str(message["error"].get("message", message["error"]))
+                    error = message["error"]
+                    self.ended = str(error.get("message") if isinstance(error, dict) else error)
                     return
                 result = message.get("result") or {}
                 if _int(result, "compact_revision"):

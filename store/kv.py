@@ -175,7 +175,7 @@ class KvStore(abc.ABC):
 
     @abc.abstractmethod
     def revision(self) -> int:
-        """The store's current revision (0 for a store never written)."""
+        """The store's current revision (a new SQLite store is at 0, a new etcd at 1)."""
 
     # -- writes -----------------------------------------------------------------------
 

@@ -142,6 +142,10 @@ class EtcdCluster:
     member this object started and removes its directory."""
 
     def __init__(self, size: int = 1, *, tls: bool = False):
+        if not Path(ETCD).is_file():
+            raise RuntimeError(
+                f"{ETCD} is missing; install Debian's etcd-server (quickstart.sh does)"
+            )
         self.dir = Path(tempfile.mkdtemp(prefix="ovo-etcd-"))
         self.tls = make_tls(self.dir / "tls") if tls else None
         self.token = self.dir.name

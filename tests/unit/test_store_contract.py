@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store import open_kv
+from store import sqlite as sqlite_module
 from store.kv import (
     CompactedError,
     Compare,
@@ -190,15 +191,16 @@ class Watcher:
             with self._cond:
                 self._cond.notify_all()
 
-    def wait_for(self, key: str) -> list[Event]:
-        """Every event delivered up to and including the first one for ``key``."""
+    def wait_for(self, key: str, wait: float = WAIT) -> list[Event]:
+        """Every event delivered up to and including the first one for ``key``, which must
+        arrive within ``wait`` seconds."""
 
         def arrived() -> bool:
             return self.error is not None or any(e.key == key for e in self.events)
 
         with self._cond:
-            if not self._cond.wait_for(arrived, WAIT):
-                raise AssertionError(f"no event for {key} within {WAIT}s: {self.events}")
+            if not self._cond.wait_for(arrived, wait):
+                raise AssertionError(f"no event for {key} within {wait}s: {self.events}")
         if self.error is not None:
             raise self.error
         return self.events[: next(i for i, e in enumerate(self.events) if e.key == key) + 1]
@@ -206,6 +208,10 @@ class Watcher:
     def close(self) -> None:
         self.stop.set()
         self._thread.join(WAIT)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
 
 @pytest.fixture
@@ -528,3 +534,34 @@ def test_open_kv_refuses_an_unknown_url_and_a_foreign_file(tmp_path):
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(ValueError, match="not an ovs-overlay store"):
         open_kv(f"sqlite:///{foreign}")
+
+
+def test_lease_ttls_are_whole_seconds(kv):
+    for ttl in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="whole number of seconds"):
+            kv.grant_lease(ttl)
+
+
+def test_a_watch_returns_promptly_once_stopped(kv, watchers):
+    watcher = watchers(kv, "quiet/", kv.revision())
+    watcher.close()  # sets stop and joins for at most WAIT seconds
+    assert not watcher.alive and watcher.error is None
+
+
+def test_sqlite_keeps_a_window_of_history_and_a_watcher_behind_it_must_relist(tmp_path):
+    kv = SqliteKvStore(str(tmp_path / "cluster.db"), history=50)
+    try:
+        for i in range(250):
+            kv.put(f"h/{i % 7}", str(i))
+        current = kv.revision()
+        assert [e.revision for e in kv.events_since("h/", current - 50)] == list(
+            range(current - 49, current + 1)
+        )
+        with pytest.raises(CompactedError):
+            kv.events_since("h/", 0)
+        with pytest.raises(CompactedError):
+            next(kv.watch("h/", 10, threading.Event()))
+        (kept,) = kv._db.execute("SELECT count(*) FROM events").fetchone()
+        assert kept < 50 + sqlite_module.TRIM_EVERY
+    finally:
+        kv.close()
