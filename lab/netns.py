@@ -60,9 +60,27 @@ def link_index(ns: NetNS, ifname: str) -> int:
 
 
 def create_bridge(namespace: str, ifname: str) -> None:
+    """A Linux bridge with a MAC of its own, fixed for its life.
+
+    A bridge whose MAC was never set takes the lowest MAC of its ports, so it changes
+    when a port with a lower (random) MAC joins or the lowest one leaves.  The address on
+    the bridge (the operator's on the underlay) then silently moves to a new MAC: peers
+    keep the old one in their ARP cache, and their frames to it, which belongs to a port
+    now, reach the bridge as another host's and IP drops them.  A connection on which
+    only the peer talks (an etcd watch) stalls until the peer re-learns the address,
+    which it does only when the bridge itself sends it something.  Seen: a watch from
+    the operator's namespace missed a host's registration after 'lab host add', with
+    etcd's send queue retransmitting to the bridge's former MAC."""
     with open_namespace(namespace) as ns:
-        ns.link("add", ifname=ifname, kind="bridge")
+        ns.link("add", ifname=ifname, kind="bridge", address=_random_mac())
         ns.link("set", index=link_index(ns, ifname), state="up")
+
+
+def _random_mac() -> str:
+    """A random unicast, locally administered MAC (first octet xxxxxx10)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def create_veth(

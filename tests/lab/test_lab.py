@@ -174,3 +174,22 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_the_underlay_bridge_keeps_its_mac_when_ports_come_and_go(lab_name):
+    """The operator's address lives on the underlay bridge: if the bridge's MAC followed its
+    ports' (Linux's default), a host added with a lower port MAC would move the address to
+    a new MAC behind etcd's ARP cache, and an operator's watch would stall
+    (lab/netns.create_bridge)."""
+    underlay = naming.underlay_namespace(lab_name)
+    netns.create_namespace(underlay)
+    netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
+    with netns.open_namespace(underlay) as ns:
+        bridge = netns.link_index(ns, naming.UNDERLAY_BRIDGE)
+        before = ns.get_links(bridge)[0].get("IFLA_ADDRESS")
+        for port, mac in (("p1", "fe:ff:ff:ff:ff:fe"), ("p2", "02:00:00:00:00:00")):
+            ns.link("add", ifname=port, kind="veth", address=mac, peer=f"{port}peer")
+            ns.link("set", index=netns.link_index(ns, port), master=bridge, state="up")
+            assert ns.get_links(bridge)[0].get("IFLA_ADDRESS") == before, port
+        ns.link("del", index=netns.link_index(ns, "p2"))
+        assert ns.get_links(bridge)[0].get("IFLA_ADDRESS") == before
