@@ -80,6 +80,13 @@ FAILOVER_BUDGET = 2  # a call tries further endpoints until this many timeouts h
 PAGE_SIZE = 1000  # keys per range request
 API_PATH = "/v3/"  # etcd >= 3.4 (3.3 served /v3beta/)
 STOP_CHECK = 0.1  # how soon a watch notices its stop event
+# A watch only receives, so it cannot tell a quiet store from one whose data no longer
+# reaches it (a one-way partition, a peer that vanished without a reset, a stale ARP entry
+# on the far side).  TCP keepalive probes from our side bound that: after IDLE s of silence
+# a probe every INTERVAL s, and COUNT unanswered ones end the stream, which is then opened
+# again from the last revision delivered (nothing is lost).  The probes also make our side
+# speak, which refreshes the far side's neighbour entry for us.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 ALL_KEYS = b"\0"  # as both key and range_end: every key
 
@@ -492,6 +499,14 @@ def _request_op(op: Op) -> dict[str, Any]:
     return {"request_delete_range": {"key": _b64(op.key)}}
 
 
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive on a watch's socket (see KEEPALIVE_IDLE)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
 class _WatchStream:
     """One watch response stream.  A guard thread shuts its socket down when ``stop`` is
     set (a blocking read cannot otherwise be interrupted), or when etcd has not confirmed
@@ -510,6 +525,7 @@ class _WatchStream:
         self._sock = getattr(response.raw.connection, "sock", None)
         if self._sock is not None:
             self._sock.settimeout(None)
+            _keep_alive(self._sock)
         threading.Thread(
             target=self._guard,
             args=(time.monotonic() + timeout,),

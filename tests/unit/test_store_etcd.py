@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import subprocess
 import threading
 import uuid
 
@@ -147,6 +148,23 @@ def test_a_quiet_watch_outlives_the_request_timeout(etcd_server, prefix, watcher
     revision = kv.put(prefix + "k", "v")
     assert summary(watcher.wait_for(prefix + "k")) == [("put", prefix + "k", "v", revision)]
     assert "ended" not in caplog.text
+
+
+def test_a_watch_stream_sends_tcp_keepalives(etcd_server, prefix, watchers):
+    """A watch only receives: keepalive probes are what notice a store whose data stopped
+    reaching us (then the stream is opened again from the last revision)."""
+    kv = open_kv(etcd_server.url())
+    watcher = watchers(kv, prefix, kv.revision())
+    kv.put(prefix + "k", "v")
+    watcher.wait_for(prefix + "k")
+    port = etcd_server.members[0].client_port
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", "dst", f"{HOST}:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "timer:(keepalive" in out, out
 
 
 # -- several endpoints ---------------------------------------------------------------------
