@@ -72,6 +72,7 @@ class ClusterCache:
         self._by_host: dict[str, set[str]] = defaultdict(set)  # host -> endpoint keys
         self._peer_of: dict[str, str] = {}  # host -> tunnel IP, for hosts that won their IP
         self._bad: dict[str, int] = {}  # bad record key -> the mod_revision logged
+        self._lost: dict[str, str] = {}  # host -> the tunnel IP it lost (logged)
         self._outage_logged = False
 
     # -- reading ------------------------------------------------------------------------
@@ -254,25 +255,28 @@ class ClusterCache:
                 if best is None or (rev, name) < best:
                     holders[host.tunnel_ip] = (rev, name)
         winners = {ip: h[1] for ip, h in holders.items() if h is not None}
-        moved = {name for name, ip in self._peer_of.items() if ip in ips}
-        moved |= set(winners.values())
-        for name in sorted(moved):
+        claimants = {name for name, (host, _) in self._hosts.items() if host.tunnel_ip in ips}
+        for name in sorted(claimants | {n for n, ip in self._peer_of.items() if ip in ips}):
             entry = self._hosts.get(name)
             ip = entry[0].tunnel_ip if entry else None
             wins = ip is not None and winners.get(ip) == name
             new = ip if wins else None
+            if entry is not None and not wins and self._lost.get(name) != ip:
+                LOG.warning(
+                    "skipped host %s: its tunnel IP %s is held by host %s, which came first",
+                    name,
+                    ip,
+                    winners.get(ip),
+                )
+            if entry is not None and not wins:
+                self._lost[name] = ip
+            else:
+                self._lost.pop(name, None)
             if self._peer_of.get(name) == new:
                 continue
             if new is None:
                 self._peer_of.pop(name, None)
                 changes.append(Remove(f"hosts/{name}"))
-                if entry is not None:
-                    LOG.warning(
-                        "skipped host %s: its tunnel IP %s is held by host %s, which came first",
-                        name,
-                        ip,
-                        winners.get(ip),
-                    )
             else:
                 self._peer_of[name] = new
                 changes.append(Upsert(f"hosts/{name}", Peer(new), (entry[1],)))
