@@ -198,6 +198,8 @@ class Agent:
         """The cluster cache's changes to the reconciler; a new peer's underlay neighbour
         is warmed first (controller/underlay.py)."""
         peers = [c.obj.ip for c in changes if isinstance(c, Upsert) and isinstance(c.obj, Peer)]
+        if any(isinstance(c, Remove) and str(c.key).startswith("hosts/") for c in changes):
+            self._solicited &= set(self.cache.peer_ips())  # bounded by the live peers
         if peers:
             self._warm_neighbours(peers)
         return self.reconciler.submit(changes)

@@ -152,13 +152,6 @@ class Engine:
     def groups(self) -> list[Group]:
         return list(self._groups.values())
 
-    def get(self, key: Hashable) -> Object | None:
-        entry = self._objects.get(key)
-        return entry[0] if entry else None
-
-    def keys(self) -> set[Hashable]:
-        return set(self._objects)
-
     def is_active(self, key: Hashable) -> bool:
         return key in self._active
 
