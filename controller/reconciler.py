@@ -144,8 +144,9 @@ class Reconciler:
                 link, version, in_sync = self._link, self._version, self._in_sync
             doing = f"applying {len(batch)} change(s)"
             try:
-                with self._engine_lock:
-                    messages, shadowed = self._engine.apply(batch)
+                messages, shadowed, lost = self._take(batch)
+                if lost:
+                    in_sync = False  # some messages went with the failure: replay everything
                 for s in shadowed:
                     self._on_shadowed(s)
                 if link is None or version == 0:  # no switch, or nothing submitted yet
@@ -184,6 +185,29 @@ class Reconciler:
                     self._in_sync = True
                     self._applied = max(self._applied, version)
                 self._cond.notify_all()
+
+    def _take(self, batch: list[Change]) -> tuple[list, list[Shadowed], bool]:
+        """The batch into the engine; if it raises, its changes one at a time, each one
+        that raises logged and dropped (submits are merged into one batch, and one bad
+        change must not take the others with it).  Returns (messages, newly shadowed,
+        whether messages were lost)."""
+        with self._engine_lock:
+            try:
+                messages, shadowed = self._engine.apply(batch)
+                return messages, shadowed, False
+            except Exception:
+                self.failures += 1
+                LOG.exception(
+                    "reconciler failed applying %d change(s); retrying them one at a time",
+                    len(batch),
+                )
+            shadowed = []
+            for change in batch:
+                try:
+                    shadowed += self._engine.apply([change])[1]
+                except Exception:
+                    LOG.exception("reconciler dropped a change it cannot apply: %r", change)
+            return [], shadowed, True
 
     def _pending(self) -> bool:
         return bool(self._queue) or (

@@ -40,6 +40,7 @@ class Peer:
 
 
 Object = NetworkSpec | Peer | LocalPort | Gateway | RemoteEndpoint
+OBJECT_TYPES = (NetworkSpec, Peer, LocalPort, Gateway, RemoteEndpoint)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,11 @@ class Engine:
         """Take ``changes`` in; returns the messages for only what they touch (in
         openflow.diff's order) and the objects they newly shadowed (to log once)."""
         changes = list(changes)
+        for change in changes:  # refused whole, before anything is touched
+            if not isinstance(change, Upsert | Remove | SetTunnel):
+                raise TypeError(f"not an engine change: {change!r}")
+            if isinstance(change, Upsert) and not isinstance(change.obj, OBJECT_TYPES):
+                raise TypeError(f"{change.key}: not a pipeline object: {change.obj!r}")
         if any(isinstance(c, SetTunnel) and c.ofport != self.tunnel_ofport for c in changes):
             return self._apply_everything(changes), []
         touched: set[Hashable] = set()
