@@ -124,6 +124,7 @@ class Engine:
         self._registered: dict[Hashable, Object] = {}
         self._active_as: dict[Hashable, tuple[Object, int | None]] = {}
         self._dependents: set[Hashable] = set()  # to re-examine after a layer
+        self._lost_flows: set[Hashable] = set()  # keys that lost their flows in this batch
 
     # -- reading ------------------------------------------------------------------------
 
@@ -263,9 +264,10 @@ class Engine:
         for name in dirty_nets:
             self._regroup(name, old_groups)
         messages = self._messages(old_units, old_groups)
-        shadowed = [
-            s for k in touched if k not in was_shadowed and (s := self.shadowed(k)) is not None
-        ]
+        # Newly shadowed: a touched key that lost, or an untouched one a newcomer beat.
+        candidates = (touched - was_shadowed) | self._lost_flows
+        self._lost_flows = set()
+        shadowed = [s for k in candidates if (s := self.shadowed(k)) is not None]
         return messages, shadowed
 
     def _examine(self, keys: set[Hashable], old_units, old_groups, dirty_nets) -> None:
@@ -326,6 +328,7 @@ class Engine:
         for key, previous, _ in changed:
             if previous is not None:
                 self._deactivate(key, previous[0], old_units, old_groups, dirty_nets)
+                self._lost_flows.add(key)
         for key, _, now in changed:
             if now is not None:
                 self._activate(key, now[0], old_units, old_groups, dirty_nets)

@@ -191,8 +191,10 @@ def test_a_local_port_wins_over_a_remote_endpoint_with_its_mac():
     engine = _base()
     remote = RemoteEndpoint("default", H2, MACS[0], ADDRS[0])
     local = LocalPort("default", 3, MACS[0], ADDRS[1])
-    engine.apply([Upsert("endpoints/e", remote, (1, 1)), Upsert("port/p", local, (0,))])
+    engine.apply([Upsert("endpoints/e", remote, (1, 1))])
+    _, shadowed = engine.apply([Upsert("port/p", local, (0,))])
     assert engine.state().local == (local,) and engine.state().remote == ()
+    assert [(s.key, s.winner) for s in shadowed] == [("endpoints/e", "port/p")]
 
 
 def test_a_network_with_a_taken_vni_has_no_flows_and_its_endpoints_wait():
