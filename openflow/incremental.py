@@ -201,11 +201,25 @@ class Engine:
         return self._settle(touched)
 
     def rebuild(self, generation: int) -> tuple[list[Flow], list[Group]]:
-        """Every flow and group again, for ``generation`` (a full sync after a (re)connect,
-        or after a failure left the engine's view of the switch in doubt)."""
+        """Every flow again, for ``generation`` (a full sync after a (re)connect): the
+        active objects' flows with the new cookies; groups carry no generation."""
         self.generation = generation
-        self._recompute_all()
+        gen, tun = generation, self.tunnel_ofport
+        units: dict[Hashable, tuple[Flow, ...]] = {("defaults",): pipeline.defaults_flows(gen)}
+        for net in self._networks.values():
+            units[("network", net.name)] = pipeline.network_flows(net, gen)
+            for peer in self._peers:
+                units[("tunnel", peer, net.name)] = pipeline.tunnel_flows(peer, net, tun, gen)
+        for key, (obj, vni) in self._active_as.items():
+            if vni is not None:
+                units[("object", key)] = self._object_flows(obj, vni)
+        self._units = units
         return self.flows(), self.groups()
+
+    def recompute(self) -> None:
+        """Every index again from the objects alone: after a failure may have left them
+        half-updated (the always-right fallback)."""
+        self._recompute_all()
 
     def full_messages(self, existing_group_ids: Sequence[int]) -> list[Message]:
         """Everything, over whatever the switch has (openflow.diff.replace_generation)."""
