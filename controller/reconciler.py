@@ -145,7 +145,7 @@ class Reconciler:
                 link, version, in_sync = self._link, self._version, self._in_sync
             doing = f"applying {len(batch)} change(s)"
             try:
-                messages, shadowed, lost = self._take(batch)
+                messages, shadowed, lost = self._take(batch, in_sync and link is not None)
                 if lost:
                     in_sync = False  # some messages went with the failure: replay everything
                 for s in shadowed:
@@ -188,14 +188,14 @@ class Reconciler:
                     self._applied = max(self._applied, version)
                 self._cond.notify_all()
 
-    def _take(self, batch: list[Change]) -> tuple[list, list[Shadowed], bool]:
+    def _take(self, batch: list[Change], want: bool) -> tuple[list, list[Shadowed], bool]:
         """The batch into the engine; if it raises, its changes one at a time, each one
         that raises logged and dropped (submits are merged into one batch, and one bad
         change must not take the others with it).  Returns (messages, newly shadowed,
         whether messages were lost)."""
         with self._engine_lock:
             try:
-                messages, shadowed = self._engine.apply(batch)
+                messages, shadowed = self._engine.apply(batch, messages=want)
                 return messages, shadowed, False
             except Exception:
                 self.failures += 1
@@ -206,7 +206,7 @@ class Reconciler:
             shadowed = []
             for change in batch:
                 try:
-                    shadowed += self._engine.apply([change])[1]
+                    shadowed += self._engine.apply([change], messages=False)[1]
                 except Exception:
                     LOG.exception("reconciler dropped a change it cannot apply: %r", change)
             self._suspect = True
