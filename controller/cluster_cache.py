@@ -110,7 +110,10 @@ class ClusterCache:
                     self._submit_if_any(self._apply_events(batch))
                     self._store_back()
                     backoff = 0.0
-                return
+                if stop.is_set():
+                    return
+                LOG.warning("the watch of %s ended by itself; watching again", prefix)
+                continue  # from the last revision seen: nothing is missed
             except CompactedError as exc:
                 LOG.info("watching %s: %s; listing it again", prefix, exc)
             except KvError as exc:
