@@ -113,6 +113,8 @@ class ClusterCache:
                 if stop.is_set():
                     return
                 LOG.warning("the watch of %s ended by itself; watching again", prefix)
+                if stop.wait(BACKOFF_FIRST):
+                    return
                 continue  # from the last revision seen: nothing is missed
             except CompactedError as exc:
                 LOG.info("watching %s: %s; listing it again", prefix, exc)
