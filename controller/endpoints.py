@@ -15,26 +15,68 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni import admission
 from controller import netns
+from controller.api import ApiError
 from ovsdb.client import OvsdbClient
-from ovsdb.endpoint import MAC_RE, EndpointPort
-from store.cluster import AddressExhaustedError
+from ovsdb.endpoint import EndpointPort
+from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
+from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
 
+ERR_UNKNOWN_CONTAINER = 3
+ERR_INVALID_ENV = 4
+ERR_TRY_AGAIN = 11
 
-class AttachError(RuntimeError):
+
+class AttachError(ApiError):
     """An attachment request that cannot be served; ``code`` is the CNI error code."""
 
-    def __init__(self, msg: str, code: int = 7):
-        super().__init__(msg)
-        self.code = code
+
+def store_unavailable(what: str, exc: KvError) -> AttachError:
+    """The cluster store failing mid-request: code 11, the one thing a retry can fix."""
+    return AttachError(
+        f"{what} failed: the cluster store did not answer ({exc}); try again when the store "
+        "is back",
+        code=ERR_TRY_AGAIN,
+    )
+
+
+class AttachmentLocks:
+    """One lock per attachment (CONTAINER_ID/IFNAME): its ADD, DEL and CHECK run one at a
+    time, so two concurrent ADDs cannot both pass the "attached already" check.  An entry
+    lives only while a request holds or waits for it: the table is bounded by the requests
+    in flight, not by the attachments ever seen."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, attachment: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.setdefault(attachment, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[attachment]
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 @dataclass(frozen=True)
@@ -75,9 +117,7 @@ def host_port_name(container_id: str, ifname: str) -> str:
     return HOST_PORT_PREFIX + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
 
 
-def mac_for(ip: str) -> str:
-    """0a:58 + the IPv4 address: locally administered, unique wherever the IP is."""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+mac_for = admission.derived_mac
 
 
 class _Steps:
@@ -121,8 +161,29 @@ class EndpointManager:
         self.gateway_for = gateway_for
         self.publish = publish  # rebuilds the pipeline and waits until br-int has it
         self.missing_port_flows = missing_port_flows  # tables lacking a port's flows
+        self.locks = AttachmentLocks()
 
     def attach(self, req: AttachRequest) -> Attachment:
+        """Admit the request (every check before any side effect: a refusal changes
+        nothing), then attach it, holding the attachment's lock.  The API has other
+        clients than the plugin, so the plugin's checks are made again here."""
+        try:
+            ip, mac = admission.check_request(
+                "ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac
+            )
+            if req.mtu is not None and (type(req.mtu) is not int or req.mtu < 576):
+                raise admission.Refused(f"mtu {req.mtu!r} must be a whole number, 576 or more", 7)
+        except admission.Refused as exc:
+            raise AttachError(str(exc), exc.code) from None
+        req = replace(req, ip=ip, mac=mac)
+        attachment_id = f"{req.container_id}/{req.ifname}"
+        with self.locks.hold(attachment_id):
+            try:
+                return self._attach(req, attachment_id)
+            except KvError as exc:  # rolled back already, as far as the store let us
+                raise store_unavailable(f"ADD of {attachment_id}", exc) from None
+
+    def _attach(self, req: AttachRequest, attachment_id: str) -> Attachment:
         network = self.cluster.get_network(req.network)
         if network is None:
             raise AttachError(
@@ -130,18 +191,36 @@ class EndpointManager:
                 f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'"
             )
         try:
-            open(netns.namespace_path(req.netns)).close()
-        except OSError:
-            raise AttachError(f"network namespace {req.netns} does not exist", code=3) from None
+            netns.require_network_namespace(req.netns)
+        except (FileNotFoundError, NotADirectoryError):
+            raise AttachError(
+                f"CNI_NETNS {req.netns}: the network namespace does not exist (the container "
+                "is gone?); pass the netns of a running container",
+                code=ERR_UNKNOWN_CONTAINER,
+            ) from None
+        except (netns.NotANetworkNamespace, OSError) as exc:
+            raise AttachError(
+                f"CNI_NETNS {req.netns} is not a network namespace ({exc}); pass the "
+                "container's netns, e.g. /run/netns/NAME or /proc/PID/ns/net",
+                code=ERR_INVALID_ENV,
+            ) from None
         mtu = self.mtu_for(network)
         if req.mtu is not None and req.mtu > mtu:
             raise AttachError(
                 f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
                 f"use {mtu} or less"
             )
-        if req.mac is not None and not MAC_RE.match(req.mac.lower()):
-            raise AttachError(f"MAC {req.mac!r} in CNI_ARGS is not a MAC address", code=4)
-        attachment_id = f"{req.container_id}/{req.ifname}"
+        if req.mac is not None:
+            # The claim itself is atomic, with the endpoint record (put_endpoint); this read
+            # refuses the common case before any side effect.
+            holder = self.cluster.mac_holder(req.network, req.mac)
+            if holder is not None and holder != (attachment_id, self.host):
+                raise AttachError(
+                    f"CNI_ARGS MAC={req.mac} is already used in network {req.network} by "
+                    f"{self.cluster.describe_holder(req.network, *holder)}; pick another MAC "
+                    "or leave MAC= out",
+                    code=ERR_INVALID_ENV,
+                )
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
@@ -152,14 +231,16 @@ class EndpointManager:
             if req.ip is not None:
                 try:
                     ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id)
-                except ValueError as exc:
-                    raise AttachError(str(exc), code=4) from None
+                except StoreError as exc:
+                    raise AttachError(
+                        f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV
+                    ) from None
             else:
                 try:
                     ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
                 except AddressExhaustedError as exc:
                     # Not the runtime's fault and not permanent: deleting pods frees addresses.
-                    raise AttachError(str(exc), code=11) from None
+                    raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
             steps.done("ipam")
             undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
             att = Attachment(
@@ -196,15 +277,19 @@ class EndpointManager:
             )
             steps.done("port")
             undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
-            self.cluster.put_endpoint(
-                req.network,
-                self.host,
-                attachment_id,
-                mac=att.mac,
-                ip=att.ip,
-                container_id=req.container_id,
-                ifname=req.ifname,
-            )
+            try:
+                self.cluster.put_endpoint(
+                    req.network,
+                    self.host,
+                    attachment_id,
+                    mac=att.mac,
+                    ip=att.ip,
+                    container_id=req.container_id,
+                    ifname=req.ifname,
+                )
+            except AddressInUseError as exc:  # another host claimed the MAC meanwhile
+                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
+                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
             steps.done("store")
             undo.append(
                 (
@@ -225,12 +310,18 @@ class EndpointManager:
             raise
 
     def detach(self, network: str, container_id: str, ifname: str) -> None:
-        """Remove every trace of an attachment; parts already gone are fine."""
-        steps = _Steps()
-        self._remove(network, container_id, ifname, steps)
-        self.publish()
-        steps.done("flows")
-        LOG.info("detached %s/%s in %s", container_id, ifname, steps)
+        """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
+        no name is refused: an attachment made before a rule existed must still go."""
+        attachment_id = f"{container_id}/{ifname}"
+        with self.locks.hold(attachment_id):
+            steps = _Steps()
+            try:
+                self._remove(network, container_id, ifname, steps)
+            except KvError as exc:
+                raise store_unavailable(f"DEL of {attachment_id}", exc) from None
+            self.publish()
+            steps.done("flows")
+        LOG.info("detached %s in %s", attachment_id, steps)
 
     def _remove(self, network: str, container_id: str, ifname: str, steps=None) -> None:
         steps = steps or _Steps()
@@ -271,6 +362,20 @@ class EndpointManager:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
         with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
         address, and ``routes`` (the ADD result's, ``{"dst", "gw"}``) via ``ifname``."""
+        try:
+            admission.check_request("CHECK", container_id, ifname, netns_path, None, None)
+        except admission.Refused as exc:
+            raise AttachError(str(exc), exc.code) from None
+        attachment_id = f"{container_id}/{ifname}"
+        with self.locks.hold(attachment_id):
+            try:
+                self._check(network, container_id, ifname, netns_path, routes)
+            except KvError as exc:
+                raise store_unavailable(f"CHECK of {attachment_id}", exc) from None
+
+    def _check(
+        self, network: str, container_id: str, ifname: str, netns_path: str, routes: Sequence[dict]
+    ) -> None:
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
         ep = next(
@@ -297,9 +402,11 @@ class EndpointManager:
             if not ipr.link_lookup(ifname=port):
                 raise AttachError(f"host veth {port} of {attachment_id} is missing", code=3)
         try:
-            open(netns.namespace_path(netns_path)).close()
-        except OSError:
-            raise AttachError(f"network namespace {netns_path} does not exist", code=3) from None
+            netns.require_network_namespace(netns_path)
+        except (OSError, netns.NotANetworkNamespace) as exc:
+            raise AttachError(
+                f"CNI_NETNS {netns_path} is not a live network namespace ({exc})", code=3
+            ) from None
         with netns.in_namespace(netns_path), IPRoute() as pod:
             found = pod.link_lookup(ifname=ifname)
             if not found:
@@ -398,19 +505,28 @@ class EndpointManager:
         end's (the pod's TCP leaving with CHECKSUM_PARTIAL) must go off.
         """
         with IPRoute() as ipr:
-            ipr.link(
-                "add",
-                ifname=att.host_port,
-                kind="veth",
-                mtu=att.mtu,
-                state="up",
-                peer={
-                    "ifname": att.ifname,
-                    "net_ns_fd": netns.namespace_path(pod_netns),
-                    "address": att.mac,
-                    "mtu": att.mtu,
-                },
-            )
+            try:
+                ipr.link(
+                    "add",
+                    ifname=att.host_port,
+                    kind="veth",
+                    mtu=att.mtu,
+                    state="up",
+                    peer={
+                        "ifname": att.ifname,
+                        "net_ns_fd": netns.namespace_path(pod_netns),
+                        "address": att.mac,
+                        "mtu": att.mtu,
+                    },
+                )
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST and not ipr.link_lookup(ifname=att.host_port):
+                    raise AttachError(
+                        f"CNI_IFNAME {att.ifname} exists already in {pod_netns}; pick another "
+                        "interface name for this attachment",
+                        code=ERR_INVALID_ENV,
+                    ) from None
+                raise
             idx = ipr.link_lookup(ifname=att.host_port)[0]
             host_mac = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
         with netns.in_namespace(pod_netns), IPRoute() as pod:
