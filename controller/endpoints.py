@@ -1,9 +1,10 @@
 """Attaching an endpoint (a pod's interface) to the overlay, and detaching it.
 
 This is the agent's half of CNI ADD/DEL, and what ``lab pod add`` calls today.
-ADD validates first, then does its steps, recording an undo for each; a
-failing step undoes the earlier ones in reverse, so a failed ADD leaves
-nothing behind.  DEL succeeds when any part is already gone.
+ADD is admitted first (controller/admission.py: every check before any side
+effect), then does its steps, recording an undo for each; a failing step undoes
+the earlier ones in reverse, so a failed ADD leaves nothing behind.  DEL succeeds
+when any part is already gone.  ADD, DEL and CHECK of one attachment hold its lock.
 """
 
 from __future__ import annotations
@@ -15,68 +16,30 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cni import admission
+from cni import admission as request_checks
 from controller import netns
-from controller.api import ApiError
+from controller.admission import (
+    ERR_INVALID_ENV,
+    ERR_TRY_AGAIN,
+    AttachError,
+    AttachmentLocks,
+    admit,
+    held_mac_refusal,
+    require_netns,
+    store_unavailable,
+)
 from ovsdb.client import OvsdbClient
 from ovsdb.endpoint import EndpointPort
 from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
 from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
-
-ERR_UNKNOWN_CONTAINER = 3
-ERR_INVALID_ENV = 4
-ERR_TRY_AGAIN = 11
-
-
-class AttachError(ApiError):
-    """An attachment request that cannot be served; ``code`` is the CNI error code."""
-
-
-def store_unavailable(what: str, exc: KvError) -> AttachError:
-    """The cluster store failing mid-request: code 11, the one thing a retry can fix."""
-    return AttachError(
-        f"{what} failed: the cluster store did not answer ({exc}); try again when the store "
-        "is back",
-        code=ERR_TRY_AGAIN,
-    )
-
-
-class AttachmentLocks:
-    """One lock per attachment (CONTAINER_ID/IFNAME): its ADD, DEL and CHECK run one at a
-    time, so two concurrent ADDs cannot both pass the "attached already" check.  An entry
-    lives only while a request holds or waits for it: the table is bounded by the requests
-    in flight, not by the attachments ever seen."""
-
-    def __init__(self):
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
-
-    @contextmanager
-    def hold(self, attachment: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.setdefault(attachment, (threading.Lock(), [0]))
-            users[0] += 1
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                users[0] -= 1
-                if not users[0]:
-                    del self._locks[attachment]
-
-    def __len__(self) -> int:
-        with self._guard:
-            return len(self._locks)
 
 
 @dataclass(frozen=True)
@@ -117,7 +80,7 @@ def host_port_name(container_id: str, ifname: str) -> str:
     return HOST_PORT_PREFIX + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
 
 
-mac_for = admission.derived_mac
+mac_for = request_checks.derived_mac
 
 
 class _Steps:
@@ -162,26 +125,47 @@ class EndpointManager:
         self.publish = publish  # rebuilds the pipeline and waits until br-int has it
         self.missing_port_flows = missing_port_flows  # tables lacking a port's flows
         self.locks = AttachmentLocks()
+        # (network, attachment) whose store records a failed request could not remove
+        # because the store was away: removed by the next request that finds it back.
+        self._unfinished: set[tuple[str, str]] = set()
+        self._unfinished_lock = threading.Lock()
 
     def attach(self, req: AttachRequest) -> Attachment:
         """Admit the request (every check before any side effect: a refusal changes
         nothing), then attach it, holding the attachment's lock.  The API has other
         clients than the plugin, so the plugin's checks are made again here."""
-        try:
-            ip, mac = admission.check_request(
-                "ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac
-            )
-            if req.mtu is not None and (type(req.mtu) is not int or req.mtu < 576):
-                raise admission.Refused(f"mtu {req.mtu!r} must be a whole number, 576 or more", 7)
-        except admission.Refused as exc:
-            raise AttachError(str(exc), exc.code) from None
+        ip, mac = admit("ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac, req.mtu)
         req = replace(req, ip=ip, mac=mac)
         attachment_id = f"{req.container_id}/{req.ifname}"
+        self._finish_store_cleanup()
         with self.locks.hold(attachment_id):
+            self._unfinished.discard((req.network, attachment_id))  # ADD retried: its own now
             try:
                 return self._attach(req, attachment_id)
             except KvError as exc:  # rolled back already, as far as the store let us
                 raise store_unavailable(f"ADD of {attachment_id}", exc) from None
+
+    def _finish_store_cleanup(self) -> None:
+        """Remove the store records that failed requests left while the store was away
+        (their address, endpoint record and MAC), each under its attachment's lock and
+        only if it was not attached since.  Nothing to do in the common case."""
+        with self._unfinished_lock:
+            pending = sorted(self._unfinished)
+        for network, attachment in pending:
+            with self.locks.hold(attachment):
+                if (network, attachment) not in self._unfinished:
+                    continue
+                container_id, _, ifname = attachment.rpartition("/")
+                if self.ovsdb.interface(self.bridge, host_port_name(container_id, ifname)):
+                    self._unfinished.discard((network, attachment))  # live again: keep it
+                    continue
+                try:
+                    self.cluster.delete_endpoint(network, self.host, attachment)
+                    self.cluster.release_ip(network, attachment)
+                except KvError:
+                    return  # still away: the next request tries again
+                self._unfinished.discard((network, attachment))
+                LOG.info("released the store records %s left while the store was away", attachment)
 
     def _attach(self, req: AttachRequest, attachment_id: str) -> Attachment:
         network = self.cluster.get_network(req.network)
@@ -190,20 +174,7 @@ class EndpointManager:
                 f"network {req.network!r} does not exist; create it with "
                 f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'"
             )
-        try:
-            netns.require_network_namespace(req.netns)
-        except (FileNotFoundError, NotADirectoryError):
-            raise AttachError(
-                f"CNI_NETNS {req.netns}: the network namespace does not exist (the container "
-                "is gone?); pass the netns of a running container",
-                code=ERR_UNKNOWN_CONTAINER,
-            ) from None
-        except (netns.NotANetworkNamespace, OSError) as exc:
-            raise AttachError(
-                f"CNI_NETNS {req.netns} is not a network namespace ({exc}); pass the "
-                "container's netns, e.g. /run/netns/NAME or /proc/PID/ns/net",
-                code=ERR_INVALID_ENV,
-            ) from None
+        require_netns(req.netns)
         mtu = self.mtu_for(network)
         if req.mtu is not None and req.mtu > mtu:
             raise AttachError(
@@ -213,14 +184,9 @@ class EndpointManager:
         if req.mac is not None:
             # The claim itself is atomic, with the endpoint record (put_endpoint); this read
             # refuses the common case before any side effect.
-            holder = self.cluster.mac_holder(req.network, req.mac)
-            if holder is not None and holder != (attachment_id, self.host):
-                raise AttachError(
-                    f"CNI_ARGS MAC={req.mac} is already used in network {req.network} by "
-                    f"{self.cluster.describe_holder(req.network, *holder)}; pick another MAC "
-                    "or leave MAC= out",
-                    code=ERR_INVALID_ENV,
-                )
+            refusal = held_mac_refusal(self.cluster, req.network, req.mac, attachment_id, self.host)
+            if refusal is not None:
+                raise refusal
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
@@ -305,6 +271,9 @@ class EndpointManager:
             for what, step in reversed(undo):
                 try:
                     step()
+                except KvError as exc:
+                    LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
+                    self._unfinished.add((req.network, attachment_id))
                 except Exception:
                     LOG.exception("rolling back %s for %s failed", what, attachment_id)
             raise
@@ -313,12 +282,15 @@ class EndpointManager:
         """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
         no name is refused: an attachment made before a rule existed must still go."""
         attachment_id = f"{container_id}/{ifname}"
+        self._finish_store_cleanup()
         with self.locks.hold(attachment_id):
             steps = _Steps()
             try:
                 self._remove(network, container_id, ifname, steps)
             except KvError as exc:
+                self._unfinished.add((network, attachment_id))
                 raise store_unavailable(f"DEL of {attachment_id}", exc) from None
+            self._unfinished.discard((network, attachment_id))
             self.publish()
             steps.done("flows")
         LOG.info("detached %s in %s", attachment_id, steps)
@@ -362,10 +334,7 @@ class EndpointManager:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
         with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
         address, and ``routes`` (the ADD result's, ``{"dst", "gw"}``) via ``ifname``."""
-        try:
-            admission.check_request("CHECK", container_id, ifname, netns_path, None, None)
-        except admission.Refused as exc:
-            raise AttachError(str(exc), exc.code) from None
+        admit("CHECK", container_id, ifname, netns_path)
         attachment_id = f"{container_id}/{ifname}"
         with self.locks.hold(attachment_id):
             try:
@@ -401,12 +370,7 @@ class EndpointManager:
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=port):
                 raise AttachError(f"host veth {port} of {attachment_id} is missing", code=3)
-        try:
-            netns.require_network_namespace(netns_path)
-        except (OSError, netns.NotANetworkNamespace) as exc:
-            raise AttachError(
-                f"CNI_NETNS {netns_path} is not a live network namespace ({exc})", code=3
-            ) from None
+        require_netns(netns_path, not_a_netns_code=3)
         with netns.in_namespace(netns_path), IPRoute() as pod:
             found = pod.link_lookup(ifname=ifname)
             if not found:
@@ -477,6 +441,8 @@ class EndpointManager:
                 self.cluster.delete_endpoint(ep.network, self.host, ep.attachment)
                 self.cluster.release_ip(ep.network, ep.attachment)
                 removed.append(f"endpoint {ep.attachment} in {ep.network} (no port)")
+            elif ep.host == self.host and self.cluster.mac_holder(ep.network, ep.mac) is None:
+                self._claim_mac(ep)
         for net in self.cluster.list_networks():
             mine = [
                 ipaddress.ip_network(b.cidr) for b in self.cluster.blocks_of(net.name, self.host)
@@ -487,6 +453,24 @@ class EndpointManager:
                     self.cluster.release_ip(net.name, attachment)
                     removed.append(f"address {ip} of {attachment} in {net.name} (no endpoint)")
         return removed
+
+    def _claim_mac(self, ep) -> None:
+        """Claim the MAC of a live endpoint published by a version that made no claims
+        (republishing it claims it); a conflict between two such is logged, not fatal."""
+        try:
+            self.cluster.put_endpoint(
+                ep.network,
+                self.host,
+                ep.attachment,
+                mac=ep.mac,
+                ip=ep.ip,
+                container_id=ep.container_id,
+                ifname=ep.ifname,
+            )
+        except AddressInUseError as exc:
+            LOG.error(
+                "endpoint %s in %s keeps an unclaimed MAC: %s", ep.attachment, ep.network, exc
+            )
 
     def _create_veth(self, att: Attachment, pod_netns: str) -> tuple[str, bool]:
         """The veth pair, configured on both ends; returns the host end's MAC and whether

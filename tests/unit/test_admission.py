@@ -1,4 +1,4 @@
-"""The agent's admission (controller/endpoints.py): every refusal comes before any side
+"""The agent's admission (controller/admission.py): every refusal comes before any side
 effect, with its CNI code, through EndpointManager on a real SQLite cluster state.  The
 requests here are all refused before OVSDB would be asked (the manager has none), so a
 check that let one through fails the test loudly; what they pass is in tests/lab."""
@@ -11,8 +11,9 @@ import threading
 import pytest
 
 from controller import api_client, netns
+from controller.admission import AttachError, AttachmentLocks
 from controller.api import ApiServer
-from controller.endpoints import AttachError, AttachmentLocks, AttachRequest, EndpointManager
+from controller.endpoints import AttachRequest, EndpointManager
 from store import open_cluster
 from store.kv import KvError
 
