@@ -157,6 +157,25 @@ def test_two_hosts_racing_for_one_mac_get_one_attachment(two, pod_factory):
     still_serving(two)
 
 
+def test_two_concurrent_adds_of_one_attachment_give_one_whole_attachment(two, pod_factory):
+    p = pod_factory("h1", "twin")
+    before = state(two)
+    results: list[tuple] = []
+    threads = [threading.Thread(target=lambda: results.append(p.add())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    [(rc, result)] = [r for r in results if r[0] == 0]
+    [(_, err)] = [r for r in results if r[0] != 0]
+    assert err["code"] == 7 and "is attached already" in err["msg"], err
+    # The loser's rollback took nothing of the winner's: its veth, port and address stay.
+    assert cni(two, "h1", "CHECK", p.container, prevResult=result) == (0, None)
+    hosts, store = state(two)
+    assert len(hosts["h1"][0]) == len(before[0]["h1"][0]) + 1
+    assert len(store[0]) == len(before[1][0]) + 1
+
+
 def test_a_static_ip_used_on_another_host_is_refused_naming_it(two, pod_factory):
     holder = pod_factory("h1", "ip1")
     assert holder.add(cni_args="IP=100.64.250.7")[0] == 0
