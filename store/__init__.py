@@ -1,7 +1,8 @@
-"""The cluster state: the only thing hosts share.  SQLite embedded, etcd (later) distributed.
+"""The cluster state: the only thing hosts share.  SQLite embedded, etcd distributed.
 
-``store.kv`` is the etcd-shaped key-value contract, ``store.sqlite`` its embedded backend,
-``store.cluster`` the typed state (hosts, networks, blocks, endpoints) on top of any backend.
+``store.kv`` is the etcd-shaped key-value contract, ``store.sqlite`` its embedded backend
+(one machine), ``store.etcd`` its etcd v3 backend (a real cluster), ``store.cluster`` the
+typed state (hosts, networks, blocks, endpoints) on top of any backend.
 """
 
 from __future__ import annotations
@@ -15,9 +16,21 @@ from store.cluster import (
     Network,
     StoreError,
 )
-from store.kv import CompactedError, Event, KeyValue, KvError, KvStore, LeaseNotFoundError
+from store.kv import (
+    CompactedError,
+    Event,
+    KeyValue,
+    KvError,
+    KvStore,
+    LeaseNotFoundError,
+    StoreUnavailableError,
+)
 
 SQLITE_PREFIX = "sqlite:///"
+ETCD_PREFIX = "etcd://"
+URL_FORMS = (
+    "sqlite:///ABSOLUTE/PATH or etcd://HOST:PORT[,HOST:PORT...][?cacert=&cert=&key=&timeout=]"
+)
 
 __all__ = [
     "AddressExhaustedError",
@@ -33,13 +46,23 @@ __all__ = [
     "LeaseNotFoundError",
     "Network",
     "StoreError",
+    "StoreUnavailableError",
     "open_cluster",
     "open_kv",
 ]
 
 
 def open_kv(url: str) -> KvStore:
-    """The key-value store at ``url``: ``sqlite:///ABSOLUTE/PATH`` (the file is created)."""
+    """The key-value store at ``url``: ``sqlite:///ABSOLUTE/PATH`` (the file is created), or
+    ``etcd://HOST:PORT[,HOST:PORT...][?cacert=PATH&cert=PATH&key=PATH&timeout=SECONDS]``
+    (no I/O until the first call; see store/etcd.py).  StoreError for a bad URL."""
+    if url.startswith(ETCD_PREFIX):
+        from store.etcd import EtcdKvStore
+
+        try:
+            return EtcdKvStore.from_url(url)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
     if url.startswith(SQLITE_PREFIX):
         from store.sqlite import SqliteKvStore
 
@@ -48,7 +71,7 @@ def open_kv(url: str) -> KvStore:
             return SqliteKvStore(path)
         except KvError as exc:
             raise StoreError(str(exc)) from exc
-    raise StoreError(f"store URL {url!r} is not supported; use sqlite:///ABSOLUTE/PATH")
+    raise StoreError(f"store URL {url!r} is not supported; use {URL_FORMS}")
 
 
 def open_cluster(url: str) -> ClusterState:

@@ -11,7 +11,12 @@ etcd's model, so that an etcd backend drops in under the cluster code unchanged:
   snapshot with :meth:`KvStore.range`, then watch from that snapshot's revision and miss
   nothing: the list-then-watch pattern.
 - A lease makes keys vanish when its holder stops renewing it (host liveness); its keys'
-  disappearance is an ordinary delete event.
+  disappearance is an ordinary delete event.  TTLs are whole seconds.
+- History is bounded: old changes are compacted away (SQLite keeps a window of revisions,
+  etcd is run with auto-compaction), and a watcher that fell behind gets CompactedError,
+  re-lists and watches again.
+- Every failure of the backend is a KvError; StoreUnavailableError means no endpoint
+  answered (try again later).
 
 Every write primitive is a :meth:`KvStore.txn` (etcd's Txn: compares, then operations,
 all at one revision); ``put``, ``create``, ``compare_and_put``, ``delete`` and
@@ -40,6 +45,13 @@ class CompactedError(KvError):
 
 class LeaseNotFoundError(KvError):
     """A write named a lease that expired or never existed: grant a new one."""
+
+
+class StoreUnavailableError(KvError):
+    """No endpoint of the store answered in time (or a write's outcome is unknown because
+    its endpoint vanished mid-request): the store is down or has lost its quorum.  Callers
+    report "try again later"; nothing was changed unless the message says the outcome is
+    unknown."""
 
 
 @dataclass(frozen=True)
@@ -119,15 +131,29 @@ def prefix_end(prefix: str) -> str | None:
 
 
 def check_ops(ops: Sequence[Op]) -> None:
-    """Refuse a transaction that names one key twice: etcd refuses it, so no backend may
-    accept it."""
+    """Refuse a transaction that names one key twice, or puts a key that one of its prefix
+    deletes covers: etcd refuses both ("duplicate key given in txn request"), so no backend
+    may accept them.  Deletes may overlap each other."""
     seen: set[str] = set()
+    deleted_prefixes = [op.key for op in ops if isinstance(op, Delete) and op.prefix]
     for op in ops:
         if isinstance(op, Delete) and op.prefix:
             continue
         if op.key in seen:
             raise ValueError(f"key {op.key!r} appears twice in one transaction; write it once")
+        if isinstance(op, Put) and any(op.key.startswith(p) for p in deleted_prefixes):
+            raise ValueError(
+                f"key {op.key!r} is both put and deleted (by a prefix delete) in one "
+                "transaction; write it in a transaction of its own"
+            )
         seen.add(op.key)
+
+
+def check_ttl(ttl_seconds: int) -> None:
+    """Leases take whole seconds (>= 1), as etcd's do, so a TTL means the same on every
+    backend."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+        raise ValueError(f"lease TTL {ttl_seconds!r} must be a whole number of seconds, >= 1")
 
 
 class KvStore(abc.ABC):
@@ -149,7 +175,7 @@ class KvStore(abc.ABC):
 
     @abc.abstractmethod
     def revision(self) -> int:
-        """The store's current revision (0 for a store never written)."""
+        """The store's current revision (a new SQLite store is at 0, a new etcd at 1)."""
 
     # -- writes -----------------------------------------------------------------------
 
@@ -186,8 +212,10 @@ class KvStore(abc.ABC):
     # -- leases -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def grant_lease(self, ttl_seconds: float) -> int:
-        """A new lease that expires ``ttl_seconds`` from now unless kept alive."""
+    def grant_lease(self, ttl_seconds: int) -> int:
+        """A new lease that expires ``ttl_seconds`` (an integer >= 1, see ``check_ttl``) from
+        now unless kept alive.  etcd raises a TTL below its minimum (2 s with its default
+        election timeout) to that minimum."""
 
     @abc.abstractmethod
     def keepalive(self, lease: int) -> bool:
@@ -207,16 +235,22 @@ class KvStore(abc.ABC):
 
     @abc.abstractmethod
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> Iterator[list[Event]]:
-        """Batches of the changes under ``prefix`` after ``revision``: first the history,
-        then live changes (from any process), each event exactly once and in revision
-        order, until ``stop`` is set.  Raises CompactedError like ``events_since``.
+        """Batches of the changes under ``prefix`` after ``revision`` (exclusive: a watch
+        from the revision ``range`` returned starts with the next change): first the
+        history, then live changes (from any process), each event exactly once and in
+        revision order, until ``stop`` is set, when it returns promptly.  It never ends
+        otherwise: it raises CompactedError like ``events_since`` (re-list with ``range``
+        and watch again from its revision), or StoreUnavailableError.
 
         An iterator rather than a callback: the caller owns the thread and its error
         handling, and an exception (say the history was compacted) reaches the caller."""
 
     @abc.abstractmethod
     def compact(self, revision: int) -> None:
-        """Forget the history up to and including ``revision`` (keys are unaffected)."""
+        """Forget the history up to and including ``revision`` (keys are unaffected).
+        etcd keeps the changes of ``revision`` itself; a store may also forget history on
+        its own (SQLite keeps a window, etcd auto-compacts), so watchers must handle
+        CompactedError."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -17,6 +17,10 @@ etcd does in its server happens here inside SQLite transactions:
   read) when inotify reports that (store/inotify.py), and at the latest every
   ``poll_interval`` (50 ms), which also serves lease expiry.  That is the only waiting
   loop here.
+- The history is a window: every ``TRIM_EVERY``-th revision, the write that takes it also
+  deletes the events older than the last ``history`` revisions (one range delete on the
+  primary key) and records them as compacted, so the file does not grow with every change
+  ever made, and a watcher that fell further behind gets CompactedError and re-lists.
 - Leases expire by wall clock (``clock``, ``time.time`` by default: deadlines must mean
   the same in every process; injectable so tests control time).  Nothing runs in the
   background: the start of every write, and every watch poll, deletes the keys of expired
@@ -48,6 +52,7 @@ from store.kv import (
     Put,
     TxnResult,
     check_ops,
+    check_ttl,
     prefix_end,
 )
 
@@ -57,6 +62,8 @@ STOP_CHECK = 0.1  # how soon a watch blocked on inotify notices its stop event
 POLL_INTERVAL = 0.05
 BUSY_TIMEOUT = 30.0
 SCHEMA_VERSION = 1
+HISTORY = 5000  # revisions of history kept for watchers that fall behind
+TRIM_EVERY = 100  # trim the history once per this many revisions
 
 _SCHEMA = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
@@ -122,12 +129,19 @@ def _create_file(path: str) -> None:
                 os.unlink(leftover)
 
 
+def _forget(db: sqlite3.Connection, revision: int) -> None:
+    """Delete the history up to and including ``revision`` (inside a write)."""
+    db.execute("DELETE FROM events WHERE revision <= ?", (revision,))
+    db.execute("UPDATE meta SET value = max(value, ?) WHERE name='compacted'", (revision,))
+
+
 class _Revision:
     """The changes of one revision inside a write transaction; the revision number is taken
     on the first change, so a transaction that changes nothing takes none."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, history: int):
         self._db = db
+        self._history = history
         self.number: int | None = None
         self._seq = 0
 
@@ -136,6 +150,8 @@ class _Revision:
             (current,) = self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
             self.number = current + 1
             self._db.execute("UPDATE meta SET value=? WHERE name='revision'", (self.number,))
+            if self.number % TRIM_EVERY == 0 and self.number > self._history:
+                _forget(self._db, self.number - self._history)
         self._db.execute(
             "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
             (self.number, self._seq, type_, key, value, create_rev or self.number, lease),
@@ -171,8 +187,12 @@ class SqliteKvStore(KvStore):
         *,
         busy_timeout: float = BUSY_TIMEOUT,
         poll_interval: float = POLL_INTERVAL,
+        history: int = HISTORY,
     ):
+        if history < 1:
+            raise ValueError(f"history {history} must keep at least one revision")
         self.path = path
+        self.history = history
         self.clock = clock
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
@@ -265,7 +285,7 @@ class SqliteKvStore(KvStore):
             self._drop_lease(lease)
 
     def _drop_lease(self, lease: int) -> None:
-        _Revision(self._db).delete("lease = ?", (lease,))
+        _Revision(self._db, self.history).delete("lease = ?", (lease,))
         self._db.execute("DELETE FROM leases WHERE id=?", (lease,))
 
     # -- reads ------------------------------------------------------------------------
@@ -306,7 +326,7 @@ class SqliteKvStore(KvStore):
                         f"lease {op.lease} for key {op.key!r} has expired or never existed; "
                         "grant a new lease and write the key again"
                     )
-            change = _Revision(self._db)
+            change = _Revision(self._db, self.history)
             deleted = 0
             for op in ops:
                 if isinstance(op, Put):
@@ -322,9 +342,8 @@ class SqliteKvStore(KvStore):
 
     # -- leases -----------------------------------------------------------------------
 
-    def grant_lease(self, ttl_seconds: float) -> int:
-        if not ttl_seconds > 0:
-            raise ValueError(f"lease TTL {ttl_seconds} must be a positive number of seconds")
+    def grant_lease(self, ttl_seconds: int) -> int:
+        check_ttl(ttl_seconds)
         with self._writing():
             self._sweep()
             cursor = self._db.execute(
@@ -431,10 +450,7 @@ class SqliteKvStore(KvStore):
                 raise ValueError(
                     f"cannot compact {self.path} to revision {revision}; it is at {current}"
                 )
-            self._db.execute("DELETE FROM events WHERE revision <= ?", (revision,))
-            self._db.execute(
-                "UPDATE meta SET value = max(value, ?) WHERE name='compacted'", (revision,)
-            )
+            _forget(self._db, revision)
 
     def close(self) -> None:
         with self._lock:

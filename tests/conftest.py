@@ -38,3 +38,37 @@ def one_host_lab():
         yield lab.up(name, 1, agents=False)
     finally:
         lab.down(name)
+
+
+# -- etcd: real servers (tests/etcd_server.py), started once and shared -----------------
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    """One etcd member for the whole session; tests that share it clear the keys they use
+    (or work under a fresh prefix) and compare revisions relative to their start."""
+    from tests.etcd_server import EtcdCluster
+
+    cluster = EtcdCluster(1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster3():
+    """Three etcd members for failover tests; a test that kills one restarts it."""
+    from tests.etcd_server import EtcdCluster
+
+    cluster = EtcdCluster(3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_tls():
+    """One etcd member serving https only to clients with a certificate of its test CA."""
+    from tests.etcd_server import EtcdCluster
+
+    cluster = EtcdCluster(1, tls=True)
+    yield cluster
+    cluster.stop()

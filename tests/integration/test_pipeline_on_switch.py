@@ -11,7 +11,17 @@ import pytest
 from controller import hoststate
 from lab import lab, pods
 from openflow import pipeline
-from openflow.model import ETH_TYPE_ARP, ETH_TYPE_IP
+from openflow.model import (
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    METADATA_MASK,
+    OFPP_IN_PORT,
+    Flow,
+    GroupAction,
+    Move,
+    Output,
+    SetField,
+)
 from openflow.simulate import Switch
 from ovsdb.client import OvsdbClient
 from store import open_cluster
@@ -60,23 +70,140 @@ def _model(name: str):
     return state, pipeline.build(state, generation)
 
 
-def test_flows_on_the_switch_are_the_model(world):
-    name, _, _, (_, (flows, groups)) = world
-    dump = ovs(name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", "br-int")
-    on_switch = collections.Counter(  # ovs-ofctl leaves out "table=0"
-        (int(m["cookie"], 16), int(m["table"] or 0), int(m["priority"]))
-        for m in re.finditer(
-            r"cookie=(?P<cookie>0x[0-9a-f]+),(?: table=(?P<table>\d+),)? "
-            r"priority=(?P<priority>\d+)",
-            dump,
+# How ovs-ofctl prints what the model names: match fields, set_field targets, NXM registers.
+_OFCTL_MATCH = {
+    "eth_src": "dl_src",
+    "eth_dst": "dl_dst",
+    "ipv4_src": "nw_src",
+    "ipv4_dst": "nw_dst",
+    "tun_ipv4_src": "tun_src",
+    "tun_ipv4_dst": "tun_dst",
+    "tunnel_id": "tun_id",
+}
+_OFCTL_SET_FIELD = {"tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src", "tunnel_id": "tun_id"}
+_NXM = {
+    "eth_src": "NXM_OF_ETH_SRC",
+    "eth_dst": "NXM_OF_ETH_DST",
+    "arp_sha": "NXM_NX_ARP_SHA",
+    "arp_tha": "NXM_NX_ARP_THA",
+    "arp_spa": "NXM_OF_ARP_SPA",
+    "arp_tpa": "NXM_OF_ARP_TPA",
+}
+_HEX = {"tunnel_id", "metadata"}
+_PROTOCOL = {ETH_TYPE_IP: "ip", ETH_TYPE_ARP: "arp"}
+
+
+def _value(name: str, value) -> str:
+    return hex(value) if name in _HEX else str(value)
+
+
+def _ofctl_match(flow: Flow) -> frozenset[str]:
+    out = set()
+    for m in flow.match:
+        if m.name == "eth_type":
+            out.add(_PROTOCOL[m.value])
+            continue
+        text = f"{_OFCTL_MATCH.get(m.name, m.name)}={_value(m.name, m.value)}"
+        if m.mask is not None:
+            text += f"/{_value(m.name, m.mask)}"
+        out.add(text)
+    return frozenset(out)
+
+
+def _ofctl_actions(actions) -> list[str]:
+    out = []
+    for a in actions:
+        if isinstance(a, Output):
+            out.append("IN_PORT" if a.port == OFPP_IN_PORT else f"output:{a.port}")
+        elif isinstance(a, SetField):
+            name = _OFCTL_SET_FIELD.get(a.name, a.name)
+            out.append(f"set_field:{_value(a.name, a.value)}->{name}")
+        elif isinstance(a, Move):
+            out.append(f"move:{_NXM[a.src]}[]->{_NXM[a.dst]}[]")
+        elif isinstance(a, GroupAction):
+            out.append(f"group:{a.group_id}")
+        else:
+            raise AssertionError(f"no ovs-ofctl form for {a!r}")
+    return out
+
+
+def _ofctl_flow(flow: Flow) -> tuple:
+    """A model flow as ovs-ofctl prints it: (cookie, table, priority, match, actions)."""
+    actions = _ofctl_actions(flow.actions)
+    if flow.write_metadata is not None:
+        value, mask = flow.write_metadata
+        actions.append(
+            f"write_metadata:{hex(value)}" + ("" if mask == METADATA_MASK else f"/{hex(mask)}")
         )
+    if flow.goto is not None:
+        actions.append(f"goto_table:{flow.goto.table_id}")
+    return (
+        flow.cookie,
+        flow.table.table_id,
+        flow.priority,
+        _ofctl_match(flow),
+        ",".join(actions) or "drop",
     )
-    model = collections.Counter((f.cookie, f.table.table_id, f.priority) for f in flows)
-    assert on_switch == model
-    dump_groups = ovs(name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "dump-groups", "br-int")
-    assert sorted(int(g) for g in re.findall(r"group_id=(\d+)", dump_groups)) == sorted(
-        g.group_id for g in groups
+
+
+_DUMP_LINE = re.compile(
+    r"cookie=(?P<cookie>0x[0-9a-f]+),(?: table=(?P<table>\d+),)? "
+    r"priority=(?P<priority>\d+)(?:,(?P<match>\S+))? actions=(?P<actions>\S+)"
+)
+
+
+def _switch_flows(dump: str) -> collections.Counter:
+    """``ovs-ofctl --no-stats --no-names dump-flows`` lines in _ofctl_flow's form."""
+    flows = collections.Counter()
+    for line in dump.splitlines():
+        if not line.strip():
+            continue
+        m = _DUMP_LINE.fullmatch(line.strip())
+        assert m, f"unparsed dump-flows line: {line}"
+        flows[
+            (
+                int(m["cookie"], 16),
+                int(m["table"] or 0),  # ovs-ofctl leaves out "table=0"
+                int(m["priority"]),
+                frozenset(m["match"].split(",")) if m["match"] else frozenset(),
+                m["actions"],
+            )
+        ] += 1
+    return flows
+
+
+def test_flows_on_the_switch_are_the_model(world):
+    """Every flow on br-int, field by field and action by action, is the model's, and
+    nothing else is there: cookie, table, priority, every match field with its mask, and
+    the exact action list (order matters) with write_metadata and goto_table."""
+    name, _, _, (_, (flows, groups)) = world
+    dump = ovs(
+        name,
+        "h1",
+        "ovs-ofctl",
+        "-O",
+        "OpenFlow13",
+        "--no-stats",
+        "--no-names",
+        "dump-flows",
+        "br-int",
     )
+    on_switch = _switch_flows(dump)
+    model = collections.Counter(_ofctl_flow(f) for f in flows)
+    assert on_switch - model == collections.Counter(), "on br-int but not in the model"
+    assert model - on_switch == collections.Counter(), "in the model but not on br-int"
+
+    dump_groups = ovs(
+        name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-groups", "br-int"
+    )
+    switch_groups = {}
+    for m in re.finditer(r"group_id=(\d+),type=all((?:,bucket=\S+?)*)(?=\s|$)", dump_groups):
+        buckets = m[2].split(",bucket=")[1:]
+        switch_groups[int(m[1])] = sorted(b.removeprefix("actions=") for b in buckets)
+    model_groups = {
+        g.group_id: sorted(",".join(_ofctl_actions(b.actions)) for b in g.buckets) for g in groups
+    }
+    assert switch_groups == model_groups
 
 
 def _trace(name: str, flow: str) -> tuple[set, set]:

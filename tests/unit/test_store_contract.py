@@ -1,8 +1,11 @@
-"""The KV contract every store backend must meet (store/kv.py), run against each backend.
+"""The KV contract every store backend must meet (store/kv.py), run against each backend:
+SQLite, and a real etcd (tests/etcd_server.py, one member shared by the session).
 
-Only SQLite exists today.  An etcd backend joins by adding a case to ``backend``: a
-factory for clients on one store, a URL a child process can open, and a way to move time
-forward (SQLite's clock is injected; etcd would have to really wait out a short TTL).
+A backend is a factory for clients on one store, a URL a child process can open, and a way
+to move lease time forward: SQLite's clock is injected, so the tests that control time
+run on SQLite only (``clock_backend``); etcd has its own real-time lease test in
+test_store_etcd.py.  On the shared etcd every test starts by deleting every key and
+compares revisions relative to its start.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store import open_kv
+from store import sqlite as sqlite_module
 from store.kv import (
     CompactedError,
     Compare,
@@ -64,18 +68,40 @@ class Backend:
         return kv
 
 
-@pytest.fixture(params=["sqlite"])
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    path = str(tmp_path / "cluster.db")
+    clock = FakeClock()
+
+    def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    return Backend("sqlite", lambda: SqliteKvStore(path, clock=clock), "sqlite:///" + path, advance)
+
+
+def _etcd_backend(server) -> Backend:
+    def advance(seconds: float) -> None:
+        raise NotImplementedError("etcd leases run on real time")
+
+    b = Backend("etcd", lambda: open_kv(server.url()), server.url(), advance)
+    b.client().delete_prefix("")  # a clean keyspace; the revision goes on
+    return b
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
 def backend(request, tmp_path) -> Backend:
     if request.param == "sqlite":
-        path = str(tmp_path / "cluster.db")
-        clock = FakeClock()
+        b = _sqlite_backend(tmp_path)
+    else:
+        b = _etcd_backend(request.getfixturevalue("etcd_server"))
+    yield b
+    for kv in b.clients:
+        kv.close()
 
-        def advance(seconds: float) -> None:
-            clock.now += seconds
 
-        b = Backend(
-            "sqlite", lambda: SqliteKvStore(path, clock=clock), "sqlite:///" + path, advance
-        )
+@pytest.fixture
+def clock_backend(tmp_path) -> Backend:
+    """A backend whose lease time the test moves (SQLite only)."""
+    b = _sqlite_backend(tmp_path)
     yield b
     for kv in b.clients:
         kv.close()
@@ -165,15 +191,16 @@ class Watcher:
             with self._cond:
                 self._cond.notify_all()
 
-    def wait_for(self, key: str) -> list[Event]:
-        """Every event delivered up to and including the first one for ``key``."""
+    def wait_for(self, key: str, wait: float = WAIT) -> list[Event]:
+        """Every event delivered up to and including the first one for ``key``, which must
+        arrive within ``wait`` seconds."""
 
         def arrived() -> bool:
             return self.error is not None or any(e.key == key for e in self.events)
 
         with self._cond:
-            if not self._cond.wait_for(arrived, WAIT):
-                raise AssertionError(f"no event for {key} within {WAIT}s: {self.events}")
+            if not self._cond.wait_for(arrived, wait):
+                raise AssertionError(f"no event for {key} within {wait}s: {self.events}")
         if self.error is not None:
             raise self.error
         return self.events[: next(i for i, e in enumerate(self.events) if e.key == key) + 1]
@@ -181,6 +208,10 @@ class Watcher:
     def close(self) -> None:
         self.stop.set()
         self._thread.join(WAIT)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
 
 @pytest.fixture
@@ -367,7 +398,9 @@ def test_a_watch_from_a_compacted_revision_raises(kv):
 # -- leases --------------------------------------------------------------------------------
 
 
-def test_an_expired_lease_deletes_its_keys_with_delete_events(backend, kv):
+def test_an_expired_lease_deletes_its_keys_with_delete_events(clock_backend):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(10)
     kv.put("l/a", "A", lease=lease)
     kv.put("l/b", "B", lease=lease)
@@ -386,7 +419,9 @@ def test_an_expired_lease_deletes_its_keys_with_delete_events(backend, kv):
         kv.put("l/c", "C", lease=lease)
 
 
-def test_keepalive_extends_a_lease_by_its_ttl(backend, kv):
+def test_keepalive_extends_a_lease_by_its_ttl(clock_backend):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(10)
     kv.put("ka", "v", lease=lease)
     backend.advance(8)
@@ -410,7 +445,9 @@ def test_revoke_deletes_the_keys_now_and_a_put_without_lease_detaches(kv):
     assert not kv.keepalive(lease)
 
 
-def test_a_watcher_alone_notices_an_expired_lease(backend, kv, watchers):
+def test_a_watcher_alone_notices_an_expired_lease(clock_backend, watchers):
+    backend = clock_backend
+    kv = backend.client()
     lease = kv.grant_lease(5)
     kv.put("hosts/h1", "x", lease=lease)
     watcher = watchers(backend.client(), "hosts/", kv.revision())
@@ -422,11 +459,12 @@ def test_a_watcher_alone_notices_an_expired_lease(backend, kv, watchers):
 
 
 def test_racing_creates_from_several_processes_have_exactly_one_winner(backend, kv):
+    start = kv.revision()
     outs = run_together(KV_CHILD, [[backend.url, "create", "race", f"p{i}"] for i in range(6)])
     assert sorted(o.strip() for o in outs) == ["False"] * 5 + ["True"]
     winner = outs.index("True\n")
     assert kv.get("race").value == f"p{winner}"
-    assert len(kv.events_since("race", 0)) == 1
+    assert len(kv.events_since("race", start)) == 1
 
 
 # -- the contract against a model ----------------------------------------------------------
@@ -490,9 +528,40 @@ def test_the_store_behaves_like_a_dict_with_a_revision_counter(kv, script):
 
 
 def test_open_kv_refuses_an_unknown_url_and_a_foreign_file(tmp_path):
-    with pytest.raises(ValueError, match="sqlite:///ABSOLUTE/PATH"):
-        open_kv("etcd://localhost:2379")
+    with pytest.raises(ValueError, match="sqlite:///ABSOLUTE/PATH or etcd://HOST:PORT"):
+        open_kv("redis://localhost:6379")
     foreign = tmp_path / "foreign.db"
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(ValueError, match="not an ovs-overlay store"):
         open_kv(f"sqlite:///{foreign}")
+
+
+def test_lease_ttls_are_whole_seconds(kv):
+    for ttl in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="whole number of seconds"):
+            kv.grant_lease(ttl)
+
+
+def test_a_watch_returns_promptly_once_stopped(kv, watchers):
+    watcher = watchers(kv, "quiet/", kv.revision())
+    watcher.close()  # sets stop and joins for at most WAIT seconds
+    assert not watcher.alive and watcher.error is None
+
+
+def test_sqlite_keeps_a_window_of_history_and_a_watcher_behind_it_must_relist(tmp_path):
+    kv = SqliteKvStore(str(tmp_path / "cluster.db"), history=50)
+    try:
+        for i in range(250):
+            kv.put(f"h/{i % 7}", str(i))
+        current = kv.revision()
+        assert [e.revision for e in kv.events_since("h/", current - 50)] == list(
+            range(current - 49, current + 1)
+        )
+        with pytest.raises(CompactedError):
+            kv.events_since("h/", 0)
+        with pytest.raises(CompactedError):
+            next(kv.watch("h/", 10, threading.Event()))
+        (kept,) = kv._db.execute("SELECT count(*) FROM events").fetchone()
+        assert kept < 50 + sqlite_module.TRIM_EVERY
+    finally:
+        kv.close()
