@@ -1,6 +1,7 @@
 """An ADD while the cluster store is away: CNI code 11 naming the store, and nothing left
-behind, on a real OVSDB and real namespaces with a SQLite store that really is locked (a
-second connection holding its write lock, as a stuck writer would)."""
+behind, on a real OVSDB and real namespaces, with a SQLite store that really is locked (a
+second connection holding its write lock, as a stuck writer would) and a real etcd that
+really is down."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from lab import naming, netns
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import choose_datapath_type
+from store import open_cluster
 from store.cluster import ClusterState
 from store.sqlite import SqliteKvStore
+from tests.etcd_server import EtcdCluster
 from tests.helpers import host_paths
 
 pytestmark = pytest.mark.integration
@@ -142,3 +145,47 @@ def test_records_a_failed_rollback_could_not_remove_go_with_the_next_request(set
     assert [e.attachment for e in endpoints] == [f"{second}/eth0"] and len(macs) == 1
     detach(manager, host_ns, second)
     assert leftovers(manager, host_ns) == EMPTY
+
+
+def test_an_add_with_etcd_down_is_code_11_naming_its_endpoints(one_host_lab):
+    """A real etcd that stops answering (its only member killed): the ADD's first store
+    call fails within the client's timeout, and nothing is left on the host or, once etcd
+    is back, in the store.  etcd runs inside the lab host's namespace (forked from this
+    thread while it is there), so its 127.0.0.1 is the host's, as the agent's would be."""
+    host_ns = naming.host_namespace(one_host_lab.name, "h1")
+    pod = f"{one_host_lab.name}-out-etcd"
+    netns.create_namespace(pod)
+    try:
+        with agent_netns.in_namespace(host_ns):
+            etcd = EtcdCluster(1)
+            try:
+                cluster = open_cluster(etcd.url(timeout=1))
+                cluster.create_network("default", vni=5001, cidr="100.64.0.0/16")
+                ovsdb = OvsdbClient(host_paths(one_host_lab.name).db_sock)
+                ovsdb.ensure_integration_bridge(
+                    IntegrationBridge(BRIDGE, choose_datapath_type(), 6653, table_names())
+                )
+                manager = EndpointManager(
+                    "h1", BRIDGE, ovsdb, cluster, lambda n: 1450, lambda n: "100.64.0.1",
+                    lambda: None, lambda ofport: [],
+                )  # fmt: skip
+                try:
+                    etcd.kill(0)
+                    with pytest.raises(AttachError) as err:
+                        attach(manager, host_ns, pod)
+                    assert err.value.code == 11
+                    assert etcd.endpoints in str(err.value), err.value
+                    assert "try again when the store is back" in str(err.value)
+                    etcd.restart(0)
+                    assert leftovers(manager, host_ns) == EMPTY
+                    attach(manager, host_ns, pod)
+                    detach(manager, host_ns, pod)
+                    assert leftovers(manager, host_ns) == EMPTY
+                finally:
+                    ovsdb.delete_bridge(BRIDGE)
+                    ovsdb.close()
+                    cluster.close()
+            finally:
+                etcd.stop()
+    finally:
+        netns.delete_namespace(pod)
