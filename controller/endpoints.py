@@ -127,7 +127,7 @@ class EndpointManager:
         self.locks = AttachmentLocks()
         # (network, attachment) whose store records a failed request could not remove
         # because the store was away: removed by the next request that finds it back.
-        self._unfinished: set[tuple[str, str]] = set()
+        self._unfinished: set[tuple[str, str, str | None]] = set()  # + the MAC if known
         self._unfinished_lock = threading.Lock()
 
     def attach(self, req: AttachRequest) -> Attachment:
@@ -139,7 +139,7 @@ class EndpointManager:
         attachment_id = f"{req.container_id}/{req.ifname}"
         self._finish_store_cleanup()
         with self.locks.hold(attachment_id):
-            self._unfinished.discard((req.network, attachment_id))  # ADD retried: its own now
+            self._forget_unfinished(req.network, attachment_id)  # ADD retried: its own now
             try:
                 return self._attach(req, attachment_id)
             except KvError as exc:  # rolled back already, as far as the store let us
@@ -150,22 +150,28 @@ class EndpointManager:
         (their address, endpoint record and MAC), each under its attachment's lock and
         only if it was not attached since.  Nothing to do in the common case."""
         with self._unfinished_lock:
-            pending = sorted(self._unfinished)
-        for network, attachment in pending:
+            pending = sorted(self._unfinished, key=lambda u: (u[0], u[1], u[2] or ""))
+        for network, attachment, mac in pending:
             with self.locks.hold(attachment):
-                if (network, attachment) not in self._unfinished:
+                if (network, attachment, mac) not in self._unfinished:
                     continue
                 container_id, _, ifname = attachment.rpartition("/")
                 if self.ovsdb.interface(self.bridge, host_port_name(container_id, ifname)):
-                    self._unfinished.discard((network, attachment))  # live again: keep it
+                    self._forget_unfinished(network, attachment)  # live again: keep it
                     continue
                 try:
                     self.cluster.delete_endpoint(network, self.host, attachment)
+                    if mac is not None:
+                        self.cluster.release_mac(network, mac, attachment, self.host)
                     self.cluster.release_ip(network, attachment)
                 except KvError:
                     return  # still away: the next request tries again
-                self._unfinished.discard((network, attachment))
+                self._unfinished.discard((network, attachment, mac))
                 LOG.info("released the store records %s left while the store was away", attachment)
+
+    def _forget_unfinished(self, network: str, attachment: str) -> None:
+        with self._unfinished_lock:
+            self._unfinished -= {u for u in self._unfinished if u[:2] == (network, attachment)}
 
     def _attach(self, req: AttachRequest, attachment_id: str) -> Attachment:
         network = self.cluster.get_network(req.network)
@@ -193,6 +199,7 @@ class EndpointManager:
             raise AttachError(f"{attachment_id} is attached already; DEL it before adding it again")
         undo: list[tuple[str, Callable[[], None]]] = []
         steps = _Steps()
+        claimed_mac: str | None = None
         try:
             if req.ip is not None:
                 try:
@@ -207,7 +214,6 @@ class EndpointManager:
                 except AddressExhaustedError as exc:
                     # Not the runtime's fault and not permanent: deleting pods frees addresses.
                     raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
-            steps.done("ipam")
             undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
             att = Attachment(
                 network=req.network,
@@ -222,6 +228,21 @@ class EndpointManager:
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
             )
+            try:  # before the port exists: a host losing a race never shows the MAC
+                self.cluster.claim_mac(req.network, att.mac, attachment_id, self.host)
+            except AddressInUseError as exc:
+                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
+                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
+            claimed_mac = att.mac
+            undo.append(
+                (
+                    "release MAC",
+                    lambda: self.cluster.release_mac(
+                        req.network, att.mac, attachment_id, self.host
+                    ),
+                )
+            )
+            steps.done("ipam")  # the address and the MAC
             # Undone from before it begins, so a step failing after `link add` (address,
             # route, offloads) leaves no host end behind.  (No live attachment owns this
             # name: that was refused above.)
@@ -253,9 +274,8 @@ class EndpointManager:
                     container_id=req.container_id,
                     ifname=req.ifname,
                 )
-            except AddressInUseError as exc:  # another host claimed the MAC meanwhile
-                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
-                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
+            except AddressInUseError as exc:  # the claim was taken from us (another writer)
+                raise AttachError(str(exc), code=ERR_INVALID_ENV) from None
             steps.done("store")
             undo.append(
                 (
@@ -273,7 +293,7 @@ class EndpointManager:
                     step()
                 except KvError as exc:
                     LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
-                    self._unfinished.add((req.network, attachment_id))
+                    self._unfinished.add((req.network, attachment_id, claimed_mac))
                 except Exception:
                     LOG.exception("rolling back %s for %s failed", what, attachment_id)
             raise
@@ -288,9 +308,9 @@ class EndpointManager:
             try:
                 self._remove(network, container_id, ifname, steps)
             except KvError as exc:
-                self._unfinished.add((network, attachment_id))
+                self._unfinished.add((network, attachment_id, None))  # the record has the MAC
                 raise store_unavailable(f"DEL of {attachment_id}", exc) from None
-            self._unfinished.discard((network, attachment_id))
+            self._forget_unfinished(network, attachment_id)
             self.publish()
             steps.done("flows")
         LOG.info("detached %s in %s", attachment_id, steps)
@@ -443,6 +463,10 @@ class EndpointManager:
                 removed.append(f"endpoint {ep.attachment} in {ep.network} (no port)")
             elif ep.host == self.host and self.cluster.mac_holder(ep.network, ep.mac) is None:
                 self._claim_mac(ep)
+        for network, mac, attachment in self.cluster.mac_claims_of(self.host):
+            if (network, attachment) not in live:  # an ADD killed between claim and record
+                self.cluster.release_mac(network, mac, attachment, self.host)
+                removed.append(f"MAC {mac} of {attachment} in {network} (no endpoint)")
         for net in self.cluster.list_networks():
             mine = [
                 ipaddress.ip_network(b.cidr) for b in self.cluster.blocks_of(net.name, self.host)

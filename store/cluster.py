@@ -22,7 +22,8 @@ written in one transaction, so a crash leaves either both or neither, and releas
 attachment (what CNI DEL knows) always finds the address.  An endpoint's MAC is claimed in
 the transaction that publishes the endpoint and released in the one that unpublishes it:
 two attachments of one network never share a MAC (their flows would collide on every host
-that sees both), even when two hosts publish at the same moment.
+that sees both), even when two hosts publish at the same moment.  An agent claims the MAC
+before it makes the pod's port (claim_mac), and the endpoint record keeps the claim.
 """
 
 from __future__ import annotations
@@ -507,6 +508,47 @@ class ClusterState:
                 ops.append(Delete(claim.key))
             if self.kv.txn(compares, ops).succeeded:
                 return True
+
+    def claim_mac(self, network: str, mac: str, attachment: str, host: str) -> None:
+        """Claim ``mac`` in ``network`` for ``attachment`` on ``host`` (compare-and-create;
+        claiming it again is fine), before anything carries the MAC: a host that loses a
+        race then never has a port with another's MAC.  Raises AddressInUseError naming
+        the holder.  The endpoint record, written later, keeps the claim."""
+        key, mine = _mac_key(network, mac), _mac_claim(attachment, host)
+        while True:
+            if self.kv.create(key, mine):
+                return
+            claim = self.kv.get(key)
+            if claim is None:
+                continue  # released in between: try again
+            if claim.value == mine:
+                return
+            held = json.loads(claim.value)
+            raise AddressInUseError(
+                f"MAC {mac.lower()} in network {network} is already used by "
+                f"{self.describe_holder(network, held['attachment'], held['host'])}; "
+                "pick another MAC or leave MAC= out"
+            )
+
+    def release_mac(self, network: str, mac: str, attachment: str, host: str) -> bool:
+        """Release ``attachment``'s claim on ``mac``; False if it held none (not an error)."""
+        claim = self.kv.get(_mac_key(network, mac))
+        if claim is None or claim.value != _mac_claim(attachment, host):
+            return False
+        return self.kv.txn(
+            (Compare(claim.key, claim.mod_revision),), (Delete(claim.key),)
+        ).succeeded
+
+    def mac_claims_of(self, host: str) -> list[tuple[str, str, str]]:
+        """(network, mac, attachment) of every MAC ``host`` holds: what an agent that was
+        away checks against its live attachments."""
+        out = []
+        for kv in self.kv.range("macs/")[0]:
+            held = json.loads(kv.value)
+            if held.get("host") == host:
+                _, network, mac = kv.key.split("/", 2)
+                out.append((network, mac, held["attachment"]))
+        return out
 
     def mac_holder(self, network: str, mac: str) -> tuple[str, str] | None:
         """The (attachment, host) holding ``mac`` in ``network``, or None: the check an ADD

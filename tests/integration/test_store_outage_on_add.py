@@ -189,3 +189,22 @@ def test_an_add_with_etcd_down_is_code_11_naming_its_endpoints(one_host_lab):
                 etcd.stop()
     finally:
         netns.delete_namespace(pod)
+
+
+def test_an_agent_back_releases_a_mac_claim_an_interrupted_add_left(setup):
+    """An agent killed between the MAC claim and the endpoint record leaves a claim with no
+    attachment; its reconcile at start releases it (and keeps a live attachment's)."""
+    manager, _, host_ns, _, _, _, pod = setup
+    live = pod("live")
+    attach(manager, host_ns, live)
+    manager.cluster.claim_mac("default", "02:00:00:00:00:42", "gone/eth0", "h1")
+    manager.cluster.claim_mac("default", "02:00:00:00:00:43", "elsewhere/eth0", "h2")
+    with agent_netns.in_namespace(host_ns):
+        removed = manager.reconcile()
+    assert removed == ["MAC 02:00:00:00:00:42 of gone/eth0 in default (no endpoint)"]
+    claims = manager.cluster.mac_claims_of("h1")
+    assert [attachment for _, _, attachment in claims] == [f"{live}/eth0"]
+    assert manager.cluster.mac_claims_of("h2")  # another host's claim is not ours to drop
+    manager.cluster.release_mac("default", "02:00:00:00:00:43", "elsewhere/eth0", "h2")
+    detach(manager, host_ns, live)
+    assert leftovers(manager, host_ns) == EMPTY

@@ -389,17 +389,38 @@ def test_deleting_a_network_releases_its_macs(cluster):
     assert cluster.kv.range("macs/")[0] == []
 
 
+def test_a_mac_claimed_before_the_record_is_kept_by_it_and_released_with_it(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    cluster.claim_mac("default", "02:00:00:00:00:0A", "a/eth0", "h1")
+    cluster.claim_mac("default", "02:00:00:00:00:0a", "a/eth0", "h1")  # again: a retried ADD
+    with pytest.raises(AddressInUseError, match="used by attachment a/eth0 on host h1;"):
+        cluster.claim_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.mac_claims_of("h1") == [("default", "02:00:00:00:00:0a", "a/eth0")]
+    assert cluster.mac_claims_of("h2") == []
+    assert not cluster.release_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")  # not b's
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")  # the record keeps it
+    assert cluster.mac_holder("default", "02:00:00:00:00:0a") == ("a/eth0", "h1")
+    cluster.delete_endpoint("default", "h1", "a/eth0")
+    assert cluster.mac_claims_of("h1") == []
+    cluster.claim_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.release_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.kv.range("macs/")[0] == []
+
+
 MAC_CLAIMER = """
 import sys
 from store import open_cluster
 from store.cluster import AddressInUseError
-url, host, attachment, ip = sys.argv[1:]
+url, how, host, attachment, ip = sys.argv[1:]
 cluster = open_cluster(url)
 print("ready", flush=True)
 sys.stdin.readline()
 try:
-    cluster.put_endpoint("default", host, attachment, mac="02:00:00:00:00:0a", ip=ip,
-                         container_id=attachment.split("/")[0], ifname="eth0")
+    if how == "claim":
+        cluster.claim_mac("default", "02:00:00:00:00:0a", attachment, host)
+    else:
+        cluster.put_endpoint("default", host, attachment, mac="02:00:00:00:00:0a", ip=ip,
+                             container_id=attachment.split("/")[0], ifname="eth0")
     print("won")
 except AddressInUseError as exc:
     print("lost:", exc)
@@ -407,21 +428,26 @@ cluster.close()
 """
 
 
-def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster):
+@pytest.mark.parametrize("how", ["claim", "record"])
+def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster, how):
     cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
     url = "sqlite:///" + db
     for round_ in range(3):
         outs = run_together(
             MAC_CLAIMER,
             [
-                [url, "h1", f"a{round_}/eth0", "100.64.0.10"],
-                [url, "h2", f"b{round_}/eth0", "100.64.0.11"],
+                [url, how, "h1", f"a{round_}/eth0", "100.64.0.10"],
+                [url, how, "h2", f"b{round_}/eth0", "100.64.0.11"],
             ],
         )
         assert sorted(o.split()[0] for o in outs) == ["lost:", "won"], outs
         winner = "h1" if outs[0].startswith("won") else "h2"
-        assert [e.host for e in cluster.list_endpoints("default")] == [winner]
+        [(_, _, holder)] = cluster.mac_claims_of(winner)
         loser_out = outs[1] if winner == "h1" else outs[0]
         assert f"on host {winner}" in loser_out
-        ep = cluster.list_endpoints("default")[0]
-        cluster.delete_endpoint("default", ep.host, ep.attachment)
+        if how == "record":
+            assert [e.host for e in cluster.list_endpoints("default")] == [winner]
+            cluster.delete_endpoint("default", winner, holder)
+        else:
+            cluster.release_mac("default", "02:00:00:00:00:0a", holder, winner)
+        assert cluster.kv.range("macs/")[0] == []
