@@ -35,7 +35,7 @@ from controller.admission import (
     store_unavailable,
 )
 from ovsdb.client import OvsdbClient
-from ovsdb.endpoint import EndpointPort
+from ovsdb.endpoint import MAC_KEY, EndpointPort
 from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
 from store.kv import KvError
 
@@ -160,10 +160,7 @@ class EndpointManager:
                     self._forget_unfinished(network, attachment)  # live again: keep it
                     continue
                 try:
-                    self.cluster.delete_endpoint(network, self.host, attachment)
-                    if mac is not None:
-                        self.cluster.release_mac(network, mac, attachment, self.host)
-                    self.cluster.release_ip(network, attachment)
+                    self._release_store(network, attachment, mac)
                 except KvError:
                     return  # still away: the next request tries again
                 self._unfinished.discard((network, attachment, mac))
@@ -330,6 +327,11 @@ class EndpointManager:
             except Exception as exc:  # raised below, in the caller's thread
                 failed.append(exc)
 
+        # The port's MAC, for its claim: an ADD killed after the port but before the
+        # endpoint record left a claim no record releases.
+        port_mac = ((self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}).get(
+            MAC_KEY
+        )
         veth = threading.Thread(target=delete_veth, name="delete-veth")
         veth.start()
         try:
@@ -339,9 +341,18 @@ class EndpointManager:
         if failed:
             raise failed[0]
         steps.done("port and veth")
-        self.cluster.delete_endpoint(network, self.host, attachment_id)
-        self.cluster.release_ip(network, attachment_id)
+        self._release_store(network, attachment_id, port_mac)
         steps.done("store")
+
+    def _release_store(self, network: str, attachment: str, mac: str | None = None) -> None:
+        """Everything the store holds for ``attachment`` of this host: its endpoint record
+        (with the MAC claim it keeps), its address, and the claims of ``mac`` and of the
+        MAC derived from the address, which an interrupted ADD may have left alone.  Each
+        part already gone is fine."""
+        self.cluster.delete_endpoint(network, self.host, attachment)
+        ip = self.cluster.release_ip(network, attachment)
+        for claimed in {mac, mac_for(ip) if ip else None} - {None}:
+            self.cluster.release_mac(network, claimed, attachment, self.host)
 
     def check(
         self,
@@ -458,8 +469,7 @@ class EndpointManager:
             removed.append(f"veth {veth} (no OVS port)")
         for ep in self.cluster.list_endpoints():
             if ep.host == self.host and (ep.network, ep.attachment) not in live:
-                self.cluster.delete_endpoint(ep.network, self.host, ep.attachment)
-                self.cluster.release_ip(ep.network, ep.attachment)
+                self._release_store(ep.network, ep.attachment, ep.mac)
                 removed.append(f"endpoint {ep.attachment} in {ep.network} (no port)")
             elif ep.host == self.host and self.cluster.mac_holder(ep.network, ep.mac) is None:
                 self._claim_mac(ep)

@@ -12,11 +12,17 @@ from pyroute2 import IPRoute
 
 from controller import netns as agent_netns
 from controller.admission import AttachError
-from controller.endpoints import HOST_PORT_PREFIX, AttachRequest, EndpointManager
+from controller.endpoints import (
+    HOST_PORT_PREFIX,
+    AttachRequest,
+    EndpointManager,
+    host_port_name,
+)
 from lab import naming, netns
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import choose_datapath_type
+from ovsdb.endpoint import EndpointPort
 from store import open_cluster
 from store.cluster import ClusterState
 from store.sqlite import SqliteKvStore
@@ -207,4 +213,24 @@ def test_an_agent_back_releases_a_mac_claim_an_interrupted_add_left(setup):
     assert manager.cluster.mac_claims_of("h2")  # another host's claim is not ours to drop
     manager.cluster.release_mac("default", "02:00:00:00:00:43", "elsewhere/eth0", "h2")
     detach(manager, host_ns, live)
+    assert leftovers(manager, host_ns) == EMPTY
+
+
+def test_del_after_an_add_killed_between_port_and_record_releases_its_mac(setup):
+    """What an agent killed after making the port but before writing the endpoint record
+    leaves (address, MAC claim, port; no record): the runtime's DEL removes all of it."""
+    manager, _, host_ns, _, _, _, _ = setup
+    cluster, attachment = manager.cluster, "killed/eth0"
+    ip = cluster.allocate_ip("default", "h1", attachment)
+    cluster.claim_mac("default", "02:00:00:00:00:44", attachment, "h1")
+    with agent_netns.in_namespace(host_ns), IPRoute() as ipr:  # the veth it had made
+        ipr.link("add", ifname=host_port_name("killed", "eth0"), kind="veth", peer="killed0")
+    manager.ovsdb.add_endpoint_port(
+        BRIDGE,
+        EndpointPort(
+            host_port_name("killed", "eth0"), "default", 5001, "killed", "eth0",
+            "02:00:00:00:00:44", ip,
+        ),
+    )  # fmt: skip
+    detach(manager, host_ns, "killed")
     assert leftovers(manager, host_ns) == EMPTY
