@@ -52,6 +52,17 @@ def check_container_id(value: str) -> None:
         )
 
 
+def check_network_name(value: object) -> str | None:
+    """The configuration's ``name`` (libcni's ValidateNetworkName: the container id's
+    pattern); returns the refusal's message, or None.  A config error: code 7."""
+    if not isinstance(value, str) or not CONTAINER_ID_RE.match(value):
+        return (
+            f"name {value!r} is not a valid network name; use letters, digits, '_', '.' or "
+            "'-', starting with a letter or digit (CNI spec)"
+        )
+    return None
+
+
 def check_ifname(value: str) -> None:
     """CNI_IFNAME as Linux accepts an interface name: 1-15 bytes, not '.' or '..', no '/',
     ':' or whitespace (netlink would refuse it with a bare errno, e.g. ERANGE)."""

@@ -84,6 +84,9 @@ def parse_config(request: dict, command: str) -> dict:
         value = request.get(field, "default" if field == "network" else None)
         if not isinstance(value, kind) or not value:
             raise CniError(ERR_INVALID_CONFIG, f"{field} must be a non-empty string")
+    bad_name = admission.check_network_name(request["name"])
+    if bad_name is not None:
+        raise CniError(ERR_INVALID_CONFIG, bad_name)
     ipam = request.get("ipam")
     if ipam is not None and (
         not isinstance(ipam, dict)

@@ -59,6 +59,8 @@ def test_version_answers_in_the_latest_version_for_an_unknown_one():
         (ADD_ENV, conf(type="bridge"), plugin.ERR_INVALID_CONFIG, "type"),
         (ADD_ENV, conf(name=None), plugin.ERR_INVALID_CONFIG, "name"),
         (ADD_ENV, conf(network=5), plugin.ERR_INVALID_CONFIG, "network"),
+        (ADD_ENV, conf(name="my net"), plugin.ERR_INVALID_CONFIG, "name 'my net' is not a valid"),
+        (ADD_ENV, conf(name="-x"), plugin.ERR_INVALID_CONFIG, "name '-x' is not a valid network"),
         (ADD_ENV, conf(ipam={"ranges": []}), plugin.ERR_INVALID_CONFIG, "ipam"),
         (ADD_ENV, conf(ipam={"type": "no-such-ipam"}), plugin.ERR_INVALID_CONFIG, "CNI_PATH"),
         (ADD_ENV, conf(agentSocket="relative.sock"), plugin.ERR_INVALID_CONFIG, "agentSocket"),
