@@ -13,7 +13,6 @@ import pytest
 
 from controller import api_client
 from lab import agent_proc, lab, netns, pods
-from store import open_cluster
 from tests.helpers import flows, host_veths, pod_ports, running_lab
 
 pytestmark = pytest.mark.lab
@@ -22,9 +21,10 @@ HOSTS = ("h1", "h2")
 _serial = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def two():
-    with running_lab(2) as name:
+@pytest.fixture(scope="module", params=["sqlite", "etcd"])
+def two(request):
+    """Two hosts sharing a SQLite file, or one etcd member on the underlay."""
+    with running_lab(2, store=request.param) as name:
         yield name
 
 
@@ -44,15 +44,12 @@ def api(name, host, op, **args):
 def state(name):
     """Everything a pod leaves: veths and ports on each host, and the store's addresses,
     endpoint records and MAC claims."""
-    cluster = open_cluster(paths(name).store_url)
-    try:
+    with lab.open_lab_cluster(name) as cluster:
         store = (
             cluster.allocations("default"),
             sorted(map(repr, cluster.list_endpoints("default"))),
             [(kv.key, kv.value) for kv in cluster.kv.range("macs/")[0]],
         )
-    finally:
-        cluster.close()
     return {h: (host_veths(name, h), pod_ports(name, h)) for h in HOSTS}, store
 
 
