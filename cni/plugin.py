@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from cni import admission  # re and socket only
 from controller import api_client  # json and socket only: imported on every exec
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -83,6 +84,9 @@ def parse_config(request: dict, command: str) -> dict:
         value = request.get(field, "default" if field == "network" else None)
         if not isinstance(value, kind) or not value:
             raise CniError(ERR_INVALID_CONFIG, f"{field} must be a non-empty string")
+    bad_name = admission.check_network_name(request["name"])
+    if bad_name is not None:
+        raise CniError(ERR_INVALID_CONFIG, bad_name)
     ipam = request.get("ipam")
     if ipam is not None and (
         not isinstance(ipam, dict)
@@ -138,7 +142,15 @@ def parse_args(cni_args: str) -> dict:
             ERR_INVALID_ENV,
             f"CNI_ARGS has unknown keys {', '.join(unknown)}; add IgnoreUnknown=1 to allow them",
         )
-    return {k.lower(): pairs[k] for k in ("IP", "MAC") if pairs.get(k)}
+    static = {k.lower(): pairs[k] for k in ("IP", "MAC") if pairs.get(k)}
+    try:
+        if "ip" in static:
+            static["ip"] = admission.check_ip(static["ip"])
+        if "mac" in static:
+            static["mac"] = admission.check_mac(static["mac"], static.get("ip"))
+    except admission.Refused as exc:
+        raise CniError(exc.code, str(exc)) from None
+    return static
 
 
 def call_agent(path: str, op: str, **args) -> dict:
@@ -249,6 +261,13 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
             raise CniError(
                 ERR_INVALID_ENV, f"CNI_NETNS is not set; {command} needs the container's netns path"
             )
+    if command in REQUIRED_ENV:
+        try:
+            admission.check_request(
+                command, env["CNI_CONTAINERID"], env["CNI_IFNAME"], env.get("CNI_NETNS"), None, None
+            )
+        except admission.Refused as exc:
+            raise CniError(exc.code, str(exc)) from None
     base = {"network": conf["network"]}
     ipam = conf["ipam"]
     if command == "ADD":

@@ -12,6 +12,8 @@ import socketserver
 import threading
 from collections.abc import Callable
 
+from store.kv import KvError
+
 LOG = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20
@@ -43,6 +45,13 @@ class _Handler(socketserver.StreamRequestHandler):
                 answer = {"ok": True, "result": handler(**request)}
             except ApiError as exc:
                 answer = {"ok": False, "code": exc.code, "error": str(exc)}
+            except KvError as exc:
+                answer = {
+                    "ok": False,
+                    "code": 11,
+                    "error": f"{op} failed: the cluster store did not answer ({exc}); try again "
+                    "when the store is back",
+                }
             except TypeError as exc:
                 answer = {"ok": False, "code": 7, "error": f"bad arguments for {op}: {exc}"}
             except Exception as exc:

@@ -1,9 +1,10 @@
 """Attaching an endpoint (a pod's interface) to the overlay, and detaching it.
 
 This is the agent's half of CNI ADD/DEL, and what ``lab pod add`` calls today.
-ADD validates first, then does its steps, recording an undo for each; a
-failing step undoes the earlier ones in reverse, so a failed ADD leaves
-nothing behind.  DEL succeeds when any part is already gone.
+ADD is admitted first (controller/admission.py: every check before any side
+effect), then does its steps, recording an undo for each; a failing step undoes
+the earlier ones in reverse, so a failed ADD leaves nothing behind.  DEL succeeds
+when any part is already gone.  ADD, DEL and CHECK of one attachment hold its lock.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from dataclasses import dataclass, replace
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni import admission as request_checks
 from controller import netns
+from controller.admission import (
+    ERR_INVALID_ENV,
+    ERR_TRY_AGAIN,
+    AttachError,
+    AttachmentLocks,
+    admit,
+    held_mac_refusal,
+    require_netns,
+    store_unavailable,
+)
 from ovsdb.client import OvsdbClient
-from ovsdb.endpoint import MAC_RE, EndpointPort
-from store.cluster import AddressExhaustedError
+from ovsdb.endpoint import MAC_KEY, EndpointPort
+from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
+from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
-
-
-class AttachError(RuntimeError):
-    """An attachment request that cannot be served; ``code`` is the CNI error code."""
-
-    def __init__(self, msg: str, code: int = 7):
-        super().__init__(msg)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,7 @@ def host_port_name(container_id: str, ifname: str) -> str:
     return HOST_PORT_PREFIX + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
 
 
-def mac_for(ip: str) -> str:
-    """0a:58 + the IPv4 address: locally administered, unique wherever the IP is."""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+mac_for = request_checks.derived_mac
 
 
 class _Steps:
@@ -121,46 +124,93 @@ class EndpointManager:
         self.gateway_for = gateway_for
         self.publish = publish  # rebuilds the pipeline and waits until br-int has it
         self.missing_port_flows = missing_port_flows  # tables lacking a port's flows
+        self.locks = AttachmentLocks()
+        # (network, attachment) whose store records a failed request could not remove
+        # because the store was away: removed by the next request that finds it back.
+        self._unfinished: set[tuple[str, str, str | None]] = set()  # + the MAC if known
+        self._unfinished_lock = threading.Lock()
 
     def attach(self, req: AttachRequest) -> Attachment:
+        """Admit the request (every check before any side effect: a refusal changes
+        nothing), then attach it, holding the attachment's lock.  The API has other
+        clients than the plugin, so the plugin's checks are made again here."""
+        ip, mac = admit("ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac, req.mtu)
+        req = replace(req, ip=ip, mac=mac)
+        attachment_id = f"{req.container_id}/{req.ifname}"
+        self._finish_store_cleanup()
+        with self.locks.hold(attachment_id):
+            self._forget_unfinished(req.network, attachment_id)  # ADD retried: its own now
+            try:
+                return self._attach(req, attachment_id)
+            except KvError as exc:  # rolled back already, as far as the store let us
+                raise store_unavailable(f"ADD of {attachment_id}", exc) from None
+
+    def _finish_store_cleanup(self) -> None:
+        """Remove the store records that failed requests left while the store was away
+        (their address, endpoint record and MAC), each under its attachment's lock and
+        only if it was not attached since.  Nothing to do in the common case."""
+        with self._unfinished_lock:
+            pending = sorted(self._unfinished, key=lambda u: (u[0], u[1], u[2] or ""))
+        for network, attachment, mac in pending:
+            with self.locks.hold(attachment):
+                if (network, attachment, mac) not in self._unfinished:
+                    continue
+                container_id, _, ifname = attachment.rpartition("/")
+                if self.ovsdb.interface(self.bridge, host_port_name(container_id, ifname)):
+                    self._forget_unfinished(network, attachment)  # live again: keep it
+                    continue
+                try:
+                    self._release_store(network, attachment, mac)
+                except KvError:
+                    return  # still away: the next request tries again
+                self._unfinished.discard((network, attachment, mac))
+                LOG.info("released the store records %s left while the store was away", attachment)
+
+    def _forget_unfinished(self, network: str, attachment: str) -> None:
+        with self._unfinished_lock:
+            self._unfinished -= {u for u in self._unfinished if u[:2] == (network, attachment)}
+
+    def _attach(self, req: AttachRequest, attachment_id: str) -> Attachment:
         network = self.cluster.get_network(req.network)
         if network is None:
             raise AttachError(
                 f"network {req.network!r} does not exist; create it with "
                 f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'"
             )
-        try:
-            open(netns.namespace_path(req.netns)).close()
-        except OSError:
-            raise AttachError(f"network namespace {req.netns} does not exist", code=3) from None
+        require_netns(req.netns)
         mtu = self.mtu_for(network)
         if req.mtu is not None and req.mtu > mtu:
             raise AttachError(
                 f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
                 f"use {mtu} or less"
             )
-        if req.mac is not None and not MAC_RE.match(req.mac.lower()):
-            raise AttachError(f"MAC {req.mac!r} in CNI_ARGS is not a MAC address", code=4)
-        attachment_id = f"{req.container_id}/{req.ifname}"
+        if req.mac is not None:
+            # The claim itself is atomic, with the endpoint record (put_endpoint); this read
+            # refuses the common case before any side effect.
+            refusal = held_mac_refusal(self.cluster, req.network, req.mac, attachment_id, self.host)
+            if refusal is not None:
+                raise refusal
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
             raise AttachError(f"{attachment_id} is attached already; DEL it before adding it again")
         undo: list[tuple[str, Callable[[], None]]] = []
         steps = _Steps()
+        claimed_mac: str | None = None
         try:
             if req.ip is not None:
                 try:
                     ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id)
-                except ValueError as exc:
-                    raise AttachError(str(exc), code=4) from None
+                except StoreError as exc:
+                    raise AttachError(
+                        f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV
+                    ) from None
             else:
                 try:
                     ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
                 except AddressExhaustedError as exc:
                     # Not the runtime's fault and not permanent: deleting pods frees addresses.
-                    raise AttachError(str(exc), code=11) from None
-            steps.done("ipam")
+                    raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
             undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
             att = Attachment(
                 network=req.network,
@@ -175,6 +225,21 @@ class EndpointManager:
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
             )
+            try:  # before the port exists: a host losing a race never shows the MAC
+                self.cluster.claim_mac(req.network, att.mac, attachment_id, self.host)
+            except AddressInUseError as exc:
+                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
+                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
+            claimed_mac = att.mac
+            undo.append(
+                (
+                    "release MAC",
+                    lambda: self.cluster.release_mac(
+                        req.network, att.mac, attachment_id, self.host
+                    ),
+                )
+            )
+            steps.done("ipam")  # the address and the MAC
             # Undone from before it begins, so a step failing after `link add` (address,
             # route, offloads) leaves no host end behind.  (No live attachment owns this
             # name: that was refused above.)
@@ -196,15 +261,18 @@ class EndpointManager:
             )
             steps.done("port")
             undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
-            self.cluster.put_endpoint(
-                req.network,
-                self.host,
-                attachment_id,
-                mac=att.mac,
-                ip=att.ip,
-                container_id=req.container_id,
-                ifname=req.ifname,
-            )
+            try:
+                self.cluster.put_endpoint(
+                    req.network,
+                    self.host,
+                    attachment_id,
+                    mac=att.mac,
+                    ip=att.ip,
+                    container_id=req.container_id,
+                    ifname=req.ifname,
+                )
+            except AddressInUseError as exc:  # the claim was taken from us (another writer)
+                raise AttachError(str(exc), code=ERR_INVALID_ENV) from None
             steps.done("store")
             undo.append(
                 (
@@ -220,17 +288,29 @@ class EndpointManager:
             for what, step in reversed(undo):
                 try:
                     step()
+                except KvError as exc:
+                    LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
+                    self._unfinished.add((req.network, attachment_id, claimed_mac))
                 except Exception:
                     LOG.exception("rolling back %s for %s failed", what, attachment_id)
             raise
 
     def detach(self, network: str, container_id: str, ifname: str) -> None:
-        """Remove every trace of an attachment; parts already gone are fine."""
-        steps = _Steps()
-        self._remove(network, container_id, ifname, steps)
-        self.publish()
-        steps.done("flows")
-        LOG.info("detached %s/%s in %s", container_id, ifname, steps)
+        """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
+        no name is refused: an attachment made before a rule existed must still go."""
+        attachment_id = f"{container_id}/{ifname}"
+        self._finish_store_cleanup()
+        with self.locks.hold(attachment_id):
+            steps = _Steps()
+            try:
+                self._remove(network, container_id, ifname, steps)
+            except KvError as exc:
+                self._unfinished.add((network, attachment_id, None))  # the record has the MAC
+                raise store_unavailable(f"DEL of {attachment_id}", exc) from None
+            self._forget_unfinished(network, attachment_id)
+            self.publish()
+            steps.done("flows")
+        LOG.info("detached %s in %s", attachment_id, steps)
 
     def _remove(self, network: str, container_id: str, ifname: str, steps=None) -> None:
         steps = steps or _Steps()
@@ -247,6 +327,11 @@ class EndpointManager:
             except Exception as exc:  # raised below, in the caller's thread
                 failed.append(exc)
 
+        # The port's MAC, for its claim: an ADD killed after the port but before the
+        # endpoint record left a claim no record releases.
+        port_mac = ((self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}).get(
+            MAC_KEY
+        )
         veth = threading.Thread(target=delete_veth, name="delete-veth")
         veth.start()
         try:
@@ -256,9 +341,18 @@ class EndpointManager:
         if failed:
             raise failed[0]
         steps.done("port and veth")
-        self.cluster.delete_endpoint(network, self.host, attachment_id)
-        self.cluster.release_ip(network, attachment_id)
+        self._release_store(network, attachment_id, port_mac)
         steps.done("store")
+
+    def _release_store(self, network: str, attachment: str, mac: str | None = None) -> None:
+        """Everything the store holds for ``attachment`` of this host: its endpoint record
+        (with the MAC claim it keeps), its address, and the claims of ``mac`` and of the
+        MAC derived from the address, which an interrupted ADD may have left alone.  Each
+        part already gone is fine."""
+        self.cluster.delete_endpoint(network, self.host, attachment)
+        ip = self.cluster.release_ip(network, attachment)
+        for claimed in {mac, mac_for(ip) if ip else None} - {None}:
+            self.cluster.release_mac(network, claimed, attachment, self.host)
 
     def check(
         self,
@@ -271,6 +365,17 @@ class EndpointManager:
         """Raise AttachError unless the attachment is whole: the store record, the OVS port
         with an OpenFlow number and its flows on br-int, both veth ends, the pod's MAC,
         address, and ``routes`` (the ADD result's, ``{"dst", "gw"}``) via ``ifname``."""
+        admit("CHECK", container_id, ifname, netns_path)
+        attachment_id = f"{container_id}/{ifname}"
+        with self.locks.hold(attachment_id):
+            try:
+                self._check(network, container_id, ifname, netns_path, routes)
+            except KvError as exc:
+                raise store_unavailable(f"CHECK of {attachment_id}", exc) from None
+
+    def _check(
+        self, network: str, container_id: str, ifname: str, netns_path: str, routes: Sequence[dict]
+    ) -> None:
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
         ep = next(
@@ -296,10 +401,7 @@ class EndpointManager:
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=port):
                 raise AttachError(f"host veth {port} of {attachment_id} is missing", code=3)
-        try:
-            open(netns.namespace_path(netns_path)).close()
-        except OSError:
-            raise AttachError(f"network namespace {netns_path} does not exist", code=3) from None
+        require_netns(netns_path, not_a_netns_code=3)
         with netns.in_namespace(netns_path), IPRoute() as pod:
             found = pod.link_lookup(ifname=ifname)
             if not found:
@@ -367,9 +469,14 @@ class EndpointManager:
             removed.append(f"veth {veth} (no OVS port)")
         for ep in self.cluster.list_endpoints():
             if ep.host == self.host and (ep.network, ep.attachment) not in live:
-                self.cluster.delete_endpoint(ep.network, self.host, ep.attachment)
-                self.cluster.release_ip(ep.network, ep.attachment)
+                self._release_store(ep.network, ep.attachment, ep.mac)
                 removed.append(f"endpoint {ep.attachment} in {ep.network} (no port)")
+            elif ep.host == self.host and self.cluster.mac_holder(ep.network, ep.mac) is None:
+                self._claim_mac(ep)
+        for network, mac, attachment in self.cluster.mac_claims_of(self.host):
+            if (network, attachment) not in live:  # an ADD killed between claim and record
+                self.cluster.release_mac(network, mac, attachment, self.host)
+                removed.append(f"MAC {mac} of {attachment} in {network} (no endpoint)")
         for net in self.cluster.list_networks():
             mine = [
                 ipaddress.ip_network(b.cidr) for b in self.cluster.blocks_of(net.name, self.host)
@@ -380,6 +487,24 @@ class EndpointManager:
                     self.cluster.release_ip(net.name, attachment)
                     removed.append(f"address {ip} of {attachment} in {net.name} (no endpoint)")
         return removed
+
+    def _claim_mac(self, ep) -> None:
+        """Claim the MAC of a live endpoint published by a version that made no claims
+        (republishing it claims it); a conflict between two such is logged, not fatal."""
+        try:
+            self.cluster.put_endpoint(
+                ep.network,
+                self.host,
+                ep.attachment,
+                mac=ep.mac,
+                ip=ep.ip,
+                container_id=ep.container_id,
+                ifname=ep.ifname,
+            )
+        except AddressInUseError as exc:
+            LOG.error(
+                "endpoint %s in %s keeps an unclaimed MAC: %s", ep.attachment, ep.network, exc
+            )
 
     def _create_veth(self, att: Attachment, pod_netns: str) -> tuple[str, bool]:
         """The veth pair, configured on both ends; returns the host end's MAC and whether
@@ -398,19 +523,28 @@ class EndpointManager:
         end's (the pod's TCP leaving with CHECKSUM_PARTIAL) must go off.
         """
         with IPRoute() as ipr:
-            ipr.link(
-                "add",
-                ifname=att.host_port,
-                kind="veth",
-                mtu=att.mtu,
-                state="up",
-                peer={
-                    "ifname": att.ifname,
-                    "net_ns_fd": netns.namespace_path(pod_netns),
-                    "address": att.mac,
-                    "mtu": att.mtu,
-                },
-            )
+            try:
+                ipr.link(
+                    "add",
+                    ifname=att.host_port,
+                    kind="veth",
+                    mtu=att.mtu,
+                    state="up",
+                    peer={
+                        "ifname": att.ifname,
+                        "net_ns_fd": netns.namespace_path(pod_netns),
+                        "address": att.mac,
+                        "mtu": att.mtu,
+                    },
+                )
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST and not ipr.link_lookup(ifname=att.host_port):
+                    raise AttachError(
+                        f"CNI_IFNAME {att.ifname} exists already in {pod_netns}; pick another "
+                        "interface name for this attachment",
+                        code=ERR_INVALID_ENV,
+                    ) from None
+                raise
             idx = ipr.link_lookup(ifname=att.host_port)[0]
             host_mac = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
         with netns.in_namespace(pod_netns), IPRoute() as pod:

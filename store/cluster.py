@@ -9,6 +9,7 @@ Keys (ARCHITECTURE.md, "Cluster state")::
     ipam/NETWORK/IP                    ATTACHMENT                 an address in use
     attachments/NETWORK/ATTACHMENT     IP                         the same, found by attachment
     endpoints/NETWORK/HOST/ATTACHMENT  {"mac", "ip", "container_id", "ifname"}
+    macs/NETWORK/MAC                   {"attachment", "host"}     a MAC in use
 
 ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``.  Names never contain '/',
 so the last part of a key may.
@@ -18,7 +19,11 @@ so two hosts racing never get the same one and nothing is ever locked.  An addre
 only from blocks its host owns: a pod start writes one transaction and reads the shared
 block list only when the host's blocks are full.  The address and its attachment index are
 written in one transaction, so a crash leaves either both or neither, and releasing by
-attachment (what CNI DEL knows) always finds the address.
+attachment (what CNI DEL knows) always finds the address.  An endpoint's MAC is claimed in
+the transaction that publishes the endpoint and released in the one that unpublishes it:
+two attachments of one network never share a MAC (their flows would collide on every host
+that sees both), even when two hosts publish at the same moment.  An agent claims the MAC
+before it makes the pod's port (claim_mac), and the endpoint record keeps the claim.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class StoreError(ValueError):
 
 class AddressExhaustedError(StoreError):
     """A network has no address (or no block) left for a host."""
+
+
+class AddressInUseError(StoreError):
+    """An address or MAC asked for is held by another attachment (named in the message)."""
 
 
 def _check_name(kind: str, name: str, max_len: int = 63) -> None:
@@ -196,6 +205,14 @@ def _attachment_key(network: str, attachment: str) -> str:
 
 def _endpoint_key(network: str, host: str, attachment: str) -> str:
     return f"endpoints/{network}/{host}/{attachment}"
+
+
+def _mac_key(network: str, mac: str) -> str:
+    return f"macs/{network}/{mac.lower()}"
+
+
+def _mac_claim(attachment: str, host: str) -> str:
+    return json.dumps({"attachment": attachment, "host": host}, sort_keys=True)
 
 
 class ClusterState:
@@ -402,6 +419,7 @@ class ClusterState:
                 Delete(_block_prefix(name), prefix=True),
                 Delete(_ipam_prefix(name), prefix=True),
                 Delete(f"attachments/{name}/", prefix=True),
+                Delete(f"macs/{name}/", prefix=True),
             ),
         )
         if not result.succeeded:
@@ -513,9 +531,10 @@ class ClusterState:
         if existing is not None and existing.value == str(ip):
             return str(ip)  # a retried ADD
         holder = self.kv.get(prefix + str(ip))
-        raise StoreError(
+        raise AddressInUseError(
             f"IP {address} in network {network} is already used by "
-            f"{holder.value if holder else 'another attachment'}; pick a free address"
+            f"{self.describe_holder(network, holder.value) if holder else 'another attachment'}"
+            "; pick a free address or leave IP= out"
         )
 
     def release_ip(self, network: str, attachment: str) -> str | None:
@@ -551,7 +570,9 @@ class ClusterState:
         container_id: str,
         ifname: str,
     ) -> Endpoint:
-        """Publish (or update) an endpoint so every host can reach it."""
+        """Publish (or update) an endpoint so every host can reach it, claiming its MAC in
+        the same transaction: raises AddressInUseError, naming the holder, when another
+        attachment of ``network`` has that MAC (on any host)."""
         _check_name("host", host, 253)
         _check_attachment(attachment)
         self._require(network)
@@ -559,13 +580,112 @@ class ClusterState:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise StoreError(f"endpoint {attachment}: IP {ip!r} is not an IPv4 address") from None
-        value = {"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname}
-        self.kv.put(_endpoint_key(network, host, attachment), json.dumps(value))
-        return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+        mac = mac.lower()
+        ep_key = _endpoint_key(network, host, attachment)
+        value = json.dumps({"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname})
+        mine = _mac_claim(attachment, host)
+        while True:
+            old = self.kv.get(ep_key)
+            claim = self.kv.get(_mac_key(network, mac))
+            if claim is not None and claim.value != mine:
+                held = json.loads(claim.value)
+                raise AddressInUseError(
+                    f"MAC {mac} in network {network} is already used by "
+                    f"{self.describe_holder(network, held['attachment'], held['host'])}; "
+                    "pick another MAC or leave MAC= out"
+                )
+            compares = [
+                Compare(ep_key, old.mod_revision if old else 0),
+                Compare(_mac_key(network, mac), claim.mod_revision if claim else 0),
+            ]
+            ops: list = [Put(ep_key, value), Put(_mac_key(network, mac), mine)]
+            old_mac = json.loads(old.value).get("mac") if old else None
+            if old_mac and old_mac.lower() != mac:  # an update that changes the MAC
+                old_claim = self.kv.get(_mac_key(network, old_mac))
+                if old_claim is not None and old_claim.value == mine:
+                    compares.append(Compare(old_claim.key, old_claim.mod_revision))
+                    ops.append(Delete(old_claim.key))
+            if self.kv.txn(compares, ops).succeeded:
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+            # Someone wrote one of the keys between the reads and the transaction: look again.
 
     def delete_endpoint(self, network: str, host: str, attachment: str) -> bool:
-        """Unpublish an endpoint; False if it was not published (not an error)."""
-        return self.kv.delete(_endpoint_key(network, host, attachment))
+        """Unpublish an endpoint and release its MAC, in one transaction; False if it was
+        not published (not an error)."""
+        ep_key = _endpoint_key(network, host, attachment)
+        while True:
+            old = self.kv.get(ep_key)
+            if old is None:
+                return False
+            compares = [Compare(ep_key, old.mod_revision)]
+            ops: list = [Delete(ep_key)]
+            mac = json.loads(old.value).get("mac")
+            claim = self.kv.get(_mac_key(network, mac)) if isinstance(mac, str) else None
+            if claim is not None and claim.value == _mac_claim(attachment, host):
+                compares.append(Compare(claim.key, claim.mod_revision))
+                ops.append(Delete(claim.key))
+            if self.kv.txn(compares, ops).succeeded:
+                return True
+
+    def claim_mac(self, network: str, mac: str, attachment: str, host: str) -> None:
+        """Claim ``mac`` in ``network`` for ``attachment`` on ``host`` (compare-and-create;
+        claiming it again is fine), before anything carries the MAC: a host that loses a
+        race then never has a port with another's MAC.  Raises AddressInUseError naming
+        the holder.  The endpoint record, written later, keeps the claim."""
+        key, mine = _mac_key(network, mac), _mac_claim(attachment, host)
+        while True:
+            if self.kv.create(key, mine):
+                return
+            claim = self.kv.get(key)
+            if claim is None:
+                continue  # released in between: try again
+            if claim.value == mine:
+                return
+            held = json.loads(claim.value)
+            raise AddressInUseError(
+                f"MAC {mac.lower()} in network {network} is already used by "
+                f"{self.describe_holder(network, held['attachment'], held['host'])}; "
+                "pick another MAC or leave MAC= out"
+            )
+
+    def release_mac(self, network: str, mac: str, attachment: str, host: str) -> bool:
+        """Release ``attachment``'s claim on ``mac``; False if it held none (not an error)."""
+        claim = self.kv.get(_mac_key(network, mac))
+        if claim is None or claim.value != _mac_claim(attachment, host):
+            return False
+        return self.kv.txn(
+            (Compare(claim.key, claim.mod_revision),), (Delete(claim.key),)
+        ).succeeded
+
+    def mac_claims_of(self, host: str) -> list[tuple[str, str, str]]:
+        """(network, mac, attachment) of every MAC ``host`` holds: what an agent that was
+        away checks against its live attachments."""
+        out = []
+        for kv in self.kv.range("macs/")[0]:
+            held = json.loads(kv.value)
+            if held.get("host") == host:
+                _, network, mac = kv.key.split("/", 2)
+                out.append((network, mac, held["attachment"]))
+        return out
+
+    def mac_holder(self, network: str, mac: str) -> tuple[str, str] | None:
+        """The (attachment, host) holding ``mac`` in ``network``, or None: the check an ADD
+        makes before any side effect; the claim itself is put_endpoint's."""
+        claim = self.kv.get(_mac_key(network, mac))
+        if claim is None:
+            return None
+        held = json.loads(claim.value)
+        return held["attachment"], held["host"]
+
+    def describe_holder(self, network: str, attachment: str, host: str | None = None) -> str:
+        """``attachment ATT on host H``, for a refusal; without ``host`` it is looked up
+        among the network's endpoints (only on this error path)."""
+        if host is None:
+            host = next(
+                (e.host for e in self.list_endpoints(network) if e.attachment == attachment), None
+            )
+        where = f"on host {host}" if host else "(being attached, not published yet)"
+        return f"attachment {attachment} {where}"
 
     def list_endpoints(self, network: str | None = None) -> list[Endpoint]:
         prefix = f"endpoints/{network}/" if network is not None else "endpoints/"

@@ -257,11 +257,11 @@ def test_static_ip_mac_and_mtu(host):
     container = f"{host}-h1-static"
     netns.create_namespace(container)
     try:
-        args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=100.64.200.7;MAC=0a:58:aa:bb:cc:dd"
+        args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=100.64.200.7;MAC=02:58:aa:bb:cc:dd"
         rc, out = cni(host, "ADD", container, mtu=1400, cni_args=args)
         assert rc == 0, out
         out = netns.run_in_namespace(container, ["ip", "addr", "show", "eth0"]).stdout
-        assert "100.64.200.7/16" in out and "0a:58:aa:bb:cc:dd" in out and "mtu 1400" in out
+        assert "100.64.200.7/16" in out and "02:58:aa:bb:cc:dd" in out and "mtu 1400" in out
         # The same address for another container is refused, and changes nothing.
         before = leftovers(host)
         other = f"{host}-h1-static2"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from store import open_cluster
 from store.cluster import (
     AddressExhaustedError,
+    AddressInUseError,
     Block,
     ClusterState,
     Network,
@@ -46,9 +47,8 @@ def cluster(db, clock):
 def endpoint(cluster: ClusterState, network: str, host: str, attachment: str) -> None:
     ip = cluster.allocate_ip(network, host, attachment)
     cid, ifname = attachment.split("/")
-    cluster.put_endpoint(
-        network, host, attachment, mac="0a:58:64:40:00:02", ip=ip, container_id=cid, ifname=ifname
-    )
+    mac = "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+    cluster.put_endpoint(network, host, attachment, mac=mac, ip=ip, container_id=cid, ifname=ifname)
 
 
 # -- networks ------------------------------------------------------------------------------
@@ -309,11 +309,145 @@ def test_a_static_address_is_reserved_once(tmp_path):
     c.create_network("default", 5001, "100.64.0.0/16")
     assert c.reserve_ip("default", "100.64.9.9", "a/eth0") == "100.64.9.9"
     assert c.reserve_ip("default", "100.64.9.9", "a/eth0") == "100.64.9.9"  # retried ADD
-    with pytest.raises(StoreError, match="already used by a/eth0"):
+    with pytest.raises(AddressInUseError, match="already used by attachment a/eth0 "):
         c.reserve_ip("default", "100.64.9.9", "b/eth0")
+    c.put_endpoint(
+        "default",
+        "h1",
+        "a/eth0",
+        mac="02:00:00:00:00:01",
+        ip="100.64.9.9",
+        container_id="a",
+        ifname="eth0",
+    )
+    with pytest.raises(StoreError, match="100.64.9.9 .* used by attachment a/eth0 on host h1;"):
+        c.reserve_ip("default", "100.64.9.9", "b/eth0")
+    c.delete_endpoint("default", "h1", "a/eth0")
     for bad in ("100.64.0.1", "100.65.0.1", "nope"):  # gateway, outside, not an IP
         with pytest.raises(StoreError):
             c.reserve_ip("default", bad, "c/eth0")
     c.release_ip("default", "a/eth0")
     assert c.reserve_ip("default", "100.64.9.9", "b/eth0") == "100.64.9.9"
     c.close()
+
+
+# -- MAC claims ----------------------------------------------------------------------------
+
+
+def put(cluster, host, attachment, mac, ip, network="default"):
+    cid, ifname = attachment.split("/")
+    return cluster.put_endpoint(
+        network, host, attachment, mac=mac, ip=ip, container_id=cid, ifname=ifname
+    )
+
+
+def test_a_mac_is_held_by_one_attachment_per_network_until_it_is_deleted(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    cluster.create_network("blue", vni=5002, cidr="100.64.0.0/24")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0A", "100.64.0.10")
+    assert cluster.mac_holder("default", "02:00:00:00:00:0a") == ("a/eth0", "h1")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")  # republished: same holder
+    before = cluster.list_endpoints()
+    with pytest.raises(
+        AddressInUseError,
+        match="MAC 02:00:00:00:00:0a in network default is already used by attachment a/eth0 "
+        "on host h1; pick another MAC",
+    ):
+        put(cluster, "h2", "b/eth0", "02:00:00:00:00:0a", "100.64.0.11")
+    assert cluster.list_endpoints() == before  # the refusal wrote nothing
+    put(cluster, "h2", "b/eth0", "02:00:00:00:00:0a", "100.64.0.11", network="blue")  # apart
+    assert cluster.delete_endpoint("default", "h1", "a/eth0")
+    assert cluster.mac_holder("default", "02:00:00:00:00:0a") is None
+    assert not cluster.delete_endpoint("default", "h1", "a/eth0")  # a second DEL
+    put(cluster, "h2", "b/eth0", "02:00:00:00:00:0a", "100.64.0.11")
+
+
+def test_the_same_attachment_on_another_host_is_another_holder(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")
+    with pytest.raises(AddressInUseError, match="a/eth0 on host h1"):
+        put(cluster, "h2", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")
+
+
+def test_changing_an_endpoints_mac_releases_the_old_one(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0b", "100.64.0.10")
+    assert cluster.mac_holder("default", "02:00:00:00:00:0a") is None
+    assert cluster.mac_holder("default", "02:00:00:00:00:0b") == ("a/eth0", "h1")
+    cluster.delete_endpoint("default", "h1", "a/eth0")
+    assert cluster.kv.range("macs/")[0] == []
+
+
+def test_deleting_a_network_releases_its_macs(cluster):
+    cluster.create_network("blue", vni=5002, cidr="100.64.0.0/24")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10", network="blue")
+    cluster.delete_endpoint("blue", "h1", "a/eth0")
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10", network="blue")
+    cluster.kv.delete("endpoints/blue/h1/a/eth0")  # a record gone without its claim
+    cluster.delete_network("blue")
+    assert cluster.kv.range("macs/")[0] == []
+
+
+def test_a_mac_claimed_before_the_record_is_kept_by_it_and_released_with_it(cluster):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    cluster.claim_mac("default", "02:00:00:00:00:0A", "a/eth0", "h1")
+    cluster.claim_mac("default", "02:00:00:00:00:0a", "a/eth0", "h1")  # again: a retried ADD
+    with pytest.raises(AddressInUseError, match="used by attachment a/eth0 on host h1;"):
+        cluster.claim_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.mac_claims_of("h1") == [("default", "02:00:00:00:00:0a", "a/eth0")]
+    assert cluster.mac_claims_of("h2") == []
+    assert not cluster.release_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")  # not b's
+    put(cluster, "h1", "a/eth0", "02:00:00:00:00:0a", "100.64.0.10")  # the record keeps it
+    assert cluster.mac_holder("default", "02:00:00:00:00:0a") == ("a/eth0", "h1")
+    cluster.delete_endpoint("default", "h1", "a/eth0")
+    assert cluster.mac_claims_of("h1") == []
+    cluster.claim_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.release_mac("default", "02:00:00:00:00:0a", "b/eth0", "h2")
+    assert cluster.kv.range("macs/")[0] == []
+
+
+MAC_CLAIMER = """
+import sys
+from store import open_cluster
+from store.cluster import AddressInUseError
+url, how, host, attachment, ip = sys.argv[1:]
+cluster = open_cluster(url)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    if how == "claim":
+        cluster.claim_mac("default", "02:00:00:00:00:0a", attachment, host)
+    else:
+        cluster.put_endpoint("default", host, attachment, mac="02:00:00:00:00:0a", ip=ip,
+                             container_id=attachment.split("/")[0], ifname="eth0")
+    print("won")
+except AddressInUseError as exc:
+    print("lost:", exc)
+cluster.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["claim", "record"])
+def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster, how):
+    cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
+    url = "sqlite:///" + db
+    for round_ in range(3):
+        outs = run_together(
+            MAC_CLAIMER,
+            [
+                [url, how, "h1", f"a{round_}/eth0", "100.64.0.10"],
+                [url, how, "h2", f"b{round_}/eth0", "100.64.0.11"],
+            ],
+        )
+        assert sorted(o.split()[0] for o in outs) == ["lost:", "won"], outs
+        winner = "h1" if outs[0].startswith("won") else "h2"
+        [(_, _, holder)] = cluster.mac_claims_of(winner)
+        loser_out = outs[1] if winner == "h1" else outs[0]
+        assert f"on host {winner}" in loser_out
+        if how == "record":
+            assert [e.host for e in cluster.list_endpoints("default")] == [winner]
+            cluster.delete_endpoint("default", winner, holder)
+        else:
+            cluster.release_mac("default", "02:00:00:00:00:0a", holder, winner)
+        assert cluster.kv.range("macs/")[0] == []

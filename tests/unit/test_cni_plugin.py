@@ -59,6 +59,8 @@ def test_version_answers_in_the_latest_version_for_an_unknown_one():
         (ADD_ENV, conf(type="bridge"), plugin.ERR_INVALID_CONFIG, "type"),
         (ADD_ENV, conf(name=None), plugin.ERR_INVALID_CONFIG, "name"),
         (ADD_ENV, conf(network=5), plugin.ERR_INVALID_CONFIG, "network"),
+        (ADD_ENV, conf(name="my net"), plugin.ERR_INVALID_CONFIG, "name 'my net' is not a valid"),
+        (ADD_ENV, conf(name="-x"), plugin.ERR_INVALID_CONFIG, "name '-x' is not a valid network"),
         (ADD_ENV, conf(ipam={"ranges": []}), plugin.ERR_INVALID_CONFIG, "ipam"),
         (ADD_ENV, conf(ipam={"type": "no-such-ipam"}), plugin.ERR_INVALID_CONFIG, "CNI_PATH"),
         (ADD_ENV, conf(agentSocket="relative.sock"), plugin.ERR_INVALID_CONFIG, "agentSocket"),
@@ -194,10 +196,12 @@ def test_plugin_imports_only_the_standard_library():
 
 
 def test_cni_args_give_a_static_ip_and_mac_and_refuse_unknown_keys():
-    assert plugin.parse_args("IP=100.64.3.3;MAC=0a:58:00:00:00:01") == {
+    assert plugin.parse_args("IP=100.64.3.3;MAC=02:AB:00:00:00:01") == {
         "ip": "100.64.3.3",
-        "mac": "0a:58:00:00:00:01",
+        "mac": "02:ab:00:00:00:01",
     }
+    # A MAC of the derived range only as the one derived from the static IP itself.
+    assert plugin.parse_args("IP=100.64.3.3;MAC=0a:58:64:40:03:03")["mac"] == "0a:58:64:40:03:03"
     assert plugin.parse_args("K8S_POD_NAME=x;IgnoreUnknown=1;FOO=1") == {}
     with pytest.raises(plugin.CniError, match="unknown keys FOO"):
         plugin.parse_args("FOO=1")
@@ -209,3 +213,107 @@ def test_cni_args_give_a_static_ip_and_mac_and_refuse_unknown_keys():
 def test_a_bad_mtu_is_refused(mtu):
     rc, out = run_plugin(ADD_ENV, json.dumps(conf(mtu=mtu)))
     assert (rc, out["code"]) == (1, plugin.ERR_INVALID_CONFIG)
+
+
+# -- admission: every bad request refused before anything is done, code 4, naming it ------
+
+FIX_MAC = "e.g. MAC=02:00:00:00:00:07"
+
+
+@pytest.mark.parametrize(
+    "env, msg",
+    [
+        (
+            {"CNI_CONTAINERID": "-c1"},
+            "CNI_CONTAINERID '-c1' is invalid; the runtime must pass letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit (CNI spec)",
+        ),
+        ({"CNI_CONTAINERID": "c1/../x"}, "CNI_CONTAINERID 'c1/../x' is invalid;"),
+        ({"CNI_CONTAINERID": "c 1"}, "CNI_CONTAINERID 'c 1' is invalid;"),
+        (
+            {"CNI_IFNAME": "eth0123456789012"},
+            "CNI_IFNAME 'eth0123456789012' is 16 bytes long; an interface name has at most 15 "
+            "(e.g. eth0)",
+        ),
+        ({"CNI_IFNAME": "ethé1234567890a"}, "CNI_IFNAME 'ethé1234567890a' is 16 bytes long;"),
+        (
+            {"CNI_IFNAME": "a/b"},
+            "CNI_IFNAME 'a/b' is not a valid interface name; use one without '/', ':' or "
+            "whitespace, and not '.' or '..' (e.g. eth0)",
+        ),
+        ({"CNI_IFNAME": "eth:0"}, "CNI_IFNAME 'eth:0' is not a valid interface name;"),
+        ({"CNI_IFNAME": "eth 0"}, "CNI_IFNAME 'eth 0' is not a valid interface name;"),
+        ({"CNI_IFNAME": ".."}, "CNI_IFNAME '..' is not a valid interface name;"),
+        (
+            {"CNI_NETNS": "x"},
+            "CNI_NETNS 'x' is not an absolute path; pass the container's network namespace, e.g. "
+            "/run/netns/NAME or /proc/PID/ns/net",
+        ),
+        (
+            {"CNI_ARGS": "MAC=01:00:5e:00:00:01"},
+            "CNI_ARGS MAC=01:00:5e:00:00:01 is a multicast address; a pod needs a unicast MAC "
+            f"(even first byte), {FIX_MAC}",
+        ),
+        (
+            {"CNI_ARGS": "MAC=ff:ff:ff:ff:ff:ff"},
+            "CNI_ARGS MAC=ff:ff:ff:ff:ff:ff is a multicast address",
+        ),
+        (
+            {"CNI_ARGS": "MAC=00:00:00:00:00:00"},
+            f"CNI_ARGS MAC=00:00:00:00:00:00 is all zeros; pick a unicast MAC, {FIX_MAC}",
+        ),
+        (
+            {"CNI_ARGS": "MAC=02:00:00:00:00"},
+            "CNI_ARGS MAC=02:00:00:00:00 is not a MAC address; write six hex bytes separated by "
+            f"':', {FIX_MAC}",
+        ),
+        (
+            {"CNI_ARGS": "MAC=02-00-00-00-00-01"},
+            "CNI_ARGS MAC=02-00-00-00-00-01 is not a MAC address",
+        ),
+        (
+            {"CNI_ARGS": "MAC=0a:58:64:40:00:09"},
+            "CNI_ARGS MAC=0a:58:64:40:00:09 is in 0a:58:xx:xx:xx:xx, which ovs-overlay keeps for "
+            f"MACs derived from pod addresses and gateways; pick another, {FIX_MAC}, or leave "
+            "MAC= out",
+        ),
+        (
+            {"CNI_ARGS": "IP=100.64.0.9;MAC=0a:58:00:00:13:89"},  # default's gateway MAC
+            "CNI_ARGS MAC=0a:58:00:00:13:89 is in 0a:58:xx:xx:xx:xx",
+        ),
+        (
+            {"CNI_ARGS": "IP=100.64.0.300"},
+            "CNI_ARGS IP=100.64.0.300 is not an IPv4 address; write it as e.g. IP=100.64.0.7 "
+            "(no prefix length)",
+        ),
+        ({"CNI_ARGS": "IP=100.64.0.7/16"}, "CNI_ARGS IP=100.64.0.7/16 is not an IPv4 address"),
+        ({"CNI_ARGS": "IP=100.64.7"}, "CNI_ARGS IP=100.64.7 is not an IPv4 address"),
+        ({"CNI_ARGS": "IP=fd00::7"}, "CNI_ARGS IP=fd00::7 is not an IPv4 address"),
+    ],
+)
+def test_a_bad_environment_is_refused_with_code_4_naming_variable_value_and_fix(tmp_path, env, msg):
+    # The agent socket does not exist: a request that got past admission would get code 11,
+    # so code 4 shows the refusal came first (and nothing could have been changed).
+    rc, out = run_plugin({**ADD_ENV, **env}, json.dumps(conf(tmp_path)))
+    assert rc == 1
+    assert out["code"] == plugin.ERR_INVALID_ENV, out
+    assert out["msg"].startswith(msg), out["msg"]
+
+
+@pytest.mark.parametrize("command", ["DEL", "CHECK"])
+def test_del_and_check_refuse_bad_names_as_the_reference_plugins_do(tmp_path, command):
+    for bad in ({"CNI_CONTAINERID": "-x"}, {"CNI_IFNAME": "a/b"}):
+        rc, out = run_plugin({**ADD_ENV, "CNI_COMMAND": command, **bad}, json.dumps(conf(tmp_path)))
+        assert (rc, out["code"]) == (1, plugin.ERR_INVALID_ENV), out
+
+
+def test_del_still_needs_no_netns(tmp_path):
+    env = {**ADD_ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": ""}
+    rc, out = run_plugin(env, json.dumps(conf(tmp_path)))
+    assert out["code"] == plugin.ERR_TRY_AGAIN and "not answering" in out["msg"]  # got past
+
+
+@pytest.mark.parametrize("container_id", ["c1", "0", "a_b.c-d", "f" * 64, "abc.DEF_123-x"])
+def test_valid_container_ids_pass(tmp_path, container_id):
+    rc, out = run_plugin({**ADD_ENV, "CNI_CONTAINERID": container_id}, json.dumps(conf(tmp_path)))
+    assert out["code"] == plugin.ERR_TRY_AGAIN, out  # past admission, to the (absent) agent
