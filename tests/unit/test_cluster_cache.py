@@ -89,7 +89,13 @@ def test_bad_and_conflicting_records_are_skipped_logged_once_and_the_rest_served
     cluster.register_host("h2", "198.18.0.2", ttl=30)
     cluster.register_host("h3", "198.18.0.3", ttl=30)
     ep(cluster, "h2", "good/eth0", "0a:58:64:40:00:02", "100.64.0.2")
-    ep(cluster, "h3", "samemac/eth0", "0a:58:64:40:00:02", "100.64.0.3")  # h2's MAC, younger
+    # h2's MAC, younger: written raw, as another writer would (put_endpoint refuses it)
+    kv.put(
+        "endpoints/default/h3/samemac/eth0",
+        json.dumps(
+            {"mac": "0a:58:64:40:00:02", "ip": "100.64.0.3", "container_id": "x", "ifname": "eth0"}
+        ),
+    )
     kv.put("endpoints/default/h2/junk", "{not json")
     kv.put(
         "endpoints/default/h2/badmac/eth0",
