@@ -1,6 +1,10 @@
 """The per-host agent: br-int, the host's record in the cluster state, the pipeline
 kept in sync with both, and the local API that attaches endpoints.
 
+The pipeline's inputs arrive as changes: this host's ports from OVSDB (``publish``,
+after an ADD or DEL, and at start), everything else from the cluster cache
+(controller/cluster_cache.py).  The reconciler applies them incrementally.
+
 The OpenFlow side (switch connect/disconnect, replies) comes in through the
 os-ken app (controller.app), which owns an Agent and starts it.
 """
@@ -18,10 +22,14 @@ from pyroute2 import IPRoute
 
 from controller import hoststate, underlay
 from controller.api import ApiError, ApiServer
+from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
 from controller.endpoints import AttachError, AttachRequest, EndpointManager
+from controller.membership import Membership
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
+from openflow.incremental import Change, Object, Peer, Remove, SetTunnel, Upsert
+from openflow.state import Gateway, LocalPort
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient, endpoint_ports
 from ovsdb.datapath import choose_datapath_type
@@ -34,7 +42,7 @@ GENERATION_KEY = "ovs-overlay-generation"
 DEFAULT_NETWORK = "default"
 PUBLISH_TIMEOUT = 10.0
 RESTORE_POLL = 0.2
-REFRESH_RETRY = 0.5
+LOCAL_RANK = (0,)  # this host's ports win any conflict with a store record
 
 
 class Agent:
@@ -51,11 +59,10 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._solicited: set[str] = set()
         self._route_ok = True  # whether the last look found the underlay route in OVS
-        self._tickets = threading.Condition()
-        self._ticket = 0  # publish requests taken
-        self._served = 0  # the last ticket a finished refresh covered
-        self._served_version = 0  # the reconciler version that refresh produced
-        self._refreshing = False  # a refresh is running (in the refresher or a publisher)
+        self._local_lock = threading.Lock()
+        self._local: dict[str, Object] = {}  # what was last submitted from OVSDB, by key
+        self._tunnel_ofport = 0
+        self._gateway: hoststate.GatewayPort | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -76,6 +83,7 @@ class Agent:
             canary_interval=cfg.canary_interval,
         )
         self.reconciler.start()
+        self.cache = ClusterCache(self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote)
         self.endpoints = EndpointManager(
             cfg.host,
             cfg.bridge,
@@ -86,20 +94,24 @@ class Agent:
             self.publish,
             self._missing_port_flows,
         )
-        self.lease = self.cluster.register_host(cfg.host, cfg.tunnel_ip, cfg.host_ttl)
-        self._spawn(self._keepalive, "keepalive")
+        self.membership = Membership(
+            self.cluster, cfg.host, cfg.tunnel_ip, cfg.host_ttl, self._republish
+        )
+        self.membership.register()
+        self._spawn(lambda: self.membership.run(self._stop), "keepalive")
         for what in self.endpoints.reconcile():
             LOG.warning("removed an orphan left while the agent was away: %s", what)
+        # The store's state first, so the first full sync (on connect) has everything.
+        revisions = self.cache.load()
         self._ensure_gateway()
         self._keep_underlay_route()
         if cfg.underlay_cidr:
             self._spawn(self._underlay_route_watch, "underlay-route")
-        # Watch from the revision read before the first refresh, so a change made in
-        # between is not missed.
-        self._watch_from = self.cluster.revision()
-        self.refresh()
-        self._spawn(self._refresher, "refresher")
-        self._spawn(self._watch, "store-watch")
+        self.sync_local()
+        for prefix, revision in revisions.items():
+            self._spawn(
+                lambda p=prefix, r=revision: self.cache.watch(p, r, self._stop), f"watch-{prefix}"
+            )
         if self._connect_unix is not None:
             self._spawn(self._restore_watch, "restore-watch")
         self.api = ApiServer(
@@ -151,27 +163,46 @@ class Agent:
 
     # -- the state the pipeline is computed from ---------------------------------
 
-    def refresh(self) -> int:
-        """Rebuild the host state from OVSDB and the store; returns the version to wait for.
-        One at a time: the start, then only whoever claimed the refresh (_claim_refresh)."""
+    def sync_local(self) -> int:
+        """Submit what changed in this host's own ports (one OVSDB read, no store read);
+        returns the version to wait for.  Local ports rank first: a store record that
+        collides with one is the one skipped."""
         cfg = self.config
-        interfaces = self.ovsdb.interfaces(cfg.bridge)
-        tunnel = interfaces.get(self.tunnel.name)
-        if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
-            raise RuntimeError(
-                f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
-            )
-        state = hoststate.build_host_state(
-            me=cfg.host,
-            tunnel_ofport=tunnel["ofport"],
-            networks=self.cluster.list_networks(),
-            hosts=self.cluster.list_hosts(),
-            endpoints=self.cluster.list_endpoints(),
-            local_ports=endpoint_ports(interfaces),
-            gateways=self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)),
-        )
-        self._warm_neighbours(state.peers)
-        return self.reconciler.update(state)
+        with self._local_lock:
+            interfaces = self.ovsdb.interfaces(cfg.bridge)
+            tunnel = interfaces.get(self.tunnel.name)
+            if not tunnel or not tunnel["ofport"] or tunnel["ofport"] < 0:
+                raise RuntimeError(
+                    f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
+                )
+            want: dict[str, Object] = {}
+            for a in endpoint_ports(interfaces):
+                if a.ofport and a.ofport > 0:
+                    ep = a.endpoint
+                    want[f"port/{ep.port}"] = LocalPort(ep.network, a.ofport, ep.mac, ep.ip)
+            for gw in self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)):
+                key = f"gateway/{hoststate.GATEWAY_PORT}"
+                want[key] = Gateway(gw.network, gw.ofport, gw.mac, gw.ip)
+            changes: list[Change] = []
+            if tunnel["ofport"] != self._tunnel_ofport:
+                changes.append(SetTunnel(tunnel["ofport"]))
+                self._tunnel_ofport = tunnel["ofport"]
+            changes += [Remove(k) for k in self._local.keys() - want.keys()]
+            changes += [
+                Upsert(k, o, LOCAL_RANK) for k, o in want.items() if self._local.get(k) != o
+            ]
+            self._local = want
+            return self.reconciler.submit(changes)
+
+    def _submit_remote(self, changes) -> int:
+        """The cluster cache's changes to the reconciler; a new peer's underlay neighbour
+        is warmed first (controller/underlay.py)."""
+        peers = [c.obj.ip for c in changes if isinstance(c, Upsert) and isinstance(c.obj, Peer)]
+        if any(isinstance(c, Remove) and str(c.key).startswith("hosts/") for c in changes):
+            self._solicited &= set(self.cache.peer_ips())  # bounded by the live peers
+        if peers:
+            self._warm_neighbours(peers)
+        return self.reconciler.submit(changes)
 
     def _warm_neighbours(self, peers) -> None:
         new = set(peers) - self._solicited
@@ -183,30 +214,12 @@ class Agent:
                 LOG.warning("could not solicit underlay neighbours %s: %s", sorted(new), exc)
 
     def publish(self) -> None:
-        """Refresh and wait until br-int has the result (an endpoint is reachable on return).
-
-        Concurrent callers share refreshes: each takes a ticket, and one refresh that
-        starts after a ticket was taken serves every caller up to that ticket.  Fifty
-        parallel ADDs then cost a few refreshes, not fifty in a row.  A caller that finds
-        no refresh running does its own in its thread, rather than hand it to the
-        refresher thread and wait to be woken.
-        """
-        with self._tickets:
-            self._ticket += 1
-            mine = self._ticket
-            claimed = self._claim_refresh()
-            self._tickets.notify_all()
-        if claimed is not None:
-            try:
-                self._run_refresh(claimed)
-            except Exception as exc:  # the refresher thread retries the ticket
-                raise AttachError(f"the agent could not refresh its state: {exc}", code=11) from exc
-        with self._tickets:
-            if not self._tickets.wait_for(lambda: self._served >= mine, PUBLISH_TIMEOUT):
-                raise AttachError(
-                    f"the agent did not refresh its state within {PUBLISH_TIMEOUT:.0f}s", code=11
-                )
-            version = self._served_version
+        """Submit this host's port changes and wait until br-int has them (an endpoint
+        is reachable on return).  The store is not read: remote state arrives by watch."""
+        try:
+            version = self.sync_local()
+        except Exception as exc:
+            raise AttachError(f"the agent could not read br-int's ports: {exc}", code=11) from exc
         if not self.reconciler.wait_applied(version, PUBLISH_TIMEOUT):
             raise AttachError(
                 f"br-int did not take the new flows within {PUBLISH_TIMEOUT:.0f}s; "
@@ -214,63 +227,26 @@ class Agent:
                 code=11,
             )
 
-    def _claim_refresh(self) -> int | None:
-        """(Holding ``_tickets``.)  Take the next refresh if one is due and none runs;
-        returns the ticket it will serve."""
-        if self._refreshing or self._ticket <= self._served:
-            return None
-        self._refreshing = True
-        return self._ticket
-
-    def _run_refresh(self, ticket: int) -> None:
-        version = None
-        try:
-            version = self.refresh()
-        finally:
-            with self._tickets:
-                self._refreshing = False
-                if version is not None:
-                    self._served = max(self._served, ticket)
-                    self._served_version = version
-                self._tickets.notify_all()
-
-    def _request_refresh(self) -> None:
-        """A refresh that starts from now, by the refresher thread (store changes)."""
-        with self._tickets:
-            self._ticket += 1
-            self._tickets.notify_all()
-
-    def _refresher(self) -> None:
-        """Serve the tickets nobody is refreshing for: those of store changes (_watch),
-        and those of ADDs and DELs that arrived while a refresh was running."""
-        while not self._stop.is_set():
-            with self._tickets:
-                self._tickets.wait_for(
-                    lambda: (
-                        (self._ticket > self._served and not self._refreshing)
-                        or self._stop.is_set()
-                    ),
-                    1.0,
-                )
-                claimed = self._claim_refresh()
-            if claimed is None:
-                continue
+    def _republish(self) -> int:
+        """Put this host's endpoints into the store again from OVSDB (after the host's
+        lease expired during a store outage: same addresses, same MACs)."""
+        count = 0
+        for a in self.ovsdb.list_endpoint_ports(self.config.bridge):
+            ep = a.endpoint
             try:
-                self._run_refresh(claimed)
-            except Exception:  # OVSDB or the store briefly away: retried, not spun on
-                LOG.exception("refreshing the pipeline state failed; retrying")
-                self._stop.wait(REFRESH_RETRY)
-
-    def _watch(self) -> None:
-        """A refresh for each change of other hosts, networks and other hosts' endpoints.
-        This host's own endpoints are left out: the pipeline takes them from OVSDB, and
-        the ADD or DEL that wrote one publishes itself (a refresh for the echo of its
-        own write made every ADD wait for two)."""
-        changes = self.cluster.watch_changes(
-            self._stop, self._watch_from, except_endpoints_of=self.config.host
-        )
-        for _events in changes:
-            self._request_refresh()
+                self.cluster.put_endpoint(
+                    ep.network,
+                    self.config.host,
+                    ep.attachment,
+                    mac=ep.mac,
+                    ip=ep.ip,
+                    container_id=ep.container_id,
+                    ifname=ep.ifname,
+                )
+                count += 1
+            except ValueError as exc:  # e.g. its network was deleted meanwhile
+                LOG.warning("could not re-publish endpoint %s: %s", ep.attachment, exc)
+        return count
 
     def _restore_watch(self) -> None:
         """Put the pipeline back into a restarted ovs-vswitchd that waits for it.
@@ -324,15 +300,6 @@ class Agent:
             if not self._route_ok:
                 self._keep_underlay_route()
 
-    def _keepalive(self) -> None:
-        interval = max(1.0, self.config.host_ttl / 3)
-        while not self._stop.wait(interval):
-            if not self.cluster.keepalive(self.lease):
-                LOG.warning("host lease expired; registering %s again", self.config.host)
-                self.lease = self.cluster.register_host(
-                    self.config.host, self.config.tunnel_ip, self.config.host_ttl
-                )
-
     # -- networks: MTU and the host gateway ----------------------------------------
 
     def _mtu_for(self, network) -> int:
@@ -345,7 +312,7 @@ class Agent:
     def _ensure_gateway(self) -> None:
         """The host's port into the default network: an internal port with the network's
         gateway address, so the host reaches its pods (and pods have a next hop)."""
-        net = self.cluster.get_network(DEFAULT_NETWORK)
+        net = self.cache.network(DEFAULT_NETWORK)
         if net is None or not net.gateway:
             return
         port = hoststate.GATEWAY_PORT
@@ -376,7 +343,7 @@ class Agent:
             raise AttachError(f"cannot read br-int's flows: {exc}", code=11) from None
 
     def _gateway_ports(self, iface: dict | None) -> list[hoststate.GatewayPort]:
-        gw = getattr(self, "_gateway", None)
+        gw = self._gateway
         if gw is None:
             return []
         if not iface or not iface["ofport"] or iface["ofport"] < 0:
@@ -396,12 +363,17 @@ class Agent:
         """After a (re)connect: a restarted ovs-vswitchd recreated its internal ports (the
         gateway lost its address), and forgot the tunnels' route and neighbours; restore
         all three, then let it forward."""
-        self._ensure_gateway()
+        try:
+            self._ensure_gateway()
+        except Exception:  # not the switch's fault: the full sync stands, CHECK will tell
+            LOG.exception("could not restore the gateway port %s", hoststate.GATEWAY_PORT)
         self._keep_underlay_route()
         self._solicited = set()
-        self._warm_neighbours(
-            [h.tunnel_ip for h in self.cluster.list_hosts() if h.name != self.config.host]
-        )
+        self._warm_neighbours(self.cache.peer_ips())
+        try:  # a restarted vswitchd may have given the gateway port another number
+            self.sync_local()
+        except Exception:
+            LOG.exception("could not re-read br-int's ports after the full sync")
         if self.ovsdb.set_flow_restore_wait(False):
             LOG.info("flows restored: cleared flow-restore-wait, ovs-vswitchd forwards again")
         self.ready.set()

@@ -42,7 +42,11 @@ OPTS = [
     ),
     cfg.StrOpt("underlay_bridge", default="br-phy", help="the OVS bridge holding the tunnel IP"),
     cfg.IntOpt(
-        "host_ttl", default=10, help="seconds a host stays in the store after its agent dies"
+        "host_ttl",
+        default=40,
+        min=1,
+        help="seconds a host stays in the cluster state after its agent goes silent; long "
+        "enough that an agent restart or upgrade never cuts its pods off",
     ),
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
 ]

@@ -1,27 +1,38 @@
-"""Keeps br-int equal to the pipeline of the current host state.
+"""Keeps br-int equal to the pipeline of the host's objects, one change at a time.
 
-One worker thread owns the switch conversation.  Callers publish a new
-HostState (``update``) and may wait until br-int has it (``wait_applied``);
-switch connects and lost canaries make the worker forget what is installed,
-so its next pass installs a fresh generation and removes every older one.
+One worker thread owns the switch conversation and the incremental engine
+(openflow/incremental.py).  Callers ``submit`` changes (a local port, a store record)
+and may wait until br-int has them (``wait_applied``).  The worker applies each batch
+to the engine and sends only the messages it returns.  When it does not know what the
+switch has — a (re)connect, a lost canary, a failed send, or any exception at all — it
+installs a fresh generation from the engine's full build and removes every older one.
+
+The worker never dies of an exception: it logs what it was doing, backs off, and
+resyncs with a full replay.  Only a failure of that fault boundary itself ends the
+process (non-zero, so its supervisor restarts it): a live-looking agent whose
+reconciler is dead would answer every ADD with a timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 from controller.switch import SwitchError, SwitchLink
-from openflow import cookies, pipeline
-from openflow.diff import GenerationDelete, diff, index_flows, replace_generation
-from openflow.model import Flow, Group, Output
-from openflow.state import HostState
+from openflow import cookies
+from openflow.diff import GenerationDelete
+from openflow.incremental import Change, Engine, Shadowed
+from openflow.model import Output
 from openflow.tables import CANARY, table_names
 
 LOG = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
 
 
 class Reconciler:
@@ -31,21 +42,26 @@ class Reconciler:
         save_generation: Callable[[int], None],
         after_full_sync: Callable[[], None],
         canary_interval: float,
+        on_shadowed: Callable[[Shadowed], None] | None = None,
     ):
         self._load_generation = load_generation
         self._save_generation = save_generation
         self._after_full_sync = after_full_sync
         self._canary_interval = canary_interval
+        self._on_shadowed = on_shadowed or _log_shadowed
         self._cond = threading.Condition()
-        self._state: HostState | None = None
-        self._version = 0  # bumped by every update
+        self._queue: list[Change] = []  # submitted, not yet in the engine
+        self._version = 0  # bumped by every submit
         self._applied = 0  # the version br-int has
         self._link: SwitchLink | None = None
-        self._installed: tuple[list[Flow], list[Group]] | None = None
+        self._in_sync = False  # the engine's flows are what the switch has
         self._generation = 0
         self._stopped = False
+        self._engine = Engine(tunnel_ofport=0, generation=0)
+        self._engine_lock = threading.Lock()  # the worker changes it; CHECK reads it
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self.full_syncs = 0
+        self.failures = 0
 
     # -- inputs ---------------------------------------------------------------
 
@@ -58,9 +74,10 @@ class Reconciler:
             self._cond.notify_all()
         self._thread.join(timeout=10)
 
-    def update(self, state: HostState) -> int:
+    def submit(self, changes: Sequence[Change]) -> int:
+        """Queue ``changes``; returns the version to pass to ``wait_applied``."""
         with self._cond:
-            self._state = state
+            self._queue.extend(changes)
             self._version += 1
             self._cond.notify_all()
             return self._version
@@ -68,14 +85,14 @@ class Reconciler:
     def connected(self, link: SwitchLink) -> None:
         with self._cond:
             self._link = link
-            self._installed = None
+            self._in_sync = False
             self._cond.notify_all()
 
     def disconnected(self, link: SwitchLink) -> None:
         with self._cond:
             if self._link is link:
                 self._link = None
-                self._installed = None
+                self._in_sync = False
 
     def is_connected(self) -> bool:
         with self._cond:
@@ -99,69 +116,116 @@ class Reconciler:
     def generation(self) -> int:
         return self._generation
 
+    def is_active(self, key: Hashable) -> bool:
+        """Whether the object under ``key`` has its flows (is not shadowed or waiting)."""
+        with self._engine_lock:
+            return self._engine.is_active(key)
+
     # -- the worker -------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # the fault boundary itself failed: let a supervisor restart us
+            LOG.critical("the reconciler cannot go on; the agent exits", exc_info=True)
+            logging.shutdown()
+            os._exit(1)
+
+    def _loop(self) -> None:
         next_canary = time.monotonic() + self._canary_interval
+        backoff = 0.0
         while True:
             with self._cond:
                 while not self._stopped and not self._pending() and time.monotonic() < next_canary:
                     self._cond.wait(max(0.0, next_canary - time.monotonic()))
                 if self._stopped:
                     return
-                link, state, version = self._link, self._state, self._version
-                installed = self._installed
-            if link is None or state is None:
-                next_canary = time.monotonic() + self._canary_interval
-                continue
+                batch, self._queue = self._queue, []
+                link, version, in_sync = self._link, self._version, self._in_sync
+            doing = f"applying {len(batch)} change(s)"
             try:
-                if installed is not None and time.monotonic() >= next_canary:
+                messages, shadowed, lost = self._take(batch)
+                if lost:
+                    in_sync = False  # some messages went with the failure: replay everything
+                for s in shadowed:
+                    self._on_shadowed(s)
+                if link is None or version == 0:  # no switch, or nothing submitted yet
+                    next_canary = time.monotonic() + self._canary_interval
+                    continue
+                if in_sync and time.monotonic() >= next_canary:
+                    doing = "checking the canary flow"
                     next_canary = time.monotonic() + self._canary_interval
                     if not self._canary_present(link):
                         LOG.warning("canary flow gone: ovs-vswitchd lost its flows; replaying")
-                        installed = None
-                self._sync(link, state, installed)
-            except SwitchError as exc:
-                LOG.error("syncing br-int failed, will retry with a full replay: %s", exc)
+                        in_sync = False
+                if in_sync:
+                    doing = f"sending {len(messages)} message(s) for {len(batch)} change(s)"
+                    link.apply(messages)
+                else:
+                    doing = "installing a new generation (full sync)"
+                    self._full_sync(link)
+                backoff = 0.0
+            except Exception as exc:
+                self.failures += 1
+                backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
+                if isinstance(exc, SwitchError):
+                    LOG.error("%s on br-int failed (%s); full replay in %.1fs", doing, exc, backoff)
+                else:
+                    LOG.exception(
+                        "reconciler failed %s; it resyncs with a full replay in %.1fs",
+                        doing,
+                        backoff,
+                    )
                 with self._cond:
-                    self._installed = None
-                    self._cond.wait(1.0)
+                    self._in_sync = False
+                    self._cond.wait_for(lambda: self._stopped, backoff)
                 continue
             with self._cond:
-                self._applied = max(self._applied, version)
+                if self._link is link:
+                    self._in_sync = True
+                    self._applied = max(self._applied, version)
                 self._cond.notify_all()
 
+    def _take(self, batch: list[Change]) -> tuple[list, list[Shadowed], bool]:
+        """The batch into the engine; if it raises, its changes one at a time, each one
+        that raises logged and dropped (submits are merged into one batch, and one bad
+        change must not take the others with it).  Returns (messages, newly shadowed,
+        whether messages were lost)."""
+        with self._engine_lock:
+            try:
+                messages, shadowed = self._engine.apply(batch)
+                return messages, shadowed, False
+            except Exception:
+                self.failures += 1
+                LOG.exception(
+                    "reconciler failed applying %d change(s); retrying them one at a time",
+                    len(batch),
+                )
+            shadowed = []
+            for change in batch:
+                try:
+                    shadowed += self._engine.apply([change])[1]
+                except Exception:
+                    LOG.exception("reconciler dropped a change it cannot apply: %r", change)
+            return [], shadowed, True
+
     def _pending(self) -> bool:
-        return (
-            self._link is not None
-            and self._state is not None
-            and (self._installed is None or self._applied < self._version)
+        return bool(self._queue) or (
+            self._link is not None and not self._in_sync and self._version > 0
         )
 
-    def _sync(self, link: SwitchLink, state: HostState, installed) -> None:
-        if installed is None:
-            self._full_sync(link, state)
-            return
-        flows, groups = pipeline.build(state, self._generation)
-        index_flows(flows)
-        link.apply(diff(installed[0], installed[1], flows, groups))
-        with self._cond:
-            self._installed = (flows, groups)
-
-    def _full_sync(self, link: SwitchLink, state: HostState) -> None:
+    def _full_sync(self, link: SwitchLink) -> None:
         """A new generation over whatever the switch has, then every older generation removed."""
         generation = (self._load_generation() + 1) & cookies.GENERATION_MASK
-        flows, groups = pipeline.build(state, generation)
-        index_flows(flows)
-        existing_groups = self._group_ids(link)
+        with self._engine_lock:
+            flows, groups = self._engine.rebuild(generation)
+            messages = self._engine.full_messages(self._group_ids(link))
         start = time.monotonic()
-        link.apply(replace_generation(existing_groups, flows, groups, None))
+        link.apply(messages)
         stale = self._generations_on_switch(link) - {generation}
         link.apply([GenerationDelete(old) for old in sorted(stale)])
         self._save_generation(generation)
-        with self._cond:
-            self._generation = generation
-            self._installed = (flows, groups)
+        self._generation = generation
         self.full_syncs += 1
         LOG.info(
             "br-int: generation %d in place (%d flows, %d groups, %.0f ms); removed generations %s",
@@ -191,9 +255,11 @@ class Reconciler:
         generation's flows that match ``in_port=ofport`` or output to ``ofport``: what
         CNI CHECK needs to know about an endpoint's flows."""
         with self._cond:
-            link, installed = self._link, self._installed
-        if link is None or installed is None:
+            link, in_sync = self._link, self._in_sync
+        if link is None or not in_sync:
             raise SwitchError("br-int is not connected to the agent")
+        with self._engine_lock:
+            flows = self._engine.flows()
         parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
 
         def on_switch(**filters) -> Counter:
@@ -206,7 +272,6 @@ class Reconciler:
             )
             return Counter(stat.table_id for stat in link.request(req))
 
-        flows = installed[0]
         want_in = Counter(
             f.table.table_id
             for f in flows
@@ -227,3 +292,13 @@ class Reconciler:
             link.dp, 0, CANARY.table_id, cookie=want, cookie_mask=0xFFFFFFFFFFFFFFFF
         )
         return bool(link.request(req))
+
+
+def _log_shadowed(s: Shadowed) -> None:
+    LOG.warning(
+        "skipped %s (%s): %s is already held by %s, which came first",
+        s.key,
+        s.obj,
+        " ".join(str(part) for part in s.claim),
+        s.winner,
+    )

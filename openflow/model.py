@@ -11,7 +11,6 @@ Nicira extension fields that OVS calls ``tun_src``/``tun_dst``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from openflow.tables import Table
@@ -46,13 +45,11 @@ class MatchField:
             raise ValueError(f"match field {self.name!r} is not one the pipeline knows")
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def match(**fields: int | str | tuple) -> tuple[MatchField, ...]:
     """A match from keywords; a ``(value, mask)`` tuple gives a masked field.
 
-    Cached: the pipeline is rebuilt on every change, and most matches (per endpoint,
-    per network) are the same as last time; building them was a fifth of the agent's
-    CPU per pod ADD."""
+    Not cached: the incremental engine builds an object's flows once, when the object
+    changes, and a cache keyed by values would hold entries for objects long gone."""
     out = []
     for name, value in fields.items():
         if isinstance(value, tuple):

@@ -17,8 +17,6 @@ switch without leaving the host.
 
 from __future__ import annotations
 
-import functools
-
 from openflow.cookies import Feature, cookie
 from openflow.model import (
     ARP_REPLY,
@@ -36,7 +34,7 @@ from openflow.model import (
     SetField,
     match,
 )
-from openflow.state import HostState, NetworkSpec
+from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
 from openflow.tables import ARP_RESPONDER, CANARY, CLASSIFIER, L2_LOOKUP, PORT_SECURITY
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
@@ -47,198 +45,214 @@ PRIO_NORMAL = 100
 
 
 def build(state: HostState, generation: int) -> tuple[list[Flow], list[Group]]:
-    """Every flow and group this host's br-int must have."""
-    flows = [
-        *_defaults(generation),
-        *_classifier(state, generation),
-        *_port_security(state, generation),
-        *_arp_responder(state, generation),
-        *_l2_lookup(state, generation),
-    ]
-    return flows, _flood_groups(state)
+    """Every flow and group this host's br-int must have: the composition of the
+    per-object builders below (openflow/incremental.py applies the same builders one
+    object at a time; this full build is its oracle and the (re)connect path)."""
+    flows = list(defaults_flows(generation))
+    for port in state.local:
+        flows += local_port_flows(port, state.network(port.network).vni, generation)
+    for gw in state.gateways:
+        flows += gateway_flows(gw, state.network(gw.network).vni, generation)
+    for peer in state.peers:
+        for net in state.networks:
+            flows += tunnel_flows(peer, net, state.tunnel_ofport, generation)
+    for ep in state.remote:
+        flows += remote_flows(ep, state.network(ep.network).vni, state.tunnel_ofport, generation)
+    for net in state.networks:
+        flows += network_flows(net, generation)
+    groups = []
+    for net in state.networks:
+        groups.append(
+            flood_group(
+                net,
+                [p.ofport for p in state.local if p.network == net.name],
+                [g.ofport for g in state.gateways if g.network == net.name],
+                sorted({ep.host_ip for ep in state.remote if ep.network == net.name}),
+                state.tunnel_ofport,
+            )
+        )
+    return flows, groups
 
 
-def _defaults(gen: int) -> list[Flow]:
+# -- per-object builders: the flows of one object, keyed in openflow/incremental.py by
+#    (feature, object) -----------------------------------------------------------------
+
+
+def defaults_flows(gen: int) -> tuple[Flow, ...]:
+    """Table misses and the canary: there whatever the state."""
     c = cookie(Feature.DEFAULTS, gen)
-    return [
+    return (
         Flow(CLASSIFIER, PRIO_DEFAULT, (), c),  # drop
         Flow(PORT_SECURITY, PRIO_DEFAULT, (), c),  # drop: a spoof
         Flow(ARP_RESPONDER, PRIO_DEFAULT, (), c, goto=L2_LOOKUP),
         Flow(L2_LOOKUP, PRIO_DEFAULT, (), c),  # drop: unknown unicast
         Flow(CANARY, PRIO_DEFAULT, (), cookie(Feature.CANARY, gen)),
-    ]
-
-
-def _classifier(state: HostState, gen: int) -> list[Flow]:
-    flows = []
-    # A pod's port goes through port security; the host's own gateway port is trusted.
-    for ports, feature, next_table in (
-        (state.local, Feature.CLASSIFY_LOCAL, PORT_SECURITY),
-        (state.gateways, Feature.GATEWAY, ARP_RESPONDER),
-    ):
-        c = cookie(feature, gen)
-        for port in ports:
-            flows.append(
-                Flow(
-                    CLASSIFIER,
-                    PRIO_NORMAL,
-                    match(in_port=port.ofport),
-                    c,
-                    write_metadata=(state.network(port.network).vni, METADATA_MASK),
-                    goto=next_table,
-                )
-            )
-    # Tunnel ingress only from a known peer and for a known VNI: anything else is dropped.
-    c_tun = cookie(Feature.CLASSIFY_TUNNEL, gen)
-    for peer in state.peers:
-        for net in state.networks:
-            flows.append(
-                Flow(
-                    CLASSIFIER,
-                    PRIO_NORMAL,
-                    match(in_port=state.tunnel_ofport, tun_ipv4_src=peer, tunnel_id=net.vni),
-                    c_tun,
-                    write_metadata=(net.vni, METADATA_MASK),
-                    goto=L2_LOOKUP,
-                )
-            )
-    return flows
-
-
-def _port_security(state: HostState, gen: int) -> list[Flow]:
-    c = cookie(Feature.PORT_SECURITY, gen)
-    flows = []
-    for port in state.local:
-        flows.append(
-            Flow(
-                PORT_SECURITY,
-                PRIO_NORMAL,
-                match(
-                    in_port=port.ofport, eth_src=port.mac, eth_type=ETH_TYPE_IP, ipv4_src=port.ip
-                ),
-                c,
-                goto=ARP_RESPONDER,
-            )
-        )
-        flows.append(
-            Flow(
-                PORT_SECURITY,
-                PRIO_NORMAL,
-                match(
-                    in_port=port.ofport,
-                    eth_src=port.mac,
-                    eth_type=ETH_TYPE_ARP,
-                    arp_sha=port.mac,
-                    arp_spa=port.ip,
-                ),
-                c,
-                goto=ARP_RESPONDER,
-            )
-        )
-    return flows
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _arp_reply(mac: str, ip: str) -> tuple:
-    """Turn an ARP request into the reply for ``ip`` is-at ``mac``, back out the way it came."""
-    return (
-        Move("eth_src", "eth_dst"),
-        SetField("eth_src", mac),
-        SetField("arp_op", ARP_REPLY),
-        Move("arp_sha", "arp_tha"),
-        Move("arp_spa", "arp_tpa"),
-        SetField("arp_sha", mac),
-        SetField("arp_spa", ip),
-        Output(OFPP_IN_PORT),
     )
 
 
-def _arp_responder(state: HostState, gen: int) -> list[Flow]:
-    c = cookie(Feature.ARP_RESPONDER, gen)
-    flows = []
-    for ep in (*state.local, *state.remote, *state.gateways):
-        vni = state.network(ep.network).vni
-        flows.append(
-            Flow(
-                ARP_RESPONDER,
-                PRIO_NORMAL,
-                match(metadata=vni, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ep.ip),
-                c,
-                actions=_arp_reply(ep.mac, ep.ip),
-            )
-        )
-    return flows
+def local_port_flows(port: LocalPort, vni: int, gen: int) -> tuple[Flow, ...]:
+    """A pod's port: classified into its network, then port security (its own MAC and IP
+    only), its ARP answered, and its MAC delivered to it."""
+    return (
+        Flow(
+            CLASSIFIER,
+            PRIO_NORMAL,
+            match(in_port=port.ofport),
+            cookie(Feature.CLASSIFY_LOCAL, gen),
+            write_metadata=(vni, METADATA_MASK),
+            goto=PORT_SECURITY,
+        ),
+        *_port_security(port, gen),
+        _arp_flow(vni, port.mac, port.ip, gen),
+        Flow(
+            L2_LOOKUP,
+            PRIO_NORMAL,
+            match(metadata=vni, eth_dst=port.mac),
+            cookie(Feature.L2_LOCAL, gen),
+            actions=(Output(port.ofport),),
+        ),
+    )
 
 
-def _l2_lookup(state: HostState, gen: int) -> list[Flow]:
-    flows = []
-    for ports, feature in ((state.local, Feature.L2_LOCAL), (state.gateways, Feature.GATEWAY)):
-        c = cookie(feature, gen)
-        for port in ports:
-            vni = state.network(port.network).vni
-            flows.append(
-                Flow(
-                    L2_LOOKUP,
-                    PRIO_NORMAL,
-                    match(metadata=vni, eth_dst=port.mac),
-                    c,
-                    actions=(Output(port.ofport),),
+def gateway_flows(gw: Gateway, vni: int, gen: int) -> tuple[Flow, ...]:
+    """The host's own port into a network: trusted (no port security)."""
+    c = cookie(Feature.GATEWAY, gen)
+    return (
+        Flow(
+            CLASSIFIER,
+            PRIO_NORMAL,
+            match(in_port=gw.ofport),
+            c,
+            write_metadata=(vni, METADATA_MASK),
+            goto=ARP_RESPONDER,
+        ),
+        _arp_flow(vni, gw.mac, gw.ip, gen),
+        Flow(
+            L2_LOOKUP,
+            PRIO_NORMAL,
+            match(metadata=vni, eth_dst=gw.mac),
+            c,
+            actions=(Output(gw.ofport),),
+        ),
+    )
+
+
+def tunnel_flows(peer: str, net: NetworkSpec, tunnel_ofport: int, gen: int) -> tuple[Flow, ...]:
+    """Tunnel ingress from one known peer for one known VNI; anything else is dropped."""
+    return (
+        Flow(
+            CLASSIFIER,
+            PRIO_NORMAL,
+            match(in_port=tunnel_ofport, tun_ipv4_src=peer, tunnel_id=net.vni),
+            cookie(Feature.CLASSIFY_TUNNEL, gen),
+            write_metadata=(net.vni, METADATA_MASK),
+            goto=L2_LOOKUP,
+        ),
+    )
+
+
+def remote_flows(ep: RemoteEndpoint, vni: int, tunnel_ofport: int, gen: int) -> tuple[Flow, ...]:
+    """A pod on another host: its ARP answered here, its MAC sent into the tunnel."""
+    return (
+        _arp_flow(vni, ep.mac, ep.ip, gen),
+        Flow(
+            L2_LOOKUP,
+            PRIO_NORMAL,
+            match(metadata=vni, eth_dst=ep.mac),
+            cookie(Feature.L2_REMOTE, gen),
+            actions=(
+                SetField("tunnel_id", vni),
+                SetField("tun_ipv4_dst", ep.host_ip),
+                Output(tunnel_ofport),
+            ),
+        ),
+    )
+
+
+def network_flows(net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
+    """Broadcast and multicast of a network go to its flood group."""
+    return (
+        Flow(
+            L2_LOOKUP,
+            PRIO_FLOOD,
+            match(metadata=net.vni, eth_dst=MULTICAST),
+            cookie(Feature.FLOOD, gen),
+            actions=(GroupAction(net.vni),),
+        ),
+    )
+
+
+def flood_group(
+    net: NetworkSpec,
+    local_ofports: list[int],
+    gateway_ofports: list[int],
+    peer_ips: list[str],
+    tunnel_ofport: int,
+) -> Group:
+    """One ALL group per network, its id the VNI: local ports, gateway, and one bucket per
+    peer that has an endpoint in the network (broadcast reaches only hosts that can use
+    it).  The caller gives the members in order (ports as the state lists them, peers
+    sorted), so the full build and the incremental engine make equal groups."""
+    return Group(
+        net.vni,
+        (
+            *(Bucket((Output(p),)) for p in (*local_ofports, *gateway_ofports)),
+            *(
+                Bucket(
+                    (
+                        SetField("tunnel_id", net.vni),
+                        SetField("tun_ipv4_dst", host),
+                        Output(tunnel_ofport),
+                    )
                 )
-            )
-    c_remote = cookie(Feature.L2_REMOTE, gen)
-    for ep in state.remote:
-        vni = state.network(ep.network).vni
-        flows.append(
-            Flow(
-                L2_LOOKUP,
-                PRIO_NORMAL,
-                match(metadata=vni, eth_dst=ep.mac),
-                c_remote,
-                actions=(
-                    SetField("tunnel_id", vni),
-                    SetField("tun_ipv4_dst", ep.host_ip),
-                    Output(state.tunnel_ofport),
-                ),
-            )
-        )
-    c_flood = cookie(Feature.FLOOD, gen)
-    for net in state.networks:
-        flows.append(
-            Flow(
-                L2_LOOKUP,
-                PRIO_FLOOD,
-                match(metadata=net.vni, eth_dst=MULTICAST),
-                c_flood,
-                actions=(GroupAction(net.vni),),
-            )
-        )
-    return flows
+                for host in peer_ips
+            ),
+        ),
+    )
 
 
-def _flood_groups(state: HostState) -> list[Group]:
-    """One ALL group per network, its id the VNI: local ports, gateway, and peers."""
-    groups = []
-    for net in state.networks:
-        local = [
-            Bucket((Output(p.ofport),))
-            for p in (*state.local, *state.gateways)
-            if p.network == net.name
-        ]
-        groups.append(Group(net.vni, (*local, *_peer_buckets(state, net))))
-    return groups
+def _port_security(port: LocalPort, gen: int) -> tuple[Flow, ...]:
+    c = cookie(Feature.PORT_SECURITY, gen)
+    return (
+        Flow(
+            PORT_SECURITY,
+            PRIO_NORMAL,
+            match(in_port=port.ofport, eth_src=port.mac, eth_type=ETH_TYPE_IP, ipv4_src=port.ip),
+            c,
+            goto=ARP_RESPONDER,
+        ),
+        Flow(
+            PORT_SECURITY,
+            PRIO_NORMAL,
+            match(
+                in_port=port.ofport,
+                eth_src=port.mac,
+                eth_type=ETH_TYPE_ARP,
+                arp_sha=port.mac,
+                arp_spa=port.ip,
+            ),
+            c,
+            goto=ARP_RESPONDER,
+        ),
+    )
 
 
-def _peer_buckets(state: HostState, net: NetworkSpec) -> list[Bucket]:
-    """One bucket per peer that has an endpoint in ``net``: broadcast reaches only hosts
-    that can use it."""
-    hosts = sorted({ep.host_ip for ep in state.remote if ep.network == net.name})
-    return [
-        Bucket(
-            (
-                SetField("tunnel_id", net.vni),
-                SetField("tun_ipv4_dst", host),
-                Output(state.tunnel_ofport),
-            )
-        )
-        for host in hosts
-    ]
+def _arp_flow(vni: int, mac: str, ip: str, gen: int) -> Flow:
+    """An ARP request for ``ip`` in the network turned into the reply "``ip`` is at ``mac``",
+    sent back out the way it came."""
+    return Flow(
+        ARP_RESPONDER,
+        PRIO_NORMAL,
+        match(metadata=vni, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+        cookie(Feature.ARP_RESPONDER, gen),
+        actions=(
+            Move("eth_src", "eth_dst"),
+            SetField("eth_src", mac),
+            SetField("arp_op", ARP_REPLY),
+            Move("arp_sha", "arp_tha"),
+            Move("arp_spa", "arp_tpa"),
+            SetField("arp_sha", mac),
+            SetField("arp_spa", ip),
+            Output(OFPP_IN_PORT),
+        ),
+    )

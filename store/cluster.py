@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from store.kv import Compare, Delete, Event, KvStore, Put
+from store.kv import Compare, Delete, Event, KeyValue, KvStore, Put
 
 POD_SUPERNET = ipaddress.IPv4Network("100.64.0.0/10")
 MAX_VNI = 2**24 - 1
@@ -460,29 +460,87 @@ class ClusterState:
             )
         return out
 
-    # -- changes ------------------------------------------------------------------------
+    # -- changes ----------------------------------------------------------------------
 
     def watch_changes(
-        self,
-        stop: threading.Event,
-        revision: int | None = None,
-        except_endpoints_of: str | None = None,
+        self, prefix: str, stop: threading.Event, revision: int | None = None
     ) -> Iterator[list[Event]]:
-        """Batches of changes to hosts, networks and endpoints after ``revision`` (default:
-        now), until ``stop``.  Read ``revision()`` before a full read and pass it here, and
-        no change between the read and the watch is missed.  ``except_endpoints_of``
-        leaves out that host's own endpoints: its agent has them from OVSDB already."""
+        """Batches of changes under ``prefix`` (one of WATCHED_PREFIXES: hosts/, networks/,
+        endpoints/ — what the pipeline is built from, never the IPAM churn) after
+        ``revision`` (default: now), until ``stop``.  List with ``kv.range(prefix)`` and
+        pass the revision it returns, and no change between the read and the watch is
+        missed.  Raises CompactedError when that history is gone (list again) and
+        KvError when the store cannot be reached."""
+        if prefix not in WATCHED_PREFIXES:
+            raise ValueError(f"{prefix!r} is not one of {WATCHED_PREFIXES}")
         start = self.kv.revision() if revision is None else revision
-        for batch in self.kv.watch("", start, stop):
-            relevant = [
-                e
-                for e in batch
-                if e.key.startswith(WATCHED_PREFIXES)
-                and not (
-                    except_endpoints_of is not None
-                    and e.key.startswith("endpoints/")
-                    and e.key.split("/")[2] == except_endpoints_of
-                )
-            ]
-            if relevant:
-                yield relevant
+        yield from self.kv.watch(prefix, start, stop)
+
+
+# -- records, decoded one at a time ---------------------------------------------------------
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class RecordError(StoreError):
+    """A record in the store that cannot be used (another writer, an older version, etcdctl):
+    the reader logs it and skips it, and serves the rest."""
+
+
+def decode_host(kv: KeyValue) -> Host:
+    """A ``hosts/NAME`` record; RecordError names what is wrong with it."""
+    name = kv.key[len("hosts/") :]
+    d = _record(kv)
+    tunnel_ip = d.get("tunnel_ip")
+    try:
+        ipaddress.IPv4Address(tunnel_ip)
+    except ValueError:
+        raise RecordError(f"{kv.key}: tunnel_ip {tunnel_ip!r} is not an IPv4 address") from None
+    if not _NAME_RE.match(name):
+        raise RecordError(f"{kv.key}: host name {name!r} is invalid")
+    return Host(name, tunnel_ip, kv.lease)
+
+
+def decode_network(kv: KeyValue) -> Network:
+    """A ``networks/NAME`` record; RecordError names what is wrong with it."""
+    d = _record(kv)
+    try:
+        return Network(
+            kv.key[len("networks/") :], d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True)
+        )
+    except KeyError as exc:
+        raise RecordError(f"{kv.key}: field {exc} is missing") from None
+    except StoreError as exc:
+        raise RecordError(f"{kv.key}: {exc}") from None
+
+
+def decode_endpoint(kv: KeyValue) -> Endpoint:
+    """An ``endpoints/NETWORK/HOST/ATTACHMENT`` record, MAC lower-cased; RecordError names
+    what is wrong with it."""
+    parts = kv.key.split("/", 3)
+    if len(parts) != 4 or not all(parts[1:]):
+        raise RecordError(f"{kv.key}: not endpoints/NETWORK/HOST/ATTACHMENT")
+    _, net, host, attachment = parts
+    d = _record(kv)
+    try:
+        mac, ip = str(d["mac"]).lower(), d["ip"]
+        container_id, ifname = d["container_id"], d["ifname"]
+    except KeyError as exc:
+        raise RecordError(f"{kv.key}: field {exc} is missing") from None
+    if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise RecordError(f"{kv.key}: mac {d['mac']!r} is not a unicast MAC address")
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise RecordError(f"{kv.key}: ip {ip!r} is not an IPv4 address") from None
+    return Endpoint(net, host, attachment, mac, ip, container_id, ifname)
+
+
+def _record(kv: KeyValue) -> dict:
+    try:
+        d = json.loads(kv.value)
+    except ValueError:
+        raise RecordError(f"{kv.key}: value is not JSON: {kv.value[:60]!r}") from None
+    if not isinstance(d, dict):
+        raise RecordError(f"{kv.key}: value is not a JSON object: {kv.value[:60]!r}")
+    return d

@@ -260,8 +260,8 @@ def test_hosts_in_separate_processes_never_share_a_block_or_an_address(db, clust
 # -- endpoints and changes -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("except_host", [None, "h1"])
-def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster, except_host):
+@pytest.mark.parametrize("prefix", ["endpoints/", "hosts/"])
+def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster, prefix):
     cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
     cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24")
     since = cluster.revision()
@@ -270,9 +270,9 @@ def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster, excep
     done = threading.Event()
 
     def watch() -> None:
-        for batch in cluster.watch_changes(stop, since, except_endpoints_of=except_host):
+        for batch in cluster.watch_changes(prefix, stop, since):
             seen.extend(f"{e.type} {e.key}" for e in batch)
-            if any(e.key.startswith("hosts/") for e in batch):
+            if any(e.key.startswith("hosts/") or e.type == "delete" for e in batch):
                 done.set()
 
     thread = threading.Thread(target=watch)
@@ -297,8 +297,8 @@ def test_endpoints_are_listed_per_network_and_changes_are_watched(cluster, excep
         "delete endpoints/default/h1/c1/eth0",
         "put hosts/h1",
     ]
-    # h1's agent is not told of h1's own endpoints: it publishes those itself.
-    assert seen == [e for e in everything if except_host is None or "/h1/" not in e]
+    # One prefix each (the agent watches hosts/, networks/ and endpoints/ only).
+    assert seen == [e for e in everything if e.split()[1].startswith(prefix)]
 
 
 def test_a_static_address_is_reserved_once(tmp_path):

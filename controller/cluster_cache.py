@@ -1,0 +1,319 @@
+"""The agent's copy of the cluster state it builds flows from, kept by list-then-watch.
+
+List ``hosts/``, ``networks/`` and ``endpoints/`` once, then watch only those three
+prefixes (never ``ipam/``, ``attachments/``, ``blocks/``: address churn is none of the
+pipeline's business), one thread per prefix, and turn every event into engine changes
+(openflow/incremental.py) for the reconciler.  Cost follows the change: an event
+touches its own record, and a host record touches that host's endpoints.
+
+Records are decoded one at a time (store.cluster.decode_*); a bad one is logged once
+per key and revision and skipped, and the rest is served.  Conflicts are resolved
+deterministically, the older record (lower create_revision) winning: two hosts with one
+tunnel IP here (so the loser's endpoints are never taken for the winner's), and the
+rest (one MAC or IP per network, one VNI per network, local port over remote endpoint)
+in the engine by rank.
+
+Faults: a compacted history makes the watcher re-list its prefix and turn the
+difference between cache and list into changes.  A store error leaves the installed
+flows as they are, is logged once, and is retried with backoff, then the prefix is
+re-listed as after a compaction.  The agent never exits for a store outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+
+from openflow.incremental import Change, Peer, Remove, Upsert
+from openflow.state import NetworkSpec, RemoteEndpoint
+from store.cluster import (
+    WATCHED_PREFIXES,
+    ClusterState,
+    Endpoint,
+    Host,
+    Network,
+    RecordError,
+    decode_endpoint,
+    decode_host,
+    decode_network,
+)
+from store.kv import CompactedError, Event, KeyValue, KvError
+
+LOG = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+REMOTE_RANK = 1  # remote endpoints lose to local ports (rank 0) whatever their age
+
+
+class ClusterCache:
+    """Hosts, networks and endpoints of the cluster as this host's agent needs them.
+
+    ``submit`` takes engine changes (the reconciler's); ``spawn(target, name)`` starts a
+    thread the agent cannot do without (one per watched prefix)."""
+
+    def __init__(
+        self,
+        cluster: ClusterState,
+        me: str,
+        my_tunnel_ip: str,
+        submit: Callable[[Sequence[Change]], int],
+    ):
+        self._cluster = cluster
+        self._me = me
+        self._my_ip = my_tunnel_ip
+        self._submit = submit
+        self._lock = threading.Lock()
+        self._hosts: dict[str, tuple[Host, int]] = {}  # valid host records: (host, create_rev)
+        self._networks: dict[str, Network] = {}
+        self._endpoints: dict[str, tuple[Endpoint, int]] = {}  # by store key
+        self._by_host: dict[str, set[str]] = defaultdict(set)  # host -> endpoint keys
+        self._peer_of: dict[str, str] = {}  # host -> tunnel IP, for hosts that won their IP
+        self._bad: dict[str, int] = {}  # bad record key -> the mod_revision logged
+        self._lost: dict[str, str] = {}  # host -> the tunnel IP it lost (logged)
+        self._outage_logged = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def network(self, name: str) -> Network | None:
+        with self._lock:
+            return self._networks.get(name)
+
+    def peer_ips(self) -> list[str]:
+        with self._lock:
+            return sorted(self._peer_of.values())
+
+    # -- running ------------------------------------------------------------------------
+
+    def load(self) -> dict[str, int]:
+        """List every watched prefix into the cache and submit the result; returns the
+        revision to watch each prefix from.  Raises KvError if the store is away (the
+        agent's start needs it)."""
+        revisions = {}
+        changes: list[Change] = []
+        for prefix in WATCHED_PREFIXES:
+            kvs, revisions[prefix] = self._cluster.kv.range(prefix)
+            changes += self._replace(prefix, kvs)
+        self._submit(changes)
+        return revisions
+
+    def watch(self, prefix: str, revision: int, stop: threading.Event) -> None:
+        """Keep ``prefix`` in the cache until ``stop``: apply watch events, re-list after a
+        compaction or a store outage.  Returns only when stopped."""
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                for batch in self._cluster.watch_changes(prefix, stop, revision):
+                    revision = max(revision, batch[-1].revision)
+                    self._submit_if_any(self._apply_events(batch))
+                    self._store_back()
+                    backoff = 0.0
+                return
+            except CompactedError as exc:
+                LOG.info("watching %s: %s; listing it again", prefix, exc)
+            except KvError as exc:
+                self._store_away(prefix, exc)
+                backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
+                if stop.wait(backoff):
+                    return
+            except Exception:  # a bug: say what we were doing, then list again
+                LOG.exception("watching %s failed; listing it again", prefix)
+                backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
+                if stop.wait(backoff):
+                    return
+            revision = self._relist(prefix, stop)
+
+    def _relist(self, prefix: str, stop: threading.Event) -> int:
+        """List ``prefix`` again until it works; the difference becomes changes."""
+        backoff = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                kvs, revision = self._cluster.kv.range(prefix)
+            except KvError as exc:
+                self._store_away(prefix, exc)
+                stop.wait(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            self._submit_if_any(self._replace(prefix, kvs))
+            self._store_back()
+            return revision
+        return 0
+
+    def _store_away(self, prefix: str, exc: Exception) -> None:
+        with self._lock:
+            first, self._outage_logged = not self._outage_logged, True
+        if first:
+            LOG.warning(
+                "the cluster state is unreachable (%s); br-int keeps its flows, retrying", exc
+            )
+        else:
+            LOG.debug("watching %s: store still unreachable: %s", prefix, exc)
+
+    def _store_back(self) -> None:
+        with self._lock:
+            was, self._outage_logged = self._outage_logged, False
+        if was:
+            LOG.warning("the cluster state is reachable again")
+
+    def _submit_if_any(self, changes: list[Change]) -> None:
+        if changes:
+            self._submit(changes)
+
+    # -- records to changes -----------------------------------------------------------------
+
+    def _apply_events(self, events: list[Event]) -> list[Change]:
+        with self._lock:
+            changes: list[Change] = []
+            for event in events:
+                kv = event.kv if event.type == "put" else None
+                changes += self._set(event.key, kv)
+            return changes
+
+    def _replace(self, prefix: str, kvs: list[KeyValue]) -> list[Change]:
+        """The cache's ``prefix`` becomes exactly ``kvs`` (a fresh list)."""
+        with self._lock:
+            fresh = {kv.key: kv for kv in kvs}
+            changes: list[Change] = []
+            for key in self._keys(prefix) - fresh.keys():
+                changes += self._set(key, None)
+            for kv in kvs:
+                changes += self._set(kv.key, kv)
+            return changes
+
+    def _keys(self, prefix: str) -> set[str]:
+        if prefix == "hosts/":
+            return {f"hosts/{name}" for name in self._hosts}
+        if prefix == "networks/":
+            return {f"networks/{name}" for name in self._networks}
+        return set(self._endpoints)
+
+    def _set(self, key: str, kv: KeyValue | None) -> list[Change]:
+        """(Holding the lock.)  ``key`` now holds ``kv`` (None: deleted); the changes."""
+        record = None
+        if kv is not None:
+            try:
+                record = self._decode(kv)
+            except RecordError as exc:
+                if self._bad.get(key) != kv.mod_revision:
+                    LOG.warning("skipped a bad record in the cluster state: %s", exc)
+                    self._bad[key] = kv.mod_revision
+        if record is not None or kv is None:
+            self._bad.pop(key, None)
+        if key.startswith("hosts/"):
+            return self._set_host(key[len("hosts/") :], record, kv)
+        if key.startswith("networks/"):
+            return self._set_network(key[len("networks/") :], record, kv)
+        return self._set_endpoint(key, record, kv)
+
+    @staticmethod
+    def _decode(kv: KeyValue):
+        if kv.key.startswith("hosts/"):
+            return decode_host(kv)
+        if kv.key.startswith("networks/"):
+            return decode_network(kv)
+        return decode_endpoint(kv)
+
+    def _set_network(self, name: str, net: Network | None, kv: KeyValue | None) -> list[Change]:
+        key = f"networks/{name}"
+        if net is None:
+            return [Remove(key)] if self._networks.pop(name, None) is not None else []
+        self._networks[name] = net
+        return [Upsert(key, NetworkSpec(net.name, net.vni), (kv.create_revision,))]
+
+    def _set_host(self, name: str, host: Host | None, kv: KeyValue | None) -> list[Change]:
+        if name == self._me:
+            return []  # this host: its tunnel is the source, never a peer
+        if host is not None and host.tunnel_ip == self._my_ip:
+            LOG.warning(
+                "skipped host %s: its tunnel IP %s is this host's (%s)",
+                name,
+                host.tunnel_ip,
+                self._me,
+            )
+            host = None
+        old = self._hosts.get(name)
+        if host is None:
+            if old is None:
+                return []
+            del self._hosts[name]
+            contested = {old[0].tunnel_ip}
+        else:
+            self._hosts[name] = (host, kv.create_revision)
+            contested = {host.tunnel_ip} | ({old[0].tunnel_ip} if old else set())
+        return self._settle_peers(contested)
+
+    def _settle_peers(self, ips: set[str]) -> list[Change]:
+        """Who holds each of ``ips`` now (the oldest host record claiming it), and the
+        changes for every host whose peer IP changed: its peer and its endpoints."""
+        changes: list[Change] = []
+        holders = {ip: None for ip in ips}
+        for name, (host, rev) in self._hosts.items():
+            if host.tunnel_ip in holders:
+                best = holders[host.tunnel_ip]
+                if best is None or (rev, name) < best:
+                    holders[host.tunnel_ip] = (rev, name)
+        winners = {ip: h[1] for ip, h in holders.items() if h is not None}
+        claimants = {name for name, (host, _) in self._hosts.items() if host.tunnel_ip in ips}
+        for name in sorted(claimants | {n for n, ip in self._peer_of.items() if ip in ips}):
+            entry = self._hosts.get(name)
+            ip = entry[0].tunnel_ip if entry else None
+            wins = ip is not None and winners.get(ip) == name
+            new = ip if wins else None
+            if entry is not None and not wins and self._lost.get(name) != ip:
+                LOG.warning(
+                    "skipped host %s: its tunnel IP %s is held by host %s, which came first",
+                    name,
+                    ip,
+                    winners.get(ip),
+                )
+            if entry is not None and not wins:
+                self._lost[name] = ip
+            else:
+                self._lost.pop(name, None)
+            if self._peer_of.get(name) == new:
+                continue
+            if new is None:
+                self._peer_of.pop(name, None)
+                changes.append(Remove(f"hosts/{name}"))
+            else:
+                self._peer_of[name] = new
+                changes.append(Upsert(f"hosts/{name}", Peer(new), (entry[1],)))
+            for ep_key in sorted(self._by_host.get(name, ())):
+                changes += self._endpoint_change(ep_key)
+        return changes
+
+    def _set_endpoint(self, key: str, ep: Endpoint | None, kv: KeyValue | None) -> list[Change]:
+        old = self._endpoints.pop(key, None)
+        if old is not None:
+            hosted = self._by_host[old[0].host]
+            hosted.discard(key)
+            if not hosted:
+                del self._by_host[old[0].host]
+        if ep is not None and ep.host != self._me:  # ours come from OVSDB
+            self._endpoints[key] = (ep, kv.create_revision)
+            self._by_host[ep.host].add(key)
+        if old is None and key not in self._endpoints:
+            return []
+        return self._endpoint_change(key)
+
+    def _endpoint_change(self, key: str) -> list[Change]:
+        entry = self._endpoints.get(key)
+        if entry is None:
+            return [Remove(key)]
+        ep, rev = entry
+        ip = self._peer_of.get(ep.host)
+        if ip is None:  # its host is gone (or lost its IP): it counts only with a live host
+            return [Remove(key)]
+        return [Upsert(key, RemoteEndpoint(ep.network, ip, ep.mac, ep.ip), (REMOTE_RANK, rev))]
+
+    def live_keys(self) -> set[Hashable]:
+        """Every key the cache holds (for tests of boundedness)."""
+        with self._lock:
+            return (
+                set(self._endpoints)
+                | {f"hosts/{n}" for n in self._hosts}
+                | {f"networks/{n}" for n in self._networks}
+                | set(self._bad)
+            )

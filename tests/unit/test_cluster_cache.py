@@ -1,0 +1,168 @@
+"""The agent's cluster cache on a real (SQLite) store: records in, engine changes out, bad
+and conflicting records skipped and logged once, compaction and host expiry handled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+
+from controller.cluster_cache import ClusterCache
+from openflow.incremental import Engine, Upsert
+from openflow.state import LocalPort, NetworkSpec, RemoteEndpoint
+from store import open_cluster
+
+WAIT = 10.0
+ME, MY_IP = "h1", "198.18.0.1"
+
+
+class Fed:
+    """The cache's consumer: a real engine, fed as the reconciler would feed it."""
+
+    def __init__(self):
+        self.engine = Engine(tunnel_ofport=1, generation=1)
+        self.cond = threading.Condition()
+
+    def submit(self, changes) -> int:
+        with self.cond:
+            self.engine.apply(changes)
+            self.cond.notify_all()
+        return 0
+
+    def wait(self, predicate) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self.engine.state()), WAIT)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = open_cluster(f"sqlite:///{tmp_path}/cluster.db")
+    c.create_network("default", 5001, "100.64.0.0/16")
+    yield c
+    c.close()
+
+
+def ep(cluster, host, att, mac, ip, network="default"):
+    cluster.put_endpoint(network, host, att, mac=mac, ip=ip, container_id=att, ifname="eth0")
+
+
+def watching(cache, stop):
+    revisions = cache.load()
+    threads = [
+        threading.Thread(target=cache.watch, args=(p, r, stop), daemon=True)
+        for p, r in revisions.items()
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_load_then_watch_serves_peers_and_their_endpoints(cluster):
+    cluster.register_host("h2", "198.18.0.2", ttl=30)
+    ep(cluster, "h2", "a/eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    ep(cluster, ME, "mine/eth0", "0a:58:64:40:00:09", "100.64.0.9")  # from OVSDB, not here
+    fed, stop = Fed(), threading.Event()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    threads = watching(cache, stop)
+    try:
+        state = fed.engine.state()
+        assert state.networks == (NetworkSpec("default", 5001),)
+        assert state.peers == ("198.18.0.2",)
+        assert state.remote == (
+            RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:02", "100.64.0.2"),
+        )
+        cluster.register_host("h3", "198.18.0.3", ttl=30)
+        ep(cluster, "h3", "b/eth0", "0a:58:64:40:00:03", "100.64.0.3")
+        assert fed.wait(lambda s: len(s.remote) == 2 and s.peers == ("198.18.0.2", "198.18.0.3"))
+        cluster.delete_endpoint("default", "h2", "a/eth0")
+        assert fed.wait(lambda s: [r.host_ip for r in s.remote] == ["198.18.0.3"])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+
+
+def test_bad_and_conflicting_records_are_skipped_logged_once_and_the_rest_served(cluster, caplog):
+    kv = cluster.kv
+    cluster.register_host("h2", "198.18.0.2", ttl=30)
+    cluster.register_host("h3", "198.18.0.3", ttl=30)
+    ep(cluster, "h2", "good/eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    ep(cluster, "h3", "samemac/eth0", "0a:58:64:40:00:02", "100.64.0.3")  # h2's MAC, younger
+    kv.put("endpoints/default/h2/junk", "{not json")
+    kv.put(
+        "endpoints/default/h2/badmac/eth0",
+        json.dumps(
+            {"mac": "ff:ff:ff:ff:ff:ff", "ip": "100.64.0.7", "container_id": "x", "ifname": "eth0"}
+        ),
+    )
+    kv.put("hosts/h4", json.dumps({"tunnel_ip": "not-an-ip"}))
+    kv.put("hosts/h5", json.dumps({"tunnel_ip": "198.18.0.2"}))  # h2's tunnel IP, younger
+    ep(cluster, "h5", "h5pod/eth0", "0a:58:64:40:00:05", "100.64.0.5")
+    kv.put("networks/dup", json.dumps({"vni": 5001, "cidr": "100.65.0.0/16"}))  # raw: VNI taken
+    fed = Fed()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    with caplog.at_level(logging.WARNING):
+        cache.load()
+        cache.load()  # the same bad records again: not logged again
+    state = fed.engine.state()
+    assert state.networks == (NetworkSpec("default", 5001),)
+    assert state.peers == ("198.18.0.2", "198.18.0.3")
+    assert state.remote == (
+        RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:02", "100.64.0.2"),
+    )
+    text = caplog.text
+    for what in ("endpoints/default/h2/junk", "badmac", "hosts/h4", "host h5"):
+        assert text.count(what) == 1, what
+    # The engine reports (once) what it shadows; the reconciler logs those.
+    assert not fed.engine.is_active("endpoints/default/h3/samemac/eth0")
+    assert fed.engine.shadowed("networks/dup").claim == ("vni", 5001)
+    # A local port wins over a remote endpoint with its MAC, whatever their ages.
+    fed.engine.apply(
+        [Upsert("port/p", LocalPort("default", 5, "0a:58:64:40:00:02", "100.64.0.8"), (0,))]
+    )
+    assert fed.engine.state().remote == ()
+    # The older host goes: the younger one with its IP (and its endpoint) takes over.
+    fed.engine.apply(cache._replace("hosts/", [kv.get("hosts/h3"), kv.get("hosts/h5")]))
+    # (h3's endpoint still loses its MAC, now to the local port.)
+    assert [r.ip for r in fed.engine.state().remote] == ["100.64.0.5"]
+
+
+def test_a_compacted_history_is_listed_again_and_the_difference_applied(cluster):
+    cluster.register_host("h2", "198.18.0.2", ttl=30)
+    ep(cluster, "h2", "a/eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    fed, stop = Fed(), threading.Event()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    revisions = cache.load()
+    cluster.delete_endpoint("default", "h2", "a/eth0")
+    ep(cluster, "h2", "b/eth0", "0a:58:64:40:00:04", "100.64.0.4")
+    cluster.kv.compact(cluster.revision())
+    t = threading.Thread(
+        target=cache.watch, args=("endpoints/", revisions["endpoints/"], stop), daemon=True
+    )
+    t.start()
+    try:
+        assert fed.wait(lambda s: [r.ip for r in s.remote] == ["100.64.0.4"])
+    finally:
+        stop.set()
+        t.join(WAIT)
+
+
+def test_a_host_whose_lease_expires_loses_its_endpoints_until_it_returns(cluster):
+    lease = cluster.register_host("h2", "198.18.0.2", ttl=1)
+    ep(cluster, "h2", "a/eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    fed, stop = Fed(), threading.Event()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    threads = watching(cache, stop)
+    try:
+        assert len(fed.engine.state().remote) == 1
+        assert fed.wait(lambda s: s.peers == () and s.remote == ())  # no keepalive: it expires
+        assert not cluster.kv.keepalive(lease)
+        assert [e.ip for e in cluster.list_endpoints()] == ["100.64.0.2"]  # not on the lease
+        cluster.register_host("h2", "198.18.0.2", ttl=30)
+        assert fed.wait(lambda s: [r.ip for r in s.remote] == ["100.64.0.2"])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
