@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import signal
 import sys
 
-from lab import lab, naming, pods
+from lab import lab, naming, pods, running
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +23,20 @@ def add_parser(subparsers) -> None:
     up.add_argument("--name", required=True)
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--tunnel-type", default="vxlan", choices=["vxlan", "geneve", "gre"])
+    up.add_argument(
+        "--store",
+        default="sqlite",
+        choices=lab.STORES,
+        help="the cluster state: a SQLite file in the state dir, or etcd members in the lab "
+        "(default: %(default)s)",
+    )
+    up.add_argument("--etcd-members", type=int, help="etcd members with --store etcd (default 1)")
+    up.add_argument(
+        "--host-ttl",
+        type=int,
+        default=lab.DEFAULT_HOST_TTL,
+        help="seconds a host stays in the store after its agent dies (default: %(default)s)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove a lab and everything it made")
@@ -41,11 +56,33 @@ def add_parser(subparsers) -> None:
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     ex.set_defaults(func=cmd_exec)
 
-    agent = sub.add_parser("agent", help="stop, start or restart a host's agent")
-    agent.add_argument("action", choices=["stop", "start", "restart"])
+    host = sub.add_parser("host", help="add a host to a running lab")
+    host_sub = host.add_subparsers(dest="host_command", required=True)
+    host_add = host_sub.add_parser("add", help="add host h<N+1> (namespace, OVS, agent)")
+    host_add.add_argument("--lab", required=True)
+    host_add.set_defaults(func=cmd_host_add)
+
+    agent = sub.add_parser(
+        "agent", help="stop (SIGTERM), kill (SIGKILL), start or restart a host's agent"
+    )
+    agent.add_argument("action", choices=lab.AGENT_ACTIONS)
     agent.add_argument("--lab", required=True)
     agent.add_argument("host")
     agent.set_defaults(func=cmd_agent)
+
+    etcd = sub.add_parser("etcd", help="stop, start or restart etcd members (fault tests)")
+    etcd.add_argument("action", choices=running.ETCD_ACTIONS)
+    etcd.add_argument("--lab", required=True)
+    etcd.add_argument(
+        "--signal",
+        default="KILL",
+        help="the signal 'stop' and 'restart' send (default KILL: a crash; TERM: a clean stop)",
+    )
+    etcd.add_argument(
+        "--no-wait", action="store_true", help="do not wait for started members to be healthy"
+    )
+    etcd.add_argument("members", nargs="+", metavar="etcd<k>")
+    etcd.set_defaults(func=cmd_etcd)
 
     pod = sub.add_parser("pod", help="lab pods: a namespace attached through the host's agent")
     pod_sub = pod.add_subparsers(dest="pod_command", required=True)
@@ -69,7 +106,33 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_up(args) -> int:
-    print_status(lab.up(args.name, args.hosts, args.state_dir, args.tunnel_type))
+    print_status(
+        lab.up(
+            args.name,
+            args.hosts,
+            args.state_dir,
+            args.tunnel_type,
+            store=args.store,
+            etcd_members=args.etcd_members,
+            host_ttl=args.host_ttl,
+        )
+    )
+    return 0
+
+
+def cmd_host_add(args) -> int:
+    h = running.host_add(args.lab, args.state_dir)
+    print(f"added {h.name}: namespace {h.namespace}, underlay {h.underlay_ip}")
+    return 0
+
+
+def cmd_etcd(args) -> int:
+    name = args.signal.upper().removeprefix("SIG")
+    try:
+        sig = signal.Signals["SIG" + name]
+    except KeyError:
+        raise ValueError(f"signal {args.signal!r} is unknown; use e.g. KILL or TERM") from None
+    running.etcd_control(args.lab, args.members, args.action, sig, args.state_dir, not args.no_wait)
     return 0
 
 
@@ -164,8 +227,11 @@ def cmd_demo(args) -> int:
 def print_status(status: lab.LabStatus) -> None:
     print(
         f"lab {status.name}: {len(status.hosts)} hosts, tunnel {status.tunnel_type}, "
-        f"state {status.state_dir}"
+        f"state {status.state_dir}, store {status.store_url}"
     )
+    for m in status.etcd:
+        state = f"pid {m.pid}" if m.pid else "DOWN"
+        print(f"  {m.name}  {m.namespace}  {m.ip}:{naming.ETCD_CLIENT_PORT}  {state}")
     daemons = sorted({d for h in status.hosts for d in h.daemons}, key=_daemon_order)
     rows = [("host", "namespace", "underlay ip", "bridges (datapath)", *daemons)]
     for h in status.hosts:

@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 
-from ctl import cni_install, lab_commands, network_commands
+from ctl import cni_install, endpoint_commands, host_commands, lab_commands, network_commands
+from lab.etcd_members import EtcdLabError
 from lab.lab import LabError
 from ovsdb.client import OvsdbUnavailable
+from store.kv import KvError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     lab_commands.add_parser(sub)
     network_commands.add_parser(sub)
+    host_commands.add_parser(sub)
+    endpoint_commands.add_parser(sub)
     cni_install.add_parser(sub)
     return parser
 
@@ -29,7 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (LabError, ValueError, OvsdbUnavailable, FileExistsError, PermissionError) as exc:
+    except (
+        LabError,
+        EtcdLabError,
+        ValueError,
+        KvError,
+        OvsdbUnavailable,
+        FileExistsError,
+        PermissionError,
+    ) as exc:
         print(f"ovs-overlayctl: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # anything else still ends as one line; -v shows the traceback

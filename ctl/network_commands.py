@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from lab import naming
-from lab.lab import LabPaths
-from store import open_cluster
+from ctl.store_options import add_store_options, emit, open_store
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("network", help="create, list and delete networks")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--lab", help="the cluster state of this lab")
-    where.add_argument("--store", help="a cluster state URL (sqlite:///PATH)")
-    p.add_argument("--state-dir", default=naming.DEFAULT_STATE_ROOT, help="where labs live")
+    add_store_options(p)
     sub = p.add_subparsers(dest="network_command", required=True)
 
     create = sub.add_parser("create", help="create a network")
@@ -29,41 +24,30 @@ def add_parser(subparsers) -> None:
     delete = sub.add_parser("delete", help="delete a network (refused while it has endpoints)")
     delete.add_argument("name")
     delete.set_defaults(func=cmd_delete)
-
-
-def _cluster(args):
-    if args.lab:
-        return open_cluster(LabPaths(args.state_dir, naming.validate_lab_name(args.lab)).store_url)
-    return open_cluster(args.store)
+    for leaf in (create, ls, delete):
+        add_store_options(leaf, leaf=True)
 
 
 def cmd_create(args) -> int:
-    cluster = _cluster(args)
-    try:
+    with open_store(args) as cluster:
         cluster.create_network(
             args.name, vni=args.vni, cidr=args.cidr, mtu=args.mtu, gateway=not args.no_gateway
         )
-    finally:
-        cluster.close()
     return 0
 
 
 def cmd_list(args) -> int:
-    cluster = _cluster(args)
-    try:
-        print(f"{'name':<16} {'vni':>8}  {'cidr':<18} {'mtu':>5}  gateway")
-        for n in cluster.list_networks():
-            mtu = n.mtu if n.mtu else "-"
-            print(f"{n.name:<16} {n.vni:>8}  {n.cidr:<18} {mtu:>5}  {'yes' if n.gateway else 'no'}")
-    finally:
-        cluster.close()
+    with open_store(args) as cluster:
+        networks = cluster.list_networks()
+    rows = [
+        {"name": n.name, "vni": n.vni, "cidr": n.cidr, "mtu": n.mtu, "gateway": n.gateway}
+        for n in networks
+    ]
+    emit(args, ("name", "vni", "cidr", "mtu", "gateway"), rows)
     return 0
 
 
 def cmd_delete(args) -> int:
-    cluster = _cluster(args)
-    try:
+    with open_store(args) as cluster:
         cluster.delete_network(args.name)
-    finally:
-        cluster.close()
     return 0

@@ -2,7 +2,8 @@
 
 Each agent runs inside its host's namespace, so its OpenFlow listener on
 127.0.0.1:6653 is that host's loopback and only that host's ovs-vswitchd
-reaches it.  All agents share the lab's SQLite cluster state.
+reaches it.  All agents share the lab's cluster state: a SQLite file, or the lab's
+etcd members, which they reach over the underlay through br-phy.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ def pidfile(paths: OvsHostPaths) -> str:
 
 
 def write_config(
-    paths: OvsHostPaths, host: str, tunnel_ip: str, store_url: str, tunnel_type: str, port: int
+    paths: OvsHostPaths,
+    host: str,
+    tunnel_ip: str,
+    store_url: str,
+    tunnel_type: str,
+    port: int,
+    host_ttl: int,
 ) -> str:
     conf = config_path(paths)
     with open(conf, "w") as f:
@@ -52,7 +59,7 @@ def write_config(
             f"socket = {socket_path(paths)}\n"
             f"underlay_cidr = {naming.UNDERLAY_NET}\n"
             f"underlay_bridge = {naming.PHYS_BRIDGE}\n"
-            "host_ttl = 6\n"
+            f"host_ttl = {host_ttl}\n"
         )
     return conf
 

@@ -7,6 +7,11 @@ A lab ``L`` with N hosts is::
                    br-int (netdev, secure, OpenFlow13, controller tcp:127.0.0.1:6653,
                    named tables, flow-based tunnel port)
                    its own ovsdb-server + ovs-vswitchd
+    ns L-etcd<k>:  (``--store etcd``) eth0 at 198.18.1.<k>/16, one etcd member
+                   (lab/etcd_members.py); ul0 then has the operator's 198.18.255.254/16
+
+The cluster state is a SQLite file in the state dir (default) or the lab's etcd; the
+manifest (lab.json) records which, and ``open_lab_cluster`` opens it from anywhere.
 
 The underlay IP sits on br-phy, the OVS bridge that owns the uplink, because
 userspace tunnelling routes encapsulated packets out of an OVS bridge (OVS's
@@ -24,21 +29,28 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctl import cni_install
 from lab import agent_proc, naming, netns, ovs_host
+from lab import etcd_members as etcd
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import NETDEV, DatapathChoice
 from ovsdb.tunnel import TunnelPort
-from store import open_cluster
+from store import ClusterState, open_cluster
 
 LOG = logging.getLogger(__name__)
 
 CONTROLLER_PORT = 6653
 MANIFEST = "lab.json"
+STORES = ("sqlite", "etcd")
+# Seconds a lab host stays in the store after its agent stops renewing its lease: short,
+# so fault tests see a dead host go quickly (production default: controller/config.py).
+DEFAULT_HOST_TTL = 6
 LAB_DATAPATH = DatapathChoice(
     NETDEV, "lab hosts tunnel through br-phy, which needs the userspace datapath"
 )
@@ -66,8 +78,14 @@ class LabPaths:
         return os.path.join(self.root, "cni", "bin")
 
     @property
-    def store_url(self) -> str:
+    def sqlite_url(self) -> str:
         return "sqlite:///" + os.path.join(self.root, "cluster.db")
+
+    @property
+    def store_url(self) -> str:
+        """The lab's store as its manifest records it (a lab from before etcd: SQLite).
+        An etcd URL is reachable only from the lab's namespaces: see ``open_lab_cluster``."""
+        return read_manifest(self).get("store", {}).get("url") or self.sqlite_url
 
     def host(self, host: str) -> ovs_host.OvsHostPaths:
         return ovs_host.OvsHostPaths(os.path.join(self.root, "hosts", host))
@@ -84,11 +102,21 @@ class HostStatus:
 
 
 @dataclass(frozen=True)
+class EtcdMemberStatus:
+    name: str
+    namespace: str
+    ip: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
 class LabStatus:
     name: str
     state_dir: str
     tunnel_type: str
     hosts: tuple[HostStatus, ...]
+    store_url: str = ""
+    etcd: tuple[EtcdMemberStatus, ...] = ()
 
 
 def up(
@@ -97,15 +125,29 @@ def up(
     state_root: str = naming.DEFAULT_STATE_ROOT,
     tunnel_type: str = "vxlan",
     agents: bool = True,
+    store: str = "sqlite",
+    etcd_members: int | None = None,
+    host_ttl: int = DEFAULT_HOST_TTL,
 ) -> LabStatus:
     """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made.
 
     ``agents=False`` leaves out the agents (and the cluster state): hosts with
-    bare OVS, for testing the OVSDB layer on its own.
+    bare OVS, for testing the OVSDB layer on its own.  ``store="etcd"`` runs
+    ``etcd_members`` etcd members and waits until they are healthy before any agent
+    starts (default 1); ``host_ttl`` is the agents' ``host_ttl`` (seconds).
     """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
     TunnelPort(tunnel_type=tunnel_type)  # validates the type
+    if store not in STORES:
+        raise ValueError(f"store {store!r} is not one of {', '.join(STORES)}; pick one")
+    if etcd_members is not None and store != "etcd":
+        raise ValueError(
+            "--etcd-members applies to --store etcd only; add --store etcd or drop --etcd-members"
+        )
+    etcd_members = naming.validate_etcd_members(1 if etcd_members is None else etcd_members)
+    if isinstance(host_ttl, bool) or not isinstance(host_ttl, int) or host_ttl < 1:
+        raise ValueError(f"host TTL {host_ttl!r} is not a whole number of seconds >= 1")
     paths = LabPaths(state_root, name)
     taken = _lab_namespaces(name)
     if taken:
@@ -122,15 +164,40 @@ def up(
             f"run 'ovs-overlayctl lab down --name {name}' first or pick another name"
         ) from None
     try:
-        _write_manifest(paths, hosts, tunnel_type)
+        store_record = {"kind": store, "url": paths.sqlite_url}
+        if store == "etcd":
+            store_record = {
+                "kind": "etcd",
+                "members": etcd_members,
+                "url": naming.etcd_url(etcd_members),
+            }
+        write_manifest(
+            paths,
+            {
+                "name": name,
+                "hosts": hosts,
+                "tunnel_type": tunnel_type,
+                "store": store_record,
+                "host_ttl": host_ttl,
+            },
+        )
         underlay = naming.underlay_namespace(name)
         netns.create_namespace(underlay)
         netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
+        etcd_procs = {}
+        if store == "etcd":
+            # The members start first and elect a leader while the hosts are built.
+            etcd.add_operator_address(name)
+            for k in range(1, etcd_members + 1):
+                etcd.build_member_namespace(name, k)
+                etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
         for index in range(1, hosts + 1):
-            _build_host(paths, index, tunnel_type)
+            build_host(paths, index, tunnel_type)
+        if etcd_procs:
+            etcd.wait_healthy(name, paths.root, list(etcd_procs), etcd_procs)
         if agents:
             _seed_cluster(paths)
-            procs = [_start_agent(paths, index, tunnel_type) for index in range(1, hosts + 1)]
+            procs = [start_agent(paths, index) for index in range(1, hosts + 1)]
             for index, proc in enumerate(procs, start=1):
                 agent_proc.wait_ready(paths.host(naming.host_name(index)), proc)
     except BaseException:
@@ -140,12 +207,14 @@ def up(
     return status(name, state_root)
 
 
-def _write_manifest(paths: LabPaths, hosts: int, tunnel_type: str) -> None:
-    with open(paths.manifest, "w") as f:
-        json.dump({"name": paths.name, "hosts": hosts, "tunnel_type": tunnel_type}, f)
+def write_manifest(paths: LabPaths, manifest: dict) -> None:
+    tmp = paths.manifest + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f)
+    os.replace(tmp, paths.manifest)
 
 
-def _read_manifest(paths: LabPaths) -> dict:
+def read_manifest(paths: LabPaths) -> dict:
     try:
         with open(paths.manifest) as f:
             return json.load(f)
@@ -153,7 +222,7 @@ def _read_manifest(paths: LabPaths) -> dict:
         return {}
 
 
-def _build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
+def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
     host = naming.host_name(index)
     ns = naming.host_namespace(paths.name, host)
     underlay = naming.underlay_namespace(paths.name)
@@ -200,31 +269,81 @@ def _seed_cluster(paths: LabPaths) -> None:
     """The lab's shared cluster state, with the ``default`` network every lab starts with,
     and the CNI plugin installed where the lab's pods are attached from."""
     cni_install.install(paths.cni_bin, None, naming.DEFAULT_NETWORK, "")
-    cluster = open_cluster(paths.store_url)
-    try:
+    with open_lab_cluster(paths.name, paths.state_root) as cluster:
         cluster.create_network(
             naming.DEFAULT_NETWORK, vni=naming.DEFAULT_VNI, cidr=naming.DEFAULT_CIDR, gateway=True
         )
-    finally:
-        cluster.close()
 
 
-def _start_agent(paths: LabPaths, index: int, tunnel_type: str):
+@contextmanager
+def open_lab_cluster(
+    name: str, state_root: str = naming.DEFAULT_STATE_ROOT
+) -> Iterator[ClusterState]:
+    """The lab's cluster state, open for the block, from the root namespace.
+
+    A SQLite lab's store is a file: opened as is.  An etcd lab's members are reachable only
+    on the lab's underlay, and the root namespace gets no address or route there, so this
+    thread enters the lab's operator namespace (``L-underlay``, whose bridge has
+    198.18.255.254) for the block: the store's connections are made there and stay there
+    (a socket keeps the namespace it was created in; threads started in the block inherit
+    it).  Only the calling thread moves; use the store inside the block, on this thread.
+    """
+    naming.validate_lab_name(name)
+    paths = LabPaths(state_root, name)
+    manifest = read_manifest(paths)
+    if not manifest:
+        raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
+    if manifest.get("store", {}).get("kind", "sqlite") == "sqlite":
+        cluster = open_cluster(paths.store_url)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+        return
+    if not netns.namespace_exists(etcd.operator_namespace(name)):
+        raise LabError(
+            f"lab {name} has no namespace {etcd.operator_namespace(name)} to reach its etcd "
+            f"from; it is half removed: run 'ovs-overlayctl lab down --name {name}'"
+        )
+    with etcd.in_operator_namespace(name):
+        cluster = open_cluster(paths.store_url)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+def start_agent(paths: LabPaths, index: int):
     host = naming.host_name(index)
     host_paths = paths.host(host)
+    manifest = read_manifest(paths)
     agent_proc.write_config(
-        host_paths, host, naming.underlay_ip(index), paths.store_url, tunnel_type, CONTROLLER_PORT
+        host_paths,
+        host,
+        naming.underlay_ip(index),
+        paths.store_url,
+        manifest.get("tunnel_type", "vxlan"),
+        CONTROLLER_PORT,
+        host_ttl=int(manifest.get("host_ttl", DEFAULT_HOST_TTL)),
     )
     return agent_proc.start(host_paths, naming.host_namespace(paths.name, host))
 
 
+AGENT_ACTIONS = ("stop", "start", "restart", "kill")
+
+
 def agent_control(name: str, host: str, action: str, state_root: str = naming.DEFAULT_STATE_ROOT):
-    """Stop, start or restart one host's agent (``lab agent ...``)."""
+    """Stop (SIGTERM: a clean leave), kill (SIGKILL: a crash), start or restart one host's
+    agent (``lab agent ...``)."""
     naming.host_index(host)
+    if action not in AGENT_ACTIONS:
+        raise ValueError(f"agent action {action!r} is not one of {', '.join(AGENT_ACTIONS)}")
     paths = LabPaths(state_root, name)
     host_paths = paths.host(host)
     if not os.path.exists(agent_proc.config_path(host_paths)):
         raise LabError(f"lab {name} has no agent on host {host}; see 'ovs-overlayctl lab status'")
+    if action == "kill" and agent_proc.stop(host_paths, signal.SIGKILL) is None:
+        raise LabError(f"the agent of {host} is not running; nothing to kill")
     if action in ("stop", "restart"):
         agent_proc.stop(host_paths)
     if action in ("start", "restart"):
@@ -256,6 +375,12 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     naming.validate_lab_name(name)
     paths = LabPaths(state_root, name)
     removed: list[str] = []
+    etcd_dir = os.path.join(paths.root, "etcd")
+    if os.path.isdir(etcd_dir):
+        for member in sorted(os.listdir(etcd_dir)):
+            pid = etcd.stop(etcd.EtcdMemberPaths(os.path.join(etcd_dir, member)))
+            if pid is not None:
+                removed.append(f"process etcd pid {pid} ({member})")
     hosts_dir = os.path.join(paths.root, "hosts")
     if os.path.isdir(hosts_dir):
         for host in sorted(os.listdir(hosts_dir)):
@@ -313,7 +438,7 @@ def list_labs(state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
 def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
     naming.validate_lab_name(name)
     paths = LabPaths(state_root, name)
-    manifest = _read_manifest(paths)
+    manifest = read_manifest(paths)
     if not manifest:
         raise LabError(f"no lab named {name}; 'ovs-overlayctl lab list' shows the labs")
     hosts = []
@@ -341,7 +466,25 @@ def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
                 bridges=bridges,
             )
         )
-    return LabStatus(name, paths.root, manifest.get("tunnel_type", "vxlan"), tuple(hosts))
+    store = manifest.get("store", {})
+    members = tuple(
+        EtcdMemberStatus(
+            name=naming.etcd_member_name(k),
+            namespace=naming.etcd_namespace(name, k),
+            ip=naming.etcd_ip(k),
+            pid=etcd.member_pid(etcd.member_paths(paths.root, k)),
+        )
+        for k in range(1, int(store.get("members", 0)) + 1)
+        if store.get("kind") == "etcd"
+    )
+    return LabStatus(
+        name,
+        paths.root,
+        manifest.get("tunnel_type", "vxlan"),
+        tuple(hosts),
+        paths.store_url,
+        members,
+    )
 
 
 def host_env(name: str, host: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> dict[str, str]:

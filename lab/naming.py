@@ -22,6 +22,13 @@ DEFAULT_STATE_ROOT = "/run/ovs-overlay/lab"
 DEFAULT_NETWORK = "default"
 DEFAULT_VNI = 5001
 DEFAULT_CIDR = "100.64.0.0/16"
+MAX_ETCD_MEMBERS = 7
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+# The operator's vantage point: the underlay bridge's own address, in the underlay
+# namespace (etcd labs only).  The root namespace gets no address or route, so whatever
+# must reach the lab's etcd from outside (the CLI, tests) enters that namespace first.
+OPERATOR_IP = "198.18.255.254"
 
 
 def validate_lab_name(name: str) -> str:
@@ -68,14 +75,53 @@ def underlay_ip(index: int) -> str:
     return str(UNDERLAY_NET.network_address + index)
 
 
+def validate_etcd_members(count: int) -> int:
+    if not 1 <= count <= MAX_ETCD_MEMBERS:
+        raise ValueError(
+            f"etcd member count {count} is outside 1..{MAX_ETCD_MEMBERS}; "
+            "pick 1, 3 or 5 (an odd count survives the most failures)"
+        )
+    return count
+
+
+def etcd_member_name(index: int) -> str:
+    return f"etcd{index}"
+
+
+def etcd_member_index(member: str) -> int:
+    """The index of member ``etcd<k>``; raises for anything else."""
+    m = re.fullmatch(r"etcd([1-9][0-9]*)", member)
+    if not m or int(m.group(1)) > MAX_ETCD_MEMBERS:
+        raise ValueError(f"{member!r} is not an etcd member name; members are etcd1, etcd2, ...")
+    return int(m.group(1))
+
+
+def etcd_namespace(lab: str, index: int) -> str:
+    return f"{lab}-{etcd_member_name(index)}"
+
+
+def etcd_ip(index: int) -> str:
+    """Members sit at 198.18.1.<k>, apart from the hosts' 198.18.0.<i>."""
+    return str(UNDERLAY_NET.network_address + 256 + index)
+
+
+def etcd_url(members: int) -> str:
+    """The store URL the agents get: every member, so the client fails over."""
+    return "etcd://" + ",".join(f"{etcd_ip(k)}:{ETCD_CLIENT_PORT}" for k in range(1, members + 1))
+
+
 def underlay_prefixlen() -> int:
     return UNDERLAY_NET.prefixlen
 
 
 def owns_namespace(lab: str, namespace: str) -> bool:
-    """Whether ``namespace`` was made by lab ``lab`` (its underlay, a host, or a host's pod)."""
+    """Whether ``namespace`` was made by lab ``lab`` (its underlay, a host, a host's pod, or
+    an etcd member)."""
     return (
-        re.fullmatch(rf"{re.escape(lab)}-(underlay|h[1-9][0-9]*(-[A-Za-z0-9_.-]+)?)", namespace)
+        re.fullmatch(
+            rf"{re.escape(lab)}-(underlay|etcd[1-9][0-9]*|h[1-9][0-9]*(-[A-Za-z0-9_.-]+)?)",
+            namespace,
+        )
         is not None
     )
 

@@ -37,6 +37,9 @@ MAX_VNI = 2**24 - 1
 DEFAULT_BLOCK_PREFIX = 26
 MAX_NETWORK_PREFIX = 30  # network, gateway, one pod, broadcast
 MIN_MTU, MAX_MTU = 576, 9000
+# Operations per transaction when removing a host: etcd refuses a transaction of more than
+# --max-txn-ops (default 128) operations.
+REMOVE_BATCH = 100
 WATCHED_PREFIXES = ("hosts/", "networks/", "endpoints/")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -139,6 +142,28 @@ class Endpoint:
     ifname: str
 
 
+@dataclass(frozen=True)
+class HostSummary:
+    """A host as the operator sees it: alive (its key is on a live lease) or only left
+    behind in its blocks and endpoints (its agent died and never came back)."""
+
+    name: str
+    alive: bool
+    tunnel_ip: str | None
+    endpoints: int
+    blocks: int
+
+
+@dataclass(frozen=True)
+class HostRemoval:
+    """What ``remove_host`` reclaimed."""
+
+    host: str
+    endpoints: int
+    blocks: int
+    addresses: int
+
+
 def reserved_addresses(cidr: str) -> frozenset[str]:
     """The addresses of a network never given to a pod: the network and broadcast addresses,
     and the first host address, which is the gateway's on every host (an anycast gateway;
@@ -219,6 +244,99 @@ class ClusterState:
         return [
             Host(kv.key[len("hosts/") :], json.loads(kv.value)["tunnel_ip"], kv.lease) for kv in kvs
         ]
+
+    def host_summaries(self) -> list[HostSummary]:
+        """Every host the store knows, alive or not, with its endpoint and block counts (a
+        full read: for the operator, never on an agent's path)."""
+        alive = {h.name: h for h in self.list_hosts()}
+        endpoints: dict[str, int] = {}
+        for e in self.list_endpoints():
+            endpoints[e.host] = endpoints.get(e.host, 0) + 1
+        blocks: dict[str, int] = {}
+        for kv in self.kv.range("blocks/")[0]:
+            owner = json.loads(kv.value)["host"]
+            blocks[owner] = blocks.get(owner, 0) + 1
+        return [
+            HostSummary(
+                name,
+                name in alive,
+                alive[name].tunnel_ip if name in alive else None,
+                endpoints.get(name, 0),
+                blocks.get(name, 0),
+            )
+            for name in sorted(alive.keys() | endpoints.keys() | blocks.keys())
+        ]
+
+    def remove_host(self, name: str) -> HostRemoval:
+        """Reclaim what a host that never returns still holds: its endpoints (every other
+        host drops its flows), its blocks, the addresses and attachment records in them or
+        named by its endpoints, and its endpoints' MAC claims.  Refused while the host is
+        alive (its agent keeps its lease): removing a live host's state would cut its pods
+        off.
+
+        Every transaction is guarded by the host's key being absent, so a host that comes
+        back in the middle stops the removal; what is already reclaimed stays reclaimed, and
+        running it again finishes the job (addresses go first, endpoints and blocks last, so
+        a rerun still finds every address through them)."""
+        _check_name("host", name, 253)
+        host_key = f"hosts/{name}"
+        if self.kv.get(host_key) is not None:
+            raise StoreError(
+                f"host {name} is alive (its agent keeps its lease); stop its agent and wait "
+                "for the host's TTL to pass before removing it"
+            )
+        address_ops: list[Delete] = []  # pairs: an address and its attachment record
+        mac_ops: list[Delete] = []
+        last_ops: list[Delete] = []
+        counts = {"endpoints": 0, "blocks": 0, "addresses": 0}
+        for net in self.list_networks():
+            blocks = self.blocks_of(net.name, name)
+            endpoints = [e for e in self.list_endpoints(net.name) if e.host == name]
+            ranges = [ipaddress.IPv4Network(b.cidr) for b in blocks]
+            held = {e.attachment for e in endpoints}
+            for ip, attachment in self.allocations(net.name).items():
+                if attachment in held or any(ipaddress.IPv4Address(ip) in r for r in ranges):
+                    address_ops.append(Delete(_ipam_prefix(net.name) + ip))
+                    address_ops.append(Delete(_attachment_key(net.name, attachment)))
+                    counts["addresses"] += 1
+            mac_ops.extend(Delete(key) for key in self._mac_claims_of(net.name, name, held))
+            if endpoints:
+                last_ops.append(Delete(f"endpoints/{net.name}/{name}/", prefix=True))
+                counts["endpoints"] += len(endpoints)
+            last_ops.extend(Delete(_block_prefix(net.name) + b.cidr) for b in blocks)
+            counts["blocks"] += len(blocks)
+        # REMOVE_BATCH is even, so an address and its record stay in one transaction.
+        ops = address_ops + mac_ops + last_ops
+        if not ops:
+            raise StoreError(
+                f"host {name} holds nothing in the store (no endpoint, block or address); "
+                "check the name with 'ovs-overlayctl host list'"
+            )
+        for start in range(0, len(ops), REMOVE_BATCH):
+            result = self.kv.txn((Compare(host_key, 0),), ops[start : start + REMOVE_BATCH])
+            if not result.succeeded:
+                raise StoreError(
+                    f"host {name} came back while being removed; it is alive again, so "
+                    "leave it (what was reclaimed so far, its agent re-publishes)"
+                )
+        return HostRemoval(name, **counts)
+
+    def _mac_claims_of(self, network: str, host: str, attachments: set[str]) -> list[str]:
+        """The keys of the MAC claims (``macs/NETWORK/MAC``, task ADMISSION's) that ``host``
+        or one of its ``attachments`` holds; the value is {"attachment", "host"} or a bare
+        attachment id."""
+        keys = []
+        for kv in self.kv.range(f"macs/{network}/")[0]:
+            try:
+                claim = json.loads(kv.value)
+            except ValueError:
+                claim = kv.value
+            if isinstance(claim, dict):
+                if claim.get("host") == host or claim.get("attachment") in attachments:
+                    keys.append(kv.key)
+            elif kv.value in attachments:
+                keys.append(kv.key)
+        return keys
 
     # -- networks -----------------------------------------------------------------------
 

@@ -110,14 +110,14 @@ def test_up_on_a_name_in_use_changes_nothing(lab_name):
 
 
 def test_a_failure_midway_tears_down_what_was_made(lab_name, monkeypatch):
-    real_build = lab._build_host
+    real_build = lab.build_host
 
     def fail_on_second(paths, index, tunnel_type):
         if index == 2:
             raise RuntimeError("injected failure on host 2")
         real_build(paths, index, tunnel_type)
 
-    monkeypatch.setattr(lab, "_build_host", fail_on_second)
+    monkeypatch.setattr(lab, "build_host", fail_on_second)
     with pytest.raises(RuntimeError, match="injected"):
         lab.up(lab_name, 3)
     assert_nothing_left(lab_name, [])
@@ -136,20 +136,32 @@ def test_down_cleans_a_crashed_lab_whose_state_is_gone(lab_name):
     assert_nothing_left(lab_name, pids)
 
 
+def _namespaces_of_these_commands() -> list[str]:
+    """The namespaces the refused commands below could have made (other labs may come and
+    go meanwhile: the machine is shared)."""
+    return [n for n in netns.list_namespaces() if n.startswith(("ok-", "nosuchlab-"))]
+
+
 def test_bad_input_is_one_sentence_and_changes_nothing():
-    before = netns.list_namespaces()
+    before = _namespaces_of_these_commands()
     for argv, text in [
         (["lab", "up", "--name", "Bad-Name", "--hosts", "2"], "lab name 'Bad-Name' is invalid"),
         (["lab", "up", "--name", "ok", "--hosts", "0"], "host count 0 is outside"),
         (["lab", "down", "--name", "nosuchlab"], "no lab named nosuchlab"),
         (["lab", "status", "--lab", "nosuchlab"], "no lab named nosuchlab"),
         (["lab", "exec", "--lab", "nosuchlab", "h1", "--", "true"], "has no host h1"),
+        (["lab", "up", "--name", "ok", "--etcd-members", "3"], "applies to --store etcd only"),
+        (["lab", "up", "--name", "ok", "--store", "etcd", "--etcd-members", "8"], "outside 1..7"),
+        (["lab", "up", "--name", "ok", "--host-ttl", "0"], "host TTL 0 is not"),
+        (["lab", "host", "add", "--lab", "nosuchlab"], "no lab named nosuchlab"),
+        (["lab", "etcd", "stop", "--lab", "nosuchlab", "etcd1"], "has no etcd"),
+        (["lab", "agent", "kill", "--lab", "nosuchlab", "h1"], "has no agent on host h1"),
     ]:
         proc = run([*CTL, *argv])
         assert proc.returncode == 1, argv
         assert proc.stderr.startswith("ovs-overlayctl: ") and text in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
-    assert netns.list_namespaces() == before
+    assert _namespaces_of_these_commands() == before
 
 
 def _all_pids() -> list[int]:

@@ -31,10 +31,12 @@ def test_a_lab_owns_exactly_its_own_namespaces(name):
     assert naming.owns_namespace(name, f"{name}-underlay")
     assert naming.owns_namespace(name, f"{name}-h1")
     assert naming.owns_namespace(name, f"{name}-h12-p3")
+    assert naming.owns_namespace(name, naming.etcd_namespace(name, 3))
     # Another lab whose name starts with this one is not ours, nor is the machine's own.
     assert not naming.owns_namespace(name, f"{name}x-h1")
     assert not naming.owns_namespace(name, f"{name}-h0")
     assert not naming.owns_namespace(name, f"{name}-other")
+    assert not naming.owns_namespace(name, f"{name}-etcd0")
     assert not naming.owns_namespace(name, "default")
 
 
@@ -49,3 +51,14 @@ def test_host_index_parses_only_host_names():
     for bad in ("h0", "x1", "h01", "h", f"h{naming.MAX_HOSTS + 1}"):
         with pytest.raises(ValueError, match="hosts are h1, h2"):
             naming.host_index(bad)
+
+
+def test_etcd_members_sit_apart_from_the_hosts_on_the_underlay():
+    assert naming.etcd_ip(1) == "198.18.1.1"
+    assert naming.etcd_url(3) == "etcd://198.18.1.1:2379,198.18.1.2:2379,198.18.1.3:2379"
+    assert naming.etcd_member_index("etcd2") == 2
+    for bad in ("etcd0", "etcd", "h1", f"etcd{naming.MAX_ETCD_MEMBERS + 1}"):
+        with pytest.raises(ValueError, match="members are etcd1, etcd2"):
+            naming.etcd_member_index(bad)
+    with pytest.raises(ValueError, match="pick 1, 3 or 5"):
+        naming.validate_etcd_members(0)
