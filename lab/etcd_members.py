@@ -31,12 +31,12 @@ from lab import naming, netns, ovs_host
 HEALTH_TIMEOUT = 30.0
 HEALTH_POLL = 0.1
 ETCD = "/usr/bin/etcd"
-# Keep the last 1000 revisions: etcd otherwise keeps every revision until someone compacts,
-# and its database grows with every pod start for ever.  1000 revisions is far more than a
-# watcher falls behind in the lab; one that falls further behind gets CompactedError,
-# re-lists and re-watches (docs/operations.md).  Revision mode, not periodic: history is
-# bounded by the change count, so a busy lab cannot outgrow it between two periods.
-AUTO_COMPACTION = ("--auto-compaction-mode=revision", "--auto-compaction-retention=1000")
+# Keep the last 10,000 revisions, as docs/operations.md tells operators to: etcd otherwise
+# keeps every revision until someone compacts, and its database grows with every pod start
+# until its quota stops all writes.  Revision mode, not periodic: the history kept is
+# bounded by the change count, however busy the lab.  A watcher further behind gets
+# CompactedError, re-lists and re-watches.
+AUTO_COMPACTION = ("--auto-compaction-mode=revision", "--auto-compaction-retention=10000")
 
 
 class EtcdLabError(RuntimeError):
