@@ -167,10 +167,12 @@ def one_join(size: int) -> dict[str, float]:
         pattern = rf"(tun_src={re.escape(new_ip)})[ ,]"
         logs = {host: SwitchLog(name, host, pattern) for host in others}
         watcher = threading.Thread(
-            target=watch_registration, args=(name, new_host, stop, registered), daemon=True
+            target=watch_registration,
+            args=(name, new_host, store_revision(name), stop, registered),
+            daemon=True,
         )
         watcher.start()
-        time.sleep(0.2)  # the watch is open (it reports an event only after it starts)
+        time.sleep(0.2)  # let the watch open: it delivers events late if it opens late
         begin = time.time()
         running.host_add(name)
         returned = time.time()
@@ -185,7 +187,11 @@ def one_join(size: int) -> dict[str, float]:
             time.sleep(0.05)
         else:
             missing = sorted(set(others) - seen.keys())
-            raise RuntimeError(f"hosts {missing} never got a flow from {new_ip} in 30 s")
+            raise RuntimeError(
+                f"hosts {missing} never got a flow from {new_ip} in 30 s; watch: {registered}"
+            )
+        if not isinstance(registered[0], float):
+            raise RuntimeError(f"the watch on hosts/ failed: {registered[0]!r}")
         ready = agent_log_time(name, new_host, "generation \\d+ in place")
         connected = agent_log_time(name, new_host, "switch .* connected")
         peers = set(naming.underlay_ip(i) for i in range(1, size))
@@ -207,15 +213,30 @@ def one_join(size: int) -> dict[str, float]:
         lab.down(name)
 
 
-def watch_registration(name: str, host: str, stop: threading.Event, out: list[float]) -> None:
-    """Append the time ``hosts/HOST`` is first put (a watch from the operator namespace)."""
+def watch_registration(
+    name: str, host: str, revision: int, stop: threading.Event, out: list
+) -> None:
+    """Append the time ``hosts/HOST`` is put after ``revision`` (a watch from the operator
+    namespace), or the exception that ended the watch."""
+    try:
+        with etcd.in_operator_namespace(name):
+            kv = open_kv(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).store_url)
+            try:
+                for batch in kv.watch("hosts/", revision, stop):
+                    if any(e.type == "put" and e.key == f"hosts/{host}" for e in batch):
+                        out.append(time.time())
+                        return
+            finally:
+                kv.close()
+    except Exception as exc:
+        out.append(exc)
+
+
+def store_revision(name: str) -> int:
     with etcd.in_operator_namespace(name):
         kv = open_kv(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).store_url)
         try:
-            for batch in kv.watch("hosts/", kv.revision(), stop):
-                if any(e.type == "put" and e.key == f"hosts/{host}" for e in batch):
-                    out.append(time.time())
-                    return
+            return kv.revision()
         finally:
             kv.close()
 
