@@ -436,8 +436,12 @@ def soak(args: argparse.Namespace) -> None:
                         )
 
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            for f in [pool.submit(worker, ns) for ns in spaces]:
-                f.result()
+            try:
+                for f in [pool.submit(worker, ns) for ns in spaces]:
+                    f.result()
+            except BaseException:  # an error or ^C: the other workers stop after their cycle
+                failed.set()
+                raise
         if agent_pid(name) != pid:
             raise RuntimeError("the agent restarted during the soak")
     finally:
