@@ -141,6 +141,14 @@ class OverlayAgentApp(App):
             more = bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
             link.on_multipart_reply(ev.msg.xid, ev.msg.body, more)
 
+    @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    @loud
+    def aggregate_reply(self, ev):
+        """One body, not a list (the flow count after a full sync)."""
+        link = self._link(ev.msg)
+        if link is not None:
+            link.on_multipart_reply(ev.msg.xid, [ev.msg.body], False)
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     @loud
     def error(self, ev):

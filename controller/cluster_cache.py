@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 from openflow.incremental import Change, Peer, Remove, Upsert
 from openflow.state import NetworkSpec, RemoteEndpoint
@@ -73,6 +73,7 @@ class ClusterCache:
         self._peer_of: dict[str, str] = {}  # host -> tunnel IP, for hosts that won their IP
         self._bad: dict[str, int] = {}  # bad record key -> the mod_revision logged
         self._lost: dict[str, str] = {}  # host -> the tunnel IP it lost (logged)
+        self._orphans: dict[str, int] = {}  # endpoint naming no network -> revision logged
         self._outage_logged = False
 
     # -- reading ------------------------------------------------------------------------
@@ -110,7 +111,12 @@ class ClusterCache:
                     self._submit_if_any(self._apply_events(batch))
                     self._store_back()
                     backoff = 0.0
-                return
+                if stop.is_set():
+                    return
+                LOG.warning("the watch of %s ended by itself; watching again", prefix)
+                if stop.wait(BACKOFF_FIRST):
+                    return
+                continue  # from the last revision seen: nothing is missed
             except CompactedError as exc:
                 LOG.info("watching %s: %s; listing it again", prefix, exc)
             except KvError as exc:
@@ -183,11 +189,13 @@ class ClusterCache:
             return changes
 
     def _keys(self, prefix: str) -> set[str]:
+        """Every key of ``prefix`` the cache knows, bad records included."""
+        bad = {key for key in self._bad if key.startswith(prefix)}
         if prefix == "hosts/":
-            return {f"hosts/{name}" for name in self._hosts}
+            return bad | {f"hosts/{name}" for name in self._hosts}
         if prefix == "networks/":
-            return {f"networks/{name}" for name in self._networks}
-        return set(self._endpoints)
+            return bad | {f"networks/{name}" for name in self._networks}
+        return bad | set(self._endpoints)
 
     def _set(self, key: str, kv: KeyValue | None) -> list[Change]:
         """(Holding the lock.)  ``key`` now holds ``kv`` (None: deleted); the changes."""
@@ -238,6 +246,7 @@ class ClusterCache:
             if old is None:
                 return []
             del self._hosts[name]
+            self._lost.pop(name, None)
             contested = {old[0].tunnel_ip}
         else:
             self._hosts[name] = (host, kv.create_revision)
@@ -294,6 +303,16 @@ class ClusterCache:
         if ep is not None and ep.host != self._me:  # ours come from OVSDB
             self._endpoints[key] = (ep, kv.create_revision)
             self._by_host[ep.host].add(key)
+            if ep.network not in self._networks and self._orphans.get(key) != kv.mod_revision:
+                LOG.warning(
+                    "endpoint %s names network %s, which does not exist; it has no flows "
+                    "until the network does",
+                    key,
+                    ep.network,
+                )
+                self._orphans[key] = kv.mod_revision
+        else:
+            self._orphans.pop(key, None)
         if old is None and key not in self._endpoints:
             return []
         return self._endpoint_change(key)
@@ -308,12 +327,20 @@ class ClusterCache:
             return [Remove(key)]
         return [Upsert(key, RemoteEndpoint(ep.network, ip, ep.mac, ep.ip), (REMOTE_RANK, rev))]
 
-    def live_keys(self) -> set[Hashable]:
-        """Every key the cache holds (for tests of boundedness)."""
+    def held(self) -> int:
+        """How many entries the cache holds in all: bounded by the records alive in the
+        store (a deleted record, good or bad, leaves nothing behind)."""
         with self._lock:
-            return (
-                set(self._endpoints)
-                | {f"hosts/{n}" for n in self._hosts}
-                | {f"networks/{n}" for n in self._networks}
-                | set(self._bad)
+            return sum(
+                len(d)
+                for d in (
+                    self._hosts,
+                    self._networks,
+                    self._endpoints,
+                    self._by_host,
+                    self._peer_of,
+                    self._bad,
+                    self._lost,
+                    self._orphans,
+                )
             )

@@ -99,8 +99,10 @@ def replace_generation(
         GroupModify(g) if g.group_id in existing else GroupAdd(g)
         for g in sorted(desired_groups, key=lambda g: g.group_id)
     ]
+    # By table and priority only: the order within one doesn't matter to the switch, and
+    # ordering 20,000 flows by their match's text cost a third of a second.
     adds: list[Message] = [
-        FlowAdd(f) for f in sorted(desired_flows, key=lambda f: _order((f.key, f)))
+        FlowAdd(f) for f in sorted(desired_flows, key=lambda f: (f.table.table_id, -f.priority))
     ]
     cleanup: list[Message] = (
         [GenerationDelete(old_generation)] if old_generation is not None else []

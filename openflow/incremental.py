@@ -170,9 +170,12 @@ class Engine:
 
     # -- changing -----------------------------------------------------------------------
 
-    def apply(self, changes: Iterable[Change]) -> tuple[list[Message], list[Shadowed]]:
+    def apply(
+        self, changes: Iterable[Change], messages: bool = True
+    ) -> tuple[list[Message], list[Shadowed]]:
         """Take ``changes`` in; returns the messages for only what they touch (in
-        openflow.diff's order) and the objects they newly shadowed (to log once)."""
+        openflow.diff's order; none when ``messages`` is false: a full sync follows)
+        and the objects they newly shadowed (to log once)."""
         changes = list(changes)
         for change in changes:  # refused whole, before anything is touched
             if not isinstance(change, Upsert | Remove | SetTunnel):
@@ -180,7 +183,7 @@ class Engine:
             if isinstance(change, Upsert) and not isinstance(change.obj, OBJECT_TYPES):
                 raise TypeError(f"{change.key}: not a pipeline object: {change.obj!r}")
         if any(isinstance(c, SetTunnel) and c.ofport != self.tunnel_ofport for c in changes):
-            return self._apply_everything(changes), []
+            return self._apply_everything(changes, messages), []
         touched: set[Hashable] = set()
         for change in changes:
             if isinstance(change, Upsert):
@@ -198,14 +201,28 @@ class Engine:
                 touched.add(change.key)
         if not touched:
             return [], []
-        return self._settle(touched)
+        return self._settle(touched, messages)
 
     def rebuild(self, generation: int) -> tuple[list[Flow], list[Group]]:
-        """Every flow and group again, for ``generation`` (a full sync after a (re)connect,
-        or after a failure left the engine's view of the switch in doubt)."""
+        """Every flow again, for ``generation`` (a full sync after a (re)connect): the
+        active objects' flows with the new cookies; groups carry no generation."""
         self.generation = generation
-        self._recompute_all()
+        gen, tun = generation, self.tunnel_ofport
+        units: dict[Hashable, tuple[Flow, ...]] = {("defaults",): pipeline.defaults_flows(gen)}
+        for net in self._networks.values():
+            units[("network", net.name)] = pipeline.network_flows(net, gen)
+            for peer in self._peers:
+                units[("tunnel", peer, net.name)] = pipeline.tunnel_flows(peer, net, tun, gen)
+        for key, (obj, vni) in self._active_as.items():
+            if vni is not None:
+                units[("object", key)] = self._object_flows(obj, vni)
+        self._units = units
         return self.flows(), self.groups()
+
+    def recompute(self) -> None:
+        """Every index again from the objects alone: after a failure may have left them
+        half-updated (the always-right fallback)."""
+        self._recompute_all()
 
     def full_messages(self, existing_group_ids: Sequence[int]) -> list[Message]:
         """Everything, over whatever the switch has (openflow.diff.replace_generation)."""
@@ -246,7 +263,9 @@ class Engine:
             affected.update(contenders)
         return affected
 
-    def _settle(self, touched: set[Hashable]) -> tuple[list[Message], list[Shadowed]]:
+    def _settle(
+        self, touched: set[Hashable], messages: bool = True
+    ) -> tuple[list[Message], list[Shadowed]]:
         old_units: dict[Hashable, tuple[Flow, ...]] = {}
         old_groups: dict[int, Group | None] = {}
         dirty_nets: set[str] = set()
@@ -263,12 +282,12 @@ class Engine:
 
         for name in dirty_nets:
             self._regroup(name, old_groups)
-        messages = self._messages(old_units, old_groups)
+        out = self._messages(old_units, old_groups) if messages else []
         # Newly shadowed: a touched key that lost, or an untouched one a newcomer beat.
         candidates = (touched - was_shadowed) | self._lost_flows
         self._lost_flows = set()
         shadowed = [s for k in candidates if (s := self.shadowed(k)) is not None]
-        return messages, shadowed
+        return out, shadowed
 
     def _examine(self, keys: set[Hashable], old_units, old_groups, dirty_nets) -> None:
         recheck: set[Hashable] = set()
@@ -455,9 +474,9 @@ class Engine:
         self._objects = objects
         for key, (obj, _) in objects.items():
             self._index(key, obj)
-        self._settle(set(objects))
+        self._settle(set(objects), messages=False)
 
-    def _apply_everything(self, changes: list[Change]) -> list[Message]:
+    def _apply_everything(self, changes: list[Change], messages: bool) -> list[Message]:
         """A change the per-object handlers do not cover (the tunnel's port number): take
         it, recompute everything, and diff the whole pipeline."""
         before_flows, before_groups = self.flows(), self.groups()
@@ -469,6 +488,8 @@ class Engine:
             elif isinstance(change, Remove):
                 self._objects.pop(change.key, None)
         self._recompute_all()
+        if not messages:
+            return []
         return diff(before_flows, before_groups, self.flows(), self.groups())
 
 

@@ -45,6 +45,10 @@ class MatchField:
             raise ValueError(f"match field {self.name!r} is not one the pipeline knows")
 
 
+def _by_name(field: MatchField) -> str:
+    return field.name
+
+
 def match(**fields: int | str | tuple) -> tuple[MatchField, ...]:
     """A match from keywords; a ``(value, mask)`` tuple gives a masked field.
 
@@ -56,7 +60,7 @@ def match(**fields: int | str | tuple) -> tuple[MatchField, ...]:
             out.append(MatchField(name, value[0], value[1]))
         else:
             out.append(MatchField(name, value))
-    return tuple(sorted(out))
+    return tuple(sorted(out, key=_by_name))  # names are unique in a match
 
 
 # -- actions -------------------------------------------------------------------------

@@ -170,11 +170,6 @@ def test_every_member_restarted_leaves_existing_traffic_untouched(etcd_lab):
     assert loss(ping) == (300, 300)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs task AGENT (issue 8, Build 6): today an agent whose watch finds no etcd "
-    "endpoint exits (StoreUnavailableError in its watch thread) instead of resyncing",
-)
 def test_after_every_member_restarted_pods_start_with_no_duplicate_address(etcd_lab):
     name, ips = etcd_lab
     ip = pods.pod_add(name, "h2", "p3")["ip"]  # the agents are back on the store

@@ -101,6 +101,12 @@ def test_bad_and_conflicting_records_are_skipped_logged_once_and_the_rest_served
     kv.put("hosts/h5", json.dumps({"tunnel_ip": "198.18.0.2"}))  # h2's tunnel IP, younger
     ep(cluster, "h5", "h5pod/eth0", "0a:58:64:40:00:05", "100.64.0.5")
     kv.put("networks/dup", json.dumps({"vni": 5001, "cidr": "100.65.0.0/16"}))  # raw: VNI taken
+    kv.put(
+        "endpoints/nosuch/h2/x/eth0",
+        json.dumps(
+            {"mac": "0a:58:00:00:00:09", "ip": "100.64.9.9", "container_id": "x", "ifname": "eth0"}
+        ),
+    )
     fed = Fed()
     cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
     with caplog.at_level(logging.WARNING):
@@ -113,7 +119,7 @@ def test_bad_and_conflicting_records_are_skipped_logged_once_and_the_rest_served
         RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:02", "100.64.0.2"),
     )
     text = caplog.text
-    for what in ("endpoints/default/h2/junk", "badmac", "hosts/h4", "host h5"):
+    for what in ("endpoints/default/h2/junk", "badmac", "hosts/h4", "host h5", "nosuch/h2"):
         assert text.count(what) == 1, what
     # The engine reports (once) what it shadows; the reconciler logs those.
     assert not fed.engine.is_active("endpoints/default/h3/samemac/eth0")
@@ -166,3 +172,26 @@ def test_a_host_whose_lease_expires_loses_its_endpoints_until_it_returns(cluster
         stop.set()
         for t in threads:
             t.join(WAIT)
+
+
+def test_nothing_is_left_of_records_that_went(cluster):
+    """Caches are bounded by what is live: after every record goes, neither the cache nor
+    the engine holds anything of them."""
+    kv = cluster.kv
+    for i in range(20):
+        cluster.register_host(f"p{i}", f"198.18.1.{i + 2}", ttl=30)
+        ep(cluster, f"p{i}", f"c{i}/eth0", f"0a:58:64:40:01:{i:02x}", f"100.64.1.{i + 2}")
+    kv.put("endpoints/default/p1/junk", "{")
+    kv.put("hosts/twin", json.dumps({"tunnel_ip": "198.18.1.2"}))
+    kv.put("endpoints/gone/p1/x/eth0", kv.get("endpoints/default/p1/c1/eth0").value)
+    fed = Fed()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    cache.load()
+    assert cache.held() > 0 and fed.engine.state().remote
+    kv.delete_prefix("hosts/")
+    kv.delete_prefix("endpoints/")
+    kv.delete_prefix("networks/")
+    cache.load()
+    assert cache.held() == 0
+    assert fed.engine.state() == Engine(tunnel_ofport=1, generation=1).state()
+    assert set(fed.engine.flows()) == set(Engine(tunnel_ofport=1, generation=1).flows())

@@ -142,6 +142,11 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
     rebuilt = engine.rebuild(generation + 1)
     want = pipeline.build(engine.state(), generation + 1)
     assert (set(rebuilt[0]), set(rebuilt[1])) == (set(want[0]), set(want[1]))
+    # And every index recomputed from the objects alone (the fallback after a failure).
+    state = engine.state()
+    engine.recompute()
+    assert engine.state() == state
+    assert (set(engine.flows()), set(engine.groups())) == (set(want[0]), set(want[1]))
 
 
 NET = NetworkSpec("default", 5001)
