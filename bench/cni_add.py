@@ -1,15 +1,17 @@
 """CNI ADD latency until the pod reaches a pod on another host; DEL latency; pods/s.
 
 Run as root from the repo root:  .venv/bin/python bench/cni_add.py [--sequential 40]
+[--store etcd]
 
-A 2-host lab.  An "anchor" pod runs on h2.  Each measured ADD execs the installed
-plugin exactly as a runtime does (env + stdin, new process), then pings the anchor from
-the new pod until it answers (one ping process sending a request every 2 ms, ``ping -c1
--w10 -i0.002``, so the measure has 2 ms granularity): the time from exec to the first
-answer is "ADD to reachable" (it includes h2's agent learning the new pod, since the
-answer must come back).  "ADD" alone is exec to the plugin's exit.  For the throughput
-run it also prints the CPU each process spent per pod (from /proc, and the plugins'
-rusage): where a pod start goes.
+A 2-host lab, its cluster state in SQLite (default) or in one etcd member (``--store
+etcd``, reached by the agents over the lab's underlay). An "anchor" pod runs on h2. Each
+measured ADD execs the installed plugin exactly as a runtime does (env + stdin, new
+process), then pings the anchor from the new pod until it answers (one ping process
+sending a request every 2 ms, ``ping -c1 -w10 -i0.002``, so the measure has 2 ms
+granularity): the time from exec to the first answer is "ADD to reachable" (it includes
+h2's agent learning the new pod, since the answer must come back). "ADD" alone is exec
+to the plugin's exit. For the throughput run it also prints the CPU each process spent
+per pod (from /proc, and the plugins' rusage): where a pod start goes.
 """
 
 from __future__ import annotations
@@ -91,11 +93,12 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=10)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--throughput-pods", type=int, default=100)
+    p.add_argument("--store", choices=lab.STORES, default="sqlite")
     args = p.parse_args()
     name = "b" + secrets.token_hex(3)
     made: list[str] = []
     try:
-        lab.up(name, 2)
+        lab.up(name, 2, store=args.store)
         anchor = pods.pod_add(name, "h2", "anchor")["ip"]
 
         def ns(tag: str) -> str:
@@ -129,6 +132,7 @@ def main() -> int:
         for c in made:
             netns.delete_namespace(c)
         lab.down(name)
+    print(f"store: {args.store}\n")
     print("| measure | n | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|")
     print(row("ADD, sequential", [a for a, _ in seq]))
