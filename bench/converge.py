@@ -10,12 +10,12 @@ Every mode builds its own lab with ``--store etcd`` and one etcd member, and rem
 
 - ``join``: a lab of N-1 hosts, then ``lab host add`` makes host N.  The clock starts when
   the new host's ``hosts/hN`` record appears in etcd (read every 10 ms from the
-  operator's namespace).  Every other host's clock stops when its ovs-vswitchd has the tunnel
-  classifier flow with ``tun_src=<new host's IP>`` (read from vswitchd's OpenFlow log:
-  ``SwitchLog``); the new host's clock stops at
-  its agent's log line "generation G in place" (its first full sync, built from the
-  store it listed after registering), checked afterwards against br-int: one
-  ``tun_src`` flow per other host.  "join" is the latest of these, per run.
+  operator's namespace).  Every other host's clock stops when its ovs-vswitchd has the
+  tunnel classifier flow with ``tun_src=<new host's IP>`` (read from vswitchd's OpenFlow
+  log: ``SwitchLog``); the new host's clock stops at its agent's log line "generation G
+  in place" (its first full sync, built from the store it listed after registering),
+  checked afterwards against br-int: one ``tun_src`` flow per other host.  "join" is the
+  latest of these, per run.
 - ``scale``: one lab host (agent, real ovs-vswitchd).  The bench writes PEERS hosts
   (``hosts/peerNNN``, plain keys, tunnel IPs 198.18.2.1 onwards) and ENDPOINTS remote
   endpoints spread over them (``endpoints/default/peerNNN/ATT``) straight into etcd in
@@ -219,7 +219,8 @@ def watch_registration(name: str, host: str, stop: threading.Event, out: list) -
 
     Not a watch: in 2 of about 25 joins a watch on ``hosts/`` opened by this bench (HTTP
     200, confirmed) never delivered the new host's put within 30 s, while every agent's
-    own watch did; not reproduced with puts from the bench itself (0 of 60)."""
+    own watch did; not reproduced with puts from the bench itself (0 of 60).  Possibly the
+    quiet stream that main's 150246e (TCP keepalive on watch streams) ends and reopens."""
     try:
         with etcd.in_operator_namespace(name):
             kv = open_kv(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).store_url)
