@@ -217,10 +217,13 @@ def watch_registration(name: str, host: str, stop: threading.Event, out: list) -
     """Append the time ``hosts/HOST`` appears (read every 10 ms from the operator
     namespace), or the exception that ended the polling.
 
-    Not a watch: in 2 of about 25 joins a watch on ``hosts/`` opened by this bench (HTTP
-    200, confirmed) never delivered the new host's put within 30 s, while every agent's
-    own watch did; not reproduced with puts from the bench itself (0 of 60).  Possibly the
-    quiet stream that main's 150246e (TCP keepalive on watch streams) ends and reopens."""
+    Polling, not a watch: an early version watched ``hosts/`` and in 2 of about 25 joins
+    never saw the put.  The cause was the lab, not the watch: ``lab host add`` attached a
+    port to the underlay bridge ``ul0`` with a lower MAC than its others, the bridge took
+    that MAC, and etcd kept sending the watch's data to the operator address's old MAC
+    (a silent receiver never makes etcd look it up again).  The bridge now has a MAC of its
+    own (lab/netns.py create_bridge), and a watch's TCP keepalive would end such a stream
+    (store/etcd.py).  Polling stays: it times when the record appears."""
     try:
         with etcd.in_operator_namespace(name):
             kv = open_kv(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).store_url)
