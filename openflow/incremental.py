@@ -208,7 +208,9 @@ class Engine:
         active objects' flows with the new cookies; groups carry no generation."""
         self.generation = generation
         gen, tun = generation, self.tunnel_ofport
-        units: dict[Hashable, tuple[Flow, ...]] = {("defaults",): pipeline.defaults_flows(gen)}
+        # The old generation's flows go first, so a full sync never holds two copies
+        # (the reconciler recomputes everything if this raises half-way).
+        self._units = units = {("defaults",): pipeline.defaults_flows(gen)}
         for net in self._networks.values():
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
@@ -216,7 +218,6 @@ class Engine:
         for key, (obj, vni) in self._active_as.items():
             if vni is not None:
                 units[("object", key)] = self._object_flows(obj, vni)
-        self._units = units
         return self.flows(), self.groups()
 
     def recompute(self) -> None:
