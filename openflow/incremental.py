@@ -204,8 +204,12 @@ class Engine:
         return self._settle(touched, messages)
 
     def rebuild(self, generation: int) -> tuple[list[Flow], list[Group]]:
-        """Every flow again, for ``generation`` (a full sync after a (re)connect): the
-        active objects' flows with the new cookies; groups carry no generation."""
+        """Every flow for ``generation`` (a full sync after a (re)connect): the active
+        objects' flows with the new cookies; groups carry no generation.  The flows the
+        engine holds are already those when it has that generation (the first full sync
+        of an agent, or one retried after a failed send): they are kept, not rebuilt."""
+        if generation == self.generation:
+            return self.flows(), self.groups()
         self.generation = generation
         gen, tun = generation, self.tunnel_ofport
         # The old generation's flows go first, so a full sync never holds two copies
@@ -247,6 +251,8 @@ class Engine:
         contenders = self._contenders.get(claim)
         if not contenders:
             return None
+        if len(contenders) == 1:  # nearly every claim: no ranking to do
+            return next(iter(contenders))
         return min(contenders.items(), key=lambda kv: (kv[1], repr(kv[0])))[0]
 
     def _register(self, key: Hashable, obj: Object, rank: tuple | None) -> set[Hashable]:
