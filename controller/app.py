@@ -69,7 +69,11 @@ class OverlayAgentApp(App):
         super().__init__(*args, **kwargs)
         port = cfg.CONF.ofp_tcp_listen_port or DEFAULT_OFP_PORT
         self.agent = Agent(agent_config.from_conf(cfg.CONF, port), self.connect_unix)
-        self.links: dict[int, SwitchLink] = {}
+        # One link per OpenFlow connection: br-int can be connected twice at once, over
+        # its management socket (dialled by the agent) and over our listener (dialled by
+        # ovs-vswitchd).  ``active`` is the one the reconciler uses.
+        self.links: dict[object, SwitchLink] = {}  # by os-ken Datapath
+        self.active: SwitchLink | None = None
 
     def start(self):
         thread = super().start()
@@ -100,25 +104,41 @@ class OverlayAgentApp(App):
         dp = ev.msg.datapath
         dp.id = ev.msg.datapath_id  # os-ken's handler sets it too, on its own thread
         link = SwitchLink(dp)
-        old = self.links.get(dp.id)
-        self.links[dp.id] = link
-        if old is not None:
-            old.close()
+        self.links[dp] = link
+        active = self.active
+        if active is not None and _spare(active, link):
+            # The switch the reconciler talks to, connected a second way (vswitchd dialled
+            # our listener while the agent's connection to its management socket is up,
+            # or the other way round): the reconciler keeps its link (no second full sync)
+            # and this one stays open as a spare.
+            LOG.info("switch %#x connected a second way; kept as a spare", dp.id)
+            return
+        self.active = link
+        if active is not None:  # vswitchd redialled: the connection it replaces is dead
+            self.links.pop(active.dp, None)
+            active.close()
         LOG.info("switch %#x connected", dp.id)
         self.agent.reconciler.connected(link)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     @loud
     def switch_gone(self, ev):
-        link = self.links.get(ev.datapath.id)
-        if link is not None and link.dp is ev.datapath:
-            del self.links[ev.datapath.id]
-            link.close()
-            LOG.warning("switch %#x disconnected", ev.datapath.id)
-            self.agent.reconciler.disconnected(link)
+        link = self.links.pop(ev.datapath, None)
+        if link is None:
+            return
+        link.close()
+        if link is not self.active:
+            return
+        LOG.warning("switch %#x disconnected", ev.datapath.id)
+        self.agent.reconciler.disconnected(link)
+        spare = next((s for s in self.links.values() if s.datapath_id == link.datapath_id), None)
+        self.active = spare
+        if spare is not None:
+            LOG.info("switch %#x: going on over its other connection", spare.datapath_id)
+            self.agent.reconciler.connected(spare)
 
     def _link(self, msg) -> SwitchLink | None:
-        return self.links.get(msg.datapath.id)
+        return self.links.get(msg.datapath)
 
     # Replies are delivered in the state the connection had when they arrived; the
     # reconciler asks right after the features reply, which can be before os-ken's own
@@ -159,3 +179,13 @@ class OverlayAgentApp(App):
             LOG.error(
                 "OFPT_ERROR from an unknown switch: type=%s code=%s", ev.msg.type, ev.msg.code
             )
+
+
+def _spare(active: SwitchLink, new: SwitchLink) -> bool:
+    """Whether ``new`` is a second connection of the switch ``active`` talks to rather than
+    its replacement: one of the two goes through the management socket the agent dialled,
+    the other through our listener.  (vswitchd keeps one connection per controller target,
+    so a new one over the listener means its old one over the listener is gone.)"""
+    return active.datapath_id == new.datapath_id and isinstance(
+        active.dp.socket, _UnixSocket
+    ) != isinstance(new.dp.socket, _UnixSocket)

@@ -21,6 +21,12 @@ STOP_TIMEOUT = 3.0
 
 
 def main(argv: list[str] | None = None) -> None:
+    # eventlet (os-ken's hub) imports dnspython twice for its green resolver: 16 MB of the
+    # idle agent's 83 MB and a good part of its imports, for names the agent never
+    # resolves (its listener, OVSDB and the lab's etcd are addresses and paths).  Without
+    # it, a host name in the store URL is resolved by the C library, which blocks the hub
+    # for that one lookup.  Set before anything imports eventlet.
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     # The order matters: app_manager before controller (a circular import otherwise), and
     # controller before parsing, since importing it registers the --ofp-* options.
     from os_ken import cfg

@@ -17,12 +17,16 @@ switch without leaving the host.
 
 from __future__ import annotations
 
-from openflow.cookies import Feature, cookie
+import functools
+
+from openflow import cookies
+from openflow.cookies import Feature
 from openflow.model import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    INTERN_SIZE,
     METADATA_MASK,
     OFPP_IN_PORT,
     Bucket,
@@ -36,6 +40,19 @@ from openflow.model import (
 )
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
 from openflow.tables import ARP_RESPONDER, CANARY, CLASSIFIER, L2_LOOKUP, PORT_SECURITY
+
+# Actions and cookies that many flows share are one object each (see model.INTERN_SIZE):
+# the ARP responder's fixed actions, and per network or peer the tunnel actions.
+cookie = functools.lru_cache(maxsize=INTERN_SIZE)(cookies.cookie)
+_shared_set_field = functools.lru_cache(maxsize=INTERN_SIZE)(SetField)
+_shared_output = functools.lru_cache(maxsize=INTERN_SIZE)(Output)
+_ARP_HEAD = (Move("eth_src", "eth_dst"),)
+_ARP_MIDDLE = (
+    SetField("arp_op", ARP_REPLY),
+    Move("arp_sha", "arp_tha"),
+    Move("arp_spa", "arp_tpa"),
+)
+_ARP_TAIL = (Output(OFPP_IN_PORT),)
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
@@ -161,9 +178,9 @@ def remote_flows(ep: RemoteEndpoint, vni: int, tunnel_ofport: int, gen: int) -> 
             match(metadata=vni, eth_dst=ep.mac),
             cookie(Feature.L2_REMOTE, gen),
             actions=(
-                SetField("tunnel_id", vni),
-                SetField("tun_ipv4_dst", ep.host_ip),
-                Output(tunnel_ofport),
+                _shared_set_field("tunnel_id", vni),
+                _shared_set_field("tun_ipv4_dst", ep.host_ip),
+                _shared_output(tunnel_ofport),
             ),
         ),
     )
@@ -246,13 +263,11 @@ def _arp_flow(vni: int, mac: str, ip: str, gen: int) -> Flow:
         match(metadata=vni, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
         cookie(Feature.ARP_RESPONDER, gen),
         actions=(
-            Move("eth_src", "eth_dst"),
+            *_ARP_HEAD,
             SetField("eth_src", mac),
-            SetField("arp_op", ARP_REPLY),
-            Move("arp_sha", "arp_tha"),
-            Move("arp_spa", "arp_tpa"),
+            *_ARP_MIDDLE,
             SetField("arp_sha", mac),
             SetField("arp_spa", ip),
-            Output(OFPP_IN_PORT),
+            *_ARP_TAIL,
         ),
     )

@@ -59,22 +59,39 @@ def to_ofmsg(dp, message: Message):
     raise TypeError(f"unknown message {message!r}")
 
 
+# Flow adds go to os-ken's send queue in chunks of about this many bytes.  One write per
+# flow mod (os-ken's way) cost a green-thread switch and a syscall each, and over
+# br-int.mgmt (a unix socket) it woke vswitchd for every message: 20,000 flow adds took
+# 3 s to send there, 0.9 s over TCP; a raw socket wrote them in 0.15 s.
+CHUNK = 64 * 1024
+
+
 def send(dp, messages: list[Message]) -> list[tuple[int, Message]]:
     """Send ``messages`` in order; returns (xid, message) for each, for error reports.
 
     Flow adds, the bulk of a full sync, are encoded by openflow/encode.py (byte for
-    byte what os-ken would send, tested); everything else goes through os-ken."""
+    byte what os-ken would send, tested) and written in chunks (CHUNK); everything
+    else goes through os-ken, after the flow adds before it."""
     sent = []
+    chunk = bytearray()
     for message in messages:
         if isinstance(message, FlowAdd):
             xid = dp.set_xid(_Xid())
-            dp.send(encode.flow_add(message.flow, xid))
+            chunk += encode.flow_add(message.flow, xid)
+            if len(chunk) >= CHUNK:
+                dp.send(bytes(chunk))
+                chunk.clear()
         else:
+            if chunk:
+                dp.send(bytes(chunk))
+                chunk.clear()
             msg = to_ofmsg(dp, message)
             dp.set_xid(msg)
             dp.send_msg(msg)
             xid = msg.xid
         sent.append((xid, message))
+    if chunk:
+        dp.send(bytes(chunk))
     return sent
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -771,7 +772,10 @@ def decode_endpoint(kv: KeyValue) -> Endpoint:
         ipaddress.IPv4Address(ip)
     except ValueError:
         raise RecordError(f"{kv.key}: ip {ip!r} is not an IPv4 address") from None
-    return Endpoint(net, host, attachment, mac, ip, container_id, ifname)
+    # A watcher holds every record: one copy of the names thousands of records repeat.
+    if isinstance(ifname, str):
+        ifname = sys.intern(ifname)
+    return Endpoint(sys.intern(net), sys.intern(host), attachment, mac, ip, container_id, ifname)
 
 
 def _record(kv: KeyValue) -> dict:

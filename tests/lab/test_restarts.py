@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import time
 
 import pytest
 
+from controller import api_client
 from lab import agent_proc, lab, netns, ovs_host, pods
-from tests.helpers import host_paths, running_lab
+from tests.helpers import host_paths, rows, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -52,6 +54,28 @@ def test_kill_9_of_an_agent_under_traffic_loses_nothing(two_pods):
     assert sent == 400
     assert received == sent
     assert lab.ping_from(pods.pod_namespace(name, "h2", "p1"), a["ip"])
+
+
+def test_a_started_agent_syncs_over_br_int_mgmt_and_keeps_vswitchds_link_spare(two_pods):
+    """The agent does not wait for vswitchd to dial it (its first attempts back off 1, 2,
+    4 s): it connects to br-int.mgmt and syncs over that.  vswitchd's own connection,
+    when it comes, is kept as a spare: one full sync, and traffic still flows."""
+    name, a, b = two_pods
+    paths = host_paths(name, "h1")
+    log = os.path.join(paths.logdir, "agent.log")
+    offset = os.path.getsize(log)
+    lab.agent_control(name, "h1", "restart")
+    deadline = time.monotonic() + 30
+    while not all(r["is_connected"] for r in rows(name, "h1", "Controller")):
+        assert time.monotonic() < deadline, "vswitchd never connected to the agent's listener"
+        time.sleep(0.1)
+    with open(log) as f:
+        f.seek(offset)
+        started = f.read()
+    assert f"connected to {os.path.join(paths.rundir, 'br-int.mgmt')}" in started
+    status = api_client.call(agent_proc.socket_path(paths), "status")["result"]
+    assert status["full_syncs"] == 1
+    assert lab.ping_from(pods.pod_namespace(name, "h1", "p1"), b["ip"])
 
 
 def test_ovs_vswitchd_restart_gets_the_pipeline_back(two_pods):

@@ -451,3 +451,20 @@ def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster, how):
         else:
             cluster.release_mac("default", "02:00:00:00:00:0a", holder, winner)
         assert cluster.kv.range("macs/")[0] == []
+
+
+def test_decoded_endpoints_share_the_names_many_records_repeat():
+    """An agent holds every remote endpoint: their network, host and ifname are one string
+    each, not one per record (the cluster cache's memory at 10,000 endpoints)."""
+    from store.cluster import decode_endpoint
+    from store.kv import KeyValue
+
+    def record(i: int):
+        value = json.dumps(
+            {"mac": f"0a:58:00:00:00:{i:02x}", "ip": f"100.64.0.{i}", "container_id": f"c{i}"}
+            | {"ifname": "".join(["et", "h0"])}
+        )
+        return decode_endpoint(KeyValue("/".join(["endpoints", "net", "h2", f"a{i}"]), value, i, i))
+
+    a, b = record(1), record(2)
+    assert a.network is b.network and a.host is b.host and a.ifname is b.ifname

@@ -142,6 +142,9 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
     rebuilt = engine.rebuild(generation + 1)
     want = pipeline.build(engine.state(), generation + 1)
     assert (set(rebuilt[0]), set(rebuilt[1])) == (set(want[0]), set(want[1]))
+    # A rebuild for the generation it has is the full build as well (kept, not rebuilt).
+    again = engine.rebuild(generation + 1)
+    assert (set(again[0]), set(again[1])) == (set(want[0]), set(want[1]))
     # And every index recomputed from the objects alone (the fallback after a failure).
     state = engine.state()
     engine.recompute()
@@ -226,3 +229,19 @@ def test_a_host_that_goes_takes_its_endpoints_and_tunnel_flows_with_it():
     assert not any(H2 in repr(f) for f in engine.flows())
     engine.apply([Upsert("hosts/h2", Peer(H2), (3,))])
     assert len(engine.state().remote) == 1
+
+
+def test_a_rebuild_for_the_generation_the_engine_has_builds_nothing_again():
+    """The first full sync of an agent installs the flows the engine built as it loaded
+    the store (the reconciler starts it at that sync's generation): no second build."""
+    engine = Engine(tunnel_ofport=2, generation=8)
+    engine.apply(
+        [
+            Upsert("networks/n", NetworkSpec("n", 5), (1,)),
+            Upsert("hosts/b", Peer("198.18.0.2"), (2,)),
+            Upsert("e", RemoteEndpoint("n", "198.18.0.2", "0a:58:00:00:00:01", "100.64.0.1"), (3,)),
+        ]
+    )
+    before = engine.flows()
+    flows, _ = engine.rebuild(8)
+    assert len(flows) == len(before) and all(a is b for a, b in zip(flows, before, strict=True))

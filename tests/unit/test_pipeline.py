@@ -239,3 +239,18 @@ def test_any_state_connects_within_networks_and_never_across(state):
             else:
                 [out] = t.emitted
                 assert (out.port, out.get("tun_ipv4_dst")) == (1, dst.host_ip)
+
+
+def test_remote_endpoints_flows_share_their_common_values():
+    """10,000 remote endpoints must not hold 10,000 copies of one network's metadata match,
+    the ARP responder's fixed actions or a peer's tunnel actions (engine memory)."""
+    a, b = (
+        pipeline.remote_flows(RemoteEndpoint("n", "198.18.0.2", mac, ip), 5, 2, 1)
+        for mac, ip in (("0a:58:00:00:00:01", "100.64.0.1"), ("0a:58:00:00:00:02", "100.64.0.2"))
+    )
+    for fa, fb in zip(a, b, strict=True):
+        assert fa.cookie is fb.cookie
+        shared = [(x, y) for x, y in zip(fa.match, fb.match, strict=True) if x == y]
+        assert shared and all(x is y for x, y in shared)
+        same = [(x, y) for x, y in zip(fa.actions, fb.actions, strict=True) if x == y]
+        assert same and all(x is y for x, y in same)
