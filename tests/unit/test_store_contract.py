@@ -214,14 +214,6 @@ class Watcher:
         return self._thread.is_alive()
 
 
-@pytest.fixture
-def watchers():
-    made: list[Watcher] = []
-    yield lambda kv, prefix, revision: made.append(Watcher(kv, prefix, revision)) or made[-1]
-    for w in made:
-        w.close()
-
-
 def summary(events: list[Event]) -> list[tuple[str, str, str, int]]:
     return [(e.type, e.key, e.kv.value, e.revision) for e in events]
 

@@ -22,18 +22,10 @@ from store.etcd import EtcdKvStore
 from store.etcd_url import EtcdOptions, parse_url
 from store.kv import CompactedError, KvError, StoreUnavailableError
 from tests.etcd_server import HOST, free_port
-from tests.unit.test_store_contract import Watcher, summary
+from tests.unit.test_store_contract import summary
 
 LEASE_GONE_WITHIN = 15.0  # seconds: a 1 s lease (2 s in etcd) must be gone well before
 QUORUM_LOSS_NOTICED_WITHIN = 30.0  # etcd ends leaderless watches after a few elections
-
-
-@pytest.fixture
-def watchers():
-    made: list[Watcher] = []
-    yield lambda kv, prefix, revision: made.append(Watcher(kv, prefix, revision)) or made[-1]
-    for w in made:
-        w.close()
 
 
 @pytest.fixture
