@@ -200,14 +200,14 @@ class EndpointManager:
         try:
             if req.ip is not None:
                 try:
-                    ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id)
+                    ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id, network)
                 except StoreError as exc:
                     raise AttachError(
                         f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV
                     ) from None
             else:
                 try:
-                    ip = self.cluster.allocate_ip(req.network, self.host, attachment_id)
+                    ip = self.cluster.allocate_ip(req.network, self.host, attachment_id, network)
                 except AddressExhaustedError as exc:
                     # Not the runtime's fault and not permanent: deleting pods frees addresses.
                     raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
@@ -270,6 +270,7 @@ class EndpointManager:
                     ip=att.ip,
                     container_id=req.container_id,
                     ifname=req.ifname,
+                    known=network,
                 )
             except AddressInUseError as exc:  # the claim was taken from us (another writer)
                 raise AttachError(str(exc), code=ERR_INVALID_ENV) from None

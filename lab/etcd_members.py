@@ -98,12 +98,9 @@ def build_member_namespace(lab: str, index: int) -> None:
     underlay = naming.underlay_namespace(lab)
     port = naming.etcd_member_name(index)
     netns.create_namespace(ns)
-    netns.create_veth(underlay, port, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU)
-    netns.attach_to_bridge(underlay, port, naming.UNDERLAY_BRIDGE)
-    # The hosts' uplinks are read by OVS's userspace datapath, which does not finish
-    # checksums a sender left to offload: etcd's TCP to an agent would arrive corrupt.
-    netns.disable_tx_checksum(underlay, port)
-    netns.disable_tx_checksum(ns, naming.HOST_UPLINK)
+    netns.create_uplink(
+        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU
+    )
     netns.add_address(ns, naming.HOST_UPLINK, naming.etcd_ip(index), naming.underlay_prefixlen())
 
 

@@ -229,10 +229,9 @@ def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
     port = naming.underlay_port(host)
 
     netns.create_namespace(ns)
-    netns.create_veth(underlay, port, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU)
-    netns.attach_to_bridge(underlay, port, naming.UNDERLAY_BRIDGE)
-    netns.disable_tx_checksum(underlay, port)
-    netns.disable_tx_checksum(ns, naming.HOST_UPLINK)
+    netns.create_uplink(
+        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU
+    )
     # eth0 belongs to br-phy, but the host kernel still sees its frames: without this it
     # answers ARP for br-phy's address with eth0's MAC, and a sender that believes it
     # reaches eth0, where tunnel termination never sees the packet (found with a VXLAN

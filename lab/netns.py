@@ -99,6 +99,18 @@ def create_veth(
         peer.link("set", index=link_index(peer, peer_ifname), mtu=mtu, state="up")
 
 
+def create_uplink(
+    bridge_namespace: str, port: str, bridge: str, namespace: str, ifname: str, mtu: int
+) -> None:
+    """``namespace``'s ``ifname`` joined to ``bridge`` through a veth whose other end is
+    ``port``, with tx checksum offload off on both ends: the hosts' uplinks are read by
+    OVS's userspace datapath, which does not finish checksums a sender left to offload."""
+    create_veth(bridge_namespace, port, namespace, ifname, mtu)
+    attach_to_bridge(bridge_namespace, port, bridge)
+    disable_tx_checksum(bridge_namespace, port)
+    disable_tx_checksum(namespace, ifname)
+
+
 def attach_to_bridge(namespace: str, ifname: str, bridge: str) -> None:
     with open_namespace(namespace) as ns:
         ns.link("set", index=link_index(ns, ifname), master=link_index(ns, bridge))

@@ -426,7 +426,11 @@ class ClusterState:
         if not result.succeeded:
             raise StoreError(f"network {name} changed while being deleted; try again")
 
-    def _require(self, network: str) -> Network:
+    def _require(self, network: str, known: Network | None = None) -> Network:
+        """The network ``network``; ``known`` is the caller's fresh read of it, which
+        spares the ADD path (one call per step) a store round trip each."""
+        if known is not None and known.name == network:
+            return known
         net = self.get_network(network)
         if net is None:
             raise StoreError(f"network {network} does not exist; create it first")
@@ -468,13 +472,15 @@ class ClusterState:
 
     # -- addresses ----------------------------------------------------------------------
 
-    def allocate_ip(self, network: str, host: str, attachment: str) -> str:
+    def allocate_ip(
+        self, network: str, host: str, attachment: str, known: Network | None = None
+    ) -> str:
         """An address for ``attachment`` from ``host``'s own blocks, claiming a new block when
         they are full.  Asking again for the same attachment returns the same address (a
         retried CNI ADD)."""
         _check_name("host", host, 253)
         _check_attachment(attachment)
-        net = self._require(network)
+        net = self._require(network, known)
         att_key = _attachment_key(network, attachment)
         existing = self.kv.get(att_key)
         if existing is not None:
@@ -508,10 +514,12 @@ class ClusterState:
                     "addresses or create a larger network"
                 ) from None
 
-    def reserve_ip(self, network: str, address: str, attachment: str) -> str:
+    def reserve_ip(
+        self, network: str, address: str, attachment: str, known: Network | None = None
+    ) -> str:
         """Give ``attachment`` exactly ``address`` (a static IP asked for in CNI_ARGS)."""
         _check_attachment(attachment)
-        net = self._require(network)
+        net = self._require(network, known)
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
@@ -570,13 +578,14 @@ class ClusterState:
         ip: str,
         container_id: str,
         ifname: str,
+        known: Network | None = None,
     ) -> Endpoint:
         """Publish (or update) an endpoint so every host can reach it, claiming its MAC in
         the same transaction: raises AddressInUseError, naming the holder, when another
         attachment of ``network`` has that MAC (on any host)."""
         _check_name("host", host, 253)
         _check_attachment(attachment)
-        self._require(network)
+        self._require(network, known)
         try:
             ipaddress.IPv4Address(ip)
         except ValueError:
