@@ -30,7 +30,6 @@ from controller.admission import (
     AttachError,
     AttachmentLocks,
     admit,
-    held_mac_refusal,
     require_netns,
     store_unavailable,
 )
@@ -98,6 +97,18 @@ class _Steps:
     def __str__(self) -> str:
         total = (self._last - self._start) * 1000
         return f"{total:.0f} ms ({', '.join(self._ms)})"
+
+
+def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
+    """The refusal of an address or MAC another attachment holds, in the request's terms."""
+    if exc.kind == "MAC" and req.mac is not None:
+        return (
+            f"CNI_ARGS MAC={req.mac} is already used in network {req.network} by "
+            f"{exc.holder}; pick another MAC or leave MAC= out"
+        )
+    if exc.kind == "MAC":
+        return f"the MAC derived from the address: {exc}"
+    return f"CNI_ARGS IP={req.ip}: {exc}"
 
 
 def _has_default_route(ipr: IPRoute) -> bool:
@@ -184,12 +195,6 @@ class EndpointManager:
                 f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
                 f"use {mtu} or less"
             )
-        if req.mac is not None:
-            # The claim itself is atomic, with the endpoint record (put_endpoint); this read
-            # refuses the common case before any side effect.
-            refusal = held_mac_refusal(self.cluster, req.network, req.mac, attachment_id, self.host)
-            if refusal is not None:
-                raise refusal
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
@@ -198,20 +203,30 @@ class EndpointManager:
         steps = _Steps()
         claimed_mac: str | None = None
         try:
-            if req.ip is not None:
-                try:
-                    ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id, network)
-                except StoreError as exc:
-                    raise AttachError(
-                        f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV
-                    ) from None
-            else:
-                try:
-                    ip = self.cluster.allocate_ip(req.network, self.host, attachment_id, network)
-                except AddressExhaustedError as exc:
-                    # Not the runtime's fault and not permanent: deleting pods frees addresses.
-                    raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
-            undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
+            try:  # the address and the MAC at once, before anything carries either
+                claim = self.cluster.claim_address(
+                    req.network,
+                    self.host,
+                    attachment_id,
+                    ip=req.ip,
+                    mac=req.mac,
+                    derive_mac=mac_for,
+                    known=network,
+                )
+            except AddressExhaustedError as exc:
+                # Not the runtime's fault and not permanent: deleting pods frees addresses.
+                raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
+            except AddressInUseError as exc:
+                raise AttachError(_in_use(req, exc), code=ERR_INVALID_ENV) from None
+            except StoreError as exc:  # a static IP outside the network
+                raise AttachError(f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV) from None
+            claimed_mac = claim.mac
+            undo.append(
+                (
+                    "release IP and MAC",
+                    lambda: self._release_store(req.network, attachment_id, claim.mac),
+                )
+            )
             att = Attachment(
                 network=req.network,
                 container_id=req.container_id,
@@ -219,25 +234,11 @@ class EndpointManager:
                 netns=req.netns,
                 host_port=host_port_name(req.container_id, req.ifname),
                 host_mac="",
-                mac=req.mac.lower() if req.mac else mac_for(ip),
-                ip=ip,
+                mac=claim.mac,
+                ip=claim.ip,
                 prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
-            )
-            try:  # before the port exists: a host losing a race never shows the MAC
-                self.cluster.claim_mac(req.network, att.mac, attachment_id, self.host)
-            except AddressInUseError as exc:
-                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
-                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
-            claimed_mac = att.mac
-            undo.append(
-                (
-                    "release MAC",
-                    lambda: self.cluster.release_mac(
-                        req.network, att.mac, attachment_id, self.host
-                    ),
-                )
             )
             steps.done("ipam")  # the address and the MAC
             # Undone from before it begins, so a step failing after `link add` (address,
@@ -271,6 +272,7 @@ class EndpointManager:
                     container_id=req.container_id,
                     ifname=req.ifname,
                     known=network,
+                    claimed=claim.revision,
                 )
             except AddressInUseError as exc:  # the claim was taken from us (another writer)
                 raise AttachError(str(exc), code=ERR_INVALID_ENV) from None

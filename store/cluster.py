@@ -16,14 +16,17 @@ so the last part of a key may.
 
 Every claim (a network name with its VNI, a block, an address) is a compare-and-create,
 so two hosts racing never get the same one and nothing is ever locked.  An address comes
-only from blocks its host owns: a pod start writes one transaction and reads the shared
-block list only when the host's blocks are full.  The address and its attachment index are
-written in one transaction, so a crash leaves either both or neither, and releasing by
-attachment (what CNI DEL knows) always finds the address.  An endpoint's MAC is claimed in
-the transaction that publishes the endpoint and released in the one that unpublishes it:
-two attachments of one network never share a MAC (their flows would collide on every host
-that sees both), even when two hosts publish at the same moment.  An agent claims the MAC
-before it makes the pod's port (claim_mac), and the endpoint record keeps the claim.
+only from blocks its host owns.  A pod start writes two transactions and reads nothing
+else but its network: claim_address writes the address, its attachment index and the MAC
+claim at once (the host's blocks and their used addresses come from memory after the
+first start, the transaction comparing them), then put_endpoint publishes the endpoint
+against that claim's revision.  The shared block list is read again only when the host's
+blocks are full.  The address and its attachment index are written together, so a crash
+leaves either both or neither, and releasing by attachment (what CNI DEL knows) always
+finds the address.  Two attachments of one network never share a MAC (their flows would
+collide on every host that sees both), even when two hosts claim it at the same moment:
+the claim is made before the pod's port exists, the endpoint record keeps it, and the
+transaction that unpublishes the endpoint releases it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from store.kv import Compare, Delete, Event, KeyValue, KvStore, Put
@@ -61,7 +64,13 @@ class AddressExhaustedError(StoreError):
 
 
 class AddressInUseError(StoreError):
-    """An address or MAC asked for is held by another attachment (named in the message)."""
+    """An address or MAC asked for is held by another attachment (named in the message, and
+    in ``holder`` for a caller that words its own refusal)."""
+
+    def __init__(self, msg: str, kind: str, holder: str = "another attachment"):
+        super().__init__(msg)
+        self.kind = kind  # "IP" or "MAC"
+        self.holder = holder
 
 
 def _check_name(kind: str, name: str, max_len: int = 63) -> None:
@@ -153,6 +162,38 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class AddressClaim:
+    """An attachment's address and MAC, claimed in one transaction at ``revision`` (0: the
+    claim was found, not made): put_endpoint compares the MAC claim against it instead of
+    reading it again."""
+
+    ip: str
+    mac: str
+    revision: int
+
+
+class _HostPool:
+    """One host's blocks of one network, (CIDR, mod_revision) lowest first, and the
+    addresses used in them, as this process last saw them: claim_address's hint."""
+
+    def __init__(self, blocks: list[tuple[str, int]], used: set[str]):
+        self.blocks = blocks
+        self.used = used
+
+    def pick(self) -> tuple[str, tuple[str, int]] | None:
+        """The lowest free address and its block, marked used; None when all are used."""
+        for block in self.blocks:
+            first = ipaddress.IPv4Network(block[0])
+            base = int(first.network_address)
+            for i in range(base, base + first.num_addresses):
+                addr = str(ipaddress.IPv4Address(i))
+                if addr not in self.used:
+                    self.used.add(addr)
+                    return addr, block
+        return None
+
+
+@dataclass(frozen=True)
 class HostSummary:
     """A host as the operator sees it: alive (its key is on a live lease) or only left
     behind in its blocks and endpoints (its agent died and never came back)."""
@@ -227,6 +268,8 @@ class ClusterState:
             )
         self.kv = kv
         self.block_prefix = block_prefix
+        self._pools: dict[tuple[str, str], _HostPool] = {}  # (network, host): claim_address's
+        self._pools_lock = threading.Lock()
 
     def close(self) -> None:
         self.kv.close()
@@ -448,12 +491,12 @@ class ClusterState:
         blocks = [b for b in self.list_blocks(network) if b.host == host]
         return sorted(blocks, key=lambda b: ipaddress.IPv4Network(b.cidr))
 
-    def claim_block(self, network: str, host: str) -> Block:
+    def claim_block(self, network: str, host: str, known: Network | None = None) -> Block:
         """Claim the first free block of ``network`` for ``host``.  Each claim is a
         compare-and-create, so of two hosts racing for a block one gets it and the other
         moves on to the next free one."""
         _check_name("host", host, 253)
-        net = self._require(network)
+        net = self._require(network, known)
         cidr = ipaddress.IPv4Network(net.cidr)
         size = max(self.block_prefix, cidr.prefixlen)
         taken = {b.cidr for b in self.list_blocks(network)}
@@ -472,79 +515,174 @@ class ClusterState:
 
     # -- addresses ----------------------------------------------------------------------
 
+    def claim_address(
+        self,
+        network: str,
+        host: str | None,
+        attachment: str,
+        *,
+        ip: str | None = None,
+        mac: str | None = None,
+        derive_mac: Callable[[str], str] | None = None,
+        known: Network | None = None,
+    ) -> AddressClaim:
+        """Claim an address for ``attachment`` and, with it, its MAC (``mac``, or
+        ``derive_mac`` of the address; neither: no MAC claim), in one transaction: a pod
+        start's one write before any side effect, so a refusal leaves nothing behind.
+
+        ``ip`` asks for exactly that address (a static IP from CNI_ARGS); without it the
+        address comes from ``host``'s own blocks, a new block claimed when they are full.
+        The blocks and the addresses used in them come from this object's memory after the
+        first claim (a hint: the transaction compares the address and the block, so a stale
+        hint costs a retry, never a duplicate).  Asking again for an attachment that holds
+        an address returns that address (a retried CNI ADD).  Raises AddressInUseError
+        (its ``holder`` named) for an address or MAC another attachment holds."""
+        if host is not None:
+            _check_name("host", host, 253)
+        _check_attachment(attachment)
+        net = self._require(network, known)
+        if ip is not None:
+            ip = self._usable_address(net, ip)
+        elif host is None:
+            raise StoreError("an address from a host's blocks needs the host's name")
+        att_key, prefix = _attachment_key(network, attachment), _ipam_prefix(network)
+        mine = _mac_claim(attachment, host or "")
+        mac_revision = 0  # what the claim's key must be at: absent, or our own claim
+        if mac:  # a static MAC: refused before a block could be claimed for it
+            claim = self.kv.get(_mac_key(network, mac))
+            if claim is not None and claim.value != mine:
+                raise self._mac_in_use(network, mac, claim.value)
+            mac_revision = claim.mod_revision if claim else 0
+        while True:
+            block = None
+            if ip is None:
+                addr, block = self._pick_address(net, host)
+            else:
+                addr = ip
+            claim_mac = (mac or (derive_mac(addr) if derive_mac else "")).lower()
+            compares = [Compare(prefix + addr, 0), Compare(att_key, 0)]
+            ops: list = [Put(prefix + addr, attachment), Put(att_key, addr)]
+            if block is not None:
+                compares.append(Compare(_block_prefix(network) + block[0], block[1]))
+            if claim_mac:
+                compares.append(Compare(_mac_key(network, claim_mac), mac_revision))
+                ops.append(Put(_mac_key(network, claim_mac), mine))
+            result = self.kv.txn(compares, ops)
+            if result.succeeded:
+                return AddressClaim(addr, claim_mac, result.revision)
+            # Which compare failed?  Reads only on this path.
+            self._unpick(network, addr)
+            held = self.kv.get(att_key)
+            if held is not None and ip is not None and held.value != ip:
+                raise AddressInUseError(
+                    f"attachment {attachment} already holds IP {held.value} in network "
+                    f"{network}, not {ip}; DEL it before asking for another address",
+                    "IP",
+                    f"attachment {attachment}",
+                )
+            if held is not None:  # a retried ADD
+                if claim_mac and not mac:
+                    claim_mac = derive_mac(held.value).lower()
+                if claim_mac:
+                    self.claim_mac(network, claim_mac, attachment, host or "")
+                return AddressClaim(held.value, claim_mac, 0)
+            taken = self.kv.get(prefix + addr)
+            if taken is not None and ip is not None:
+                holder = self.describe_holder(network, taken.value)
+                raise AddressInUseError(
+                    f"IP {ip} in network {network} is already used by {holder}; pick a free "
+                    "address or leave IP= out",
+                    "IP",
+                    holder,
+                )
+            if taken is not None:  # a static IP in our block: skip it
+                with self._pools_lock:
+                    if (network, host) in self._pools:
+                        self._pools[(network, host)].used.add(addr)
+                continue
+            if claim_mac:
+                claim = self.kv.get(_mac_key(network, claim_mac))
+                if claim is not None and claim.value != mine:
+                    raise self._mac_in_use(network, claim_mac, claim.value)
+                mac_revision = claim.mod_revision if claim else 0
+            if block is not None:  # perhaps our block changed: read it again
+                with self._pools_lock:
+                    self._pools.pop((network, host), None)
+
     def allocate_ip(
         self, network: str, host: str, attachment: str, known: Network | None = None
     ) -> str:
-        """An address for ``attachment`` from ``host``'s own blocks, claiming a new block when
-        they are full.  Asking again for the same attachment returns the same address (a
-        retried CNI ADD)."""
-        _check_name("host", host, 253)
-        _check_attachment(attachment)
-        net = self._require(network, known)
-        att_key = _attachment_key(network, attachment)
-        existing = self.kv.get(att_key)
-        if existing is not None:
-            return existing.value
-        reserved = reserved_addresses(net.cidr)
-        prefix = _ipam_prefix(network)
-        while True:
-            used = {kv.key[len(prefix) :] for kv in self.kv.range(prefix)[0]} | reserved
-            for block in self.blocks_of(network, host):
-                first = ipaddress.IPv4Network(block.cidr)
-                base, count = int(first.network_address), first.num_addresses
-                for addr in (str(ipaddress.IPv4Address(i)) for i in range(base, base + count)):
-                    if addr in used:
-                        continue
-                    result = self.kv.txn(
-                        (Compare(prefix + addr, 0), Compare(att_key, 0)),
-                        (Put(prefix + addr, attachment), Put(att_key, addr)),
-                    )
-                    if result.succeeded:
-                        return addr
-                    raced = self.kv.get(att_key)
-                    if raced is not None:  # the same attachment, allocated concurrently
-                        return raced.value
-                    used.add(addr)
-            try:
-                self.claim_block(network, host)
-            except AddressExhaustedError:
-                raise AddressExhaustedError(
-                    f"network {network} ({net.cidr}) has no address left for host {host}: "
-                    "its blocks are full and no free block remains; release unused "
-                    "addresses or create a larger network"
-                ) from None
+        """An address for ``attachment`` from ``host``'s own blocks (claim_address, no MAC)."""
+        return self.claim_address(network, host, attachment, known=known).ip
 
     def reserve_ip(
         self, network: str, address: str, attachment: str, known: Network | None = None
     ) -> str:
-        """Give ``attachment`` exactly ``address`` (a static IP asked for in CNI_ARGS)."""
-        _check_attachment(attachment)
-        net = self._require(network, known)
+        """Give ``attachment`` exactly ``address`` (claim_address, no MAC)."""
+        return self.claim_address(network, None, attachment, ip=address, known=known).ip
+
+    @staticmethod
+    def _usable_address(net: Network, address: str) -> str:
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             raise StoreError(f"IP {address!r} is not an IPv4 address") from None
         if ip not in ipaddress.IPv4Network(net.cidr) or str(ip) in reserved_addresses(net.cidr):
             raise StoreError(
-                f"IP {address} is not a usable address of network {network} ({net.cidr})"
+                f"IP {address} is not a usable address of network {net.name} ({net.cidr})"
             )
-        att_key = _attachment_key(network, attachment)
-        prefix = _ipam_prefix(network)
-        result = self.kv.txn(
-            (Compare(prefix + str(ip), 0), Compare(att_key, 0)),
-            (Put(prefix + str(ip), attachment), Put(att_key, str(ip))),
+        return str(ip)
+
+    def _pick_address(self, net: Network, host: str) -> tuple[str, tuple[str, int]]:
+        """A free address of ``host``'s blocks (marked used at once, so concurrent ADDs of
+        this process pick different ones) and its block with the block's mod_revision."""
+        key = (net.name, host)
+        with self._pools_lock:
+            for attempt in ("memory", "store", "new block"):
+                pool = self._pools.get(key) if attempt == "memory" else None
+                if attempt == "new block":
+                    try:
+                        self.claim_block(net.name, host, known=net)
+                    except AddressExhaustedError:
+                        raise AddressExhaustedError(
+                            f"network {net.name} ({net.cidr}) has no address left for host "
+                            f"{host}: its blocks are full and no free block remains; release "
+                            "unused addresses or create a larger network"
+                        ) from None
+                if pool is None:
+                    pool = self._pools[key] = self._read_pool(net, host)
+                picked = pool.pick()
+                if picked is not None:
+                    return picked
+        raise AssertionError("a newly claimed block has free addresses")
+
+    def _read_pool(self, net: Network, host: str) -> _HostPool:
+        """``host``'s blocks and the addresses used in them, from the store: two range
+        reads, made once per network (and again only when the memory seems full or stale)."""
+        prefix = _block_prefix(net.name)
+        blocks = sorted(
+            (
+                (kv.key[len(prefix) :], kv.mod_revision)
+                for kv in self.kv.range(prefix)[0]
+                if json.loads(kv.value)["host"] == host
+            ),
+            key=lambda b: ipaddress.IPv4Network(b[0]),
         )
-        if result.succeeded:
-            return str(ip)
-        existing = self.kv.get(att_key)
-        if existing is not None and existing.value == str(ip):
-            return str(ip)  # a retried ADD
-        holder = self.kv.get(prefix + str(ip))
-        raise AddressInUseError(
-            f"IP {address} in network {network} is already used by "
-            f"{self.describe_holder(network, holder.value) if holder else 'another attachment'}"
-            "; pick a free address or leave IP= out"
-        )
+        ranges = [ipaddress.IPv4Network(cidr) for cidr, _ in blocks]
+        ipam = _ipam_prefix(net.name)
+        used = {
+            kv.key[len(ipam) :]
+            for kv in self.kv.range(ipam)[0]
+            if any(ipaddress.IPv4Address(kv.key[len(ipam) :]) in r for r in ranges)
+        }
+        return _HostPool(blocks, used | reserved_addresses(net.cidr))
+
+    def _unpick(self, network: str, addr: str) -> None:
+        """Return an address a failed claim did not take to every pool of ``network``."""
+        with self._pools_lock:
+            for (net, _), pool in self._pools.items():
+                if net == network:
+                    pool.used.discard(addr)
 
     def release_ip(self, network: str, attachment: str) -> str | None:
         """Free the address of ``attachment`` and return it; None if it had none (a repeated
@@ -559,6 +697,7 @@ class ClusterState:
                 (Delete(att_key), Delete(_ipam_prefix(network) + kv.value)),
             )
             if result.succeeded:
+                self._unpick(network, kv.value)
                 return kv.value
 
     def allocations(self, network: str) -> dict[str, str]:
@@ -579,10 +718,15 @@ class ClusterState:
         container_id: str,
         ifname: str,
         known: Network | None = None,
+        claimed: int = 0,
     ) -> Endpoint:
         """Publish (or update) an endpoint so every host can reach it, claiming its MAC in
         the same transaction: raises AddressInUseError, naming the holder, when another
-        attachment of ``network`` has that MAC (on any host)."""
+        attachment of ``network`` has that MAC (on any host).
+
+        ``claimed`` is the revision of the claim_address that claimed this MAC for a new
+        endpoint: then one transaction, no read, publishes it (and if either key moved
+        since, the general path below reads them)."""
         _check_name("host", host, 253)
         _check_attachment(attachment)
         self._require(network, known)
@@ -594,16 +738,18 @@ class ClusterState:
         ep_key = _endpoint_key(network, host, attachment)
         value = json.dumps({"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname})
         mine = _mac_claim(attachment, host)
+        if claimed:
+            fast = self.kv.txn(
+                (Compare(ep_key, 0), Compare(_mac_key(network, mac), claimed)),
+                (Put(ep_key, value),),
+            )
+            if fast.succeeded:
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
         while True:
             old = self.kv.get(ep_key)
             claim = self.kv.get(_mac_key(network, mac))
             if claim is not None and claim.value != mine:
-                held = json.loads(claim.value)
-                raise AddressInUseError(
-                    f"MAC {mac} in network {network} is already used by "
-                    f"{self.describe_holder(network, held['attachment'], held['host'])}; "
-                    "pick another MAC or leave MAC= out"
-                )
+                raise self._mac_in_use(network, mac, claim.value)
             compares = [
                 Compare(ep_key, old.mod_revision if old else 0),
                 Compare(_mac_key(network, mac), claim.mod_revision if claim else 0),
@@ -651,12 +797,17 @@ class ClusterState:
                 continue  # released in between: try again
             if claim.value == mine:
                 return
-            held = json.loads(claim.value)
-            raise AddressInUseError(
-                f"MAC {mac.lower()} in network {network} is already used by "
-                f"{self.describe_holder(network, held['attachment'], held['host'])}; "
-                "pick another MAC or leave MAC= out"
-            )
+            raise self._mac_in_use(network, mac, claim.value)
+
+    def _mac_in_use(self, network: str, mac: str, claim: str) -> AddressInUseError:
+        held = json.loads(claim)
+        holder = self.describe_holder(network, held["attachment"], held["host"])
+        return AddressInUseError(
+            f"MAC {mac.lower()} in network {network} is already used by {holder}; pick "
+            "another MAC or leave MAC= out",
+            "MAC",
+            holder,
+        )
 
     def release_mac(self, network: str, mac: str, attachment: str, host: str) -> bool:
         """Release ``attachment``'s claim on ``mac``; False if it held none (not an error)."""

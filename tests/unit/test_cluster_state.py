@@ -331,6 +331,99 @@ def test_a_static_address_is_reserved_once(tmp_path):
     c.close()
 
 
+class CountingKv:
+    """The real store, with its calls counted: what one ADD costs in store round trips."""
+
+    def __init__(self, kv):
+        self.kv = kv
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self.kv, name)
+        if name in ("get", "range", "txn"):
+
+            def counted(*args, **kwargs):
+                self.calls.append(name)
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+def derived(ip: str) -> str:
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+def test_an_add_is_two_writes_and_no_read_once_the_hosts_blocks_are_known(db, clock):
+    counting = CountingKv(SqliteKvStore(db, clock=clock))
+    cluster = ClusterState(counting)
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    cluster.claim_address("default", "h1", "warm/eth0", known=net)  # reads the blocks once
+    counting.calls.clear()
+    claim = cluster.claim_address("default", "h1", "a/eth0", derive_mac=derived, known=net)
+    assert counting.calls == ["txn"]
+    assert (claim.ip, claim.mac) == ("100.64.0.3", "0a:58:64:40:00:03")
+    assert cluster.mac_holder("default", claim.mac) == ("a/eth0", "h1")
+    counting.calls.clear()
+    cluster.put_endpoint(
+        "default", "h1", "a/eth0", mac=claim.mac, ip=claim.ip, container_id="a",
+        ifname="eth0", known=net, claimed=claim.revision,
+    )  # fmt: skip
+    assert counting.calls == ["txn"]
+    assert [e.ip for e in cluster.list_endpoints("default")] == ["100.64.0.3"]
+    cluster.close()
+
+
+def test_a_held_mac_refuses_the_claim_and_writes_nothing(cluster):
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    cluster.claim_mac("default", "02:00:00:00:00:09", "c9/eth0", "h2")
+    before = cluster.revision()
+    with pytest.raises(AddressInUseError, match="attachment c9/eth0 on host h2") as err:
+        cluster.claim_address("default", "h1", "a/eth0", mac="02:00:00:00:00:09", known=net)
+    assert (err.value.kind, err.value.holder) == ("MAC", "attachment c9/eth0 on host h2")
+    assert cluster.revision() == before
+    # The address the refused claim had picked is handed out next, not lost.
+    assert cluster.allocate_ip("default", "h1", "b/eth0") == "100.64.0.2"
+
+
+def test_a_stale_memory_of_the_hosts_blocks_costs_a_retry_never_a_duplicate(db, cluster):
+    net = cluster.create_network("default", 5001, "100.64.0.0/24")
+    assert cluster.allocate_ip("default", "h1", "a/eth0") == "100.64.0.2"
+    other = open_cluster(f"sqlite:///{db}")  # another writer: a static IP in h1's block
+    assert other.reserve_ip("default", "100.64.0.3", "s/eth0") == "100.64.0.3"
+    assert cluster.allocate_ip("default", "h1", "b/eth0", known=net) == "100.64.0.4"
+    # The block's record deleted behind h1's back (another writer): the next claim sees the
+    # block changed and claims it again instead of trusting what it remembers.
+    other.kv.delete("blocks/default/100.64.0.0/26")
+    assert cluster.allocate_ip("default", "h1", "c/eth0", known=net) == "100.64.0.5"
+    assert [b.cidr for b in cluster.blocks_of("default", "h1")] == ["100.64.0.0/26"]
+    other.close()
+
+
+def test_a_released_address_is_handed_out_again_from_memory(cluster):
+    cluster.create_network("default", 5001, "100.64.0.0/24")
+    first = cluster.allocate_ip("default", "h1", "a/eth0")
+    cluster.allocate_ip("default", "h1", "b/eth0")
+    assert cluster.release_ip("default", "a/eth0") == first
+    assert cluster.allocate_ip("default", "h1", "c/eth0") == first
+
+
+def test_threads_of_one_agent_claim_distinct_addresses(cluster):
+    cluster.create_network("default", 5001, "100.64.0.0/24")
+    got: list[str] = []
+
+    def claim(i: int) -> None:
+        for k in range(20):
+            got.append(cluster.allocate_ip("default", "h1", f"t{i}-{k}/eth0"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert len(got) == len(set(got)) == 80
+
+
 # -- MAC claims ----------------------------------------------------------------------------
 
 
