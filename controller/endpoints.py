@@ -352,10 +352,9 @@ class EndpointManager:
         (with the MAC claim it keeps), its address, and the claims of ``mac`` and of the
         MAC derived from the address, which an interrupted ADD may have left alone.  Each
         part already gone is fine."""
-        self.cluster.delete_endpoint(network, self.host, attachment)
-        ip = self.cluster.release_ip(network, attachment)
-        for claimed in {mac, mac_for(ip) if ip else None} - {None}:
-            self.cluster.release_mac(network, claimed, attachment, self.host)
+        self.cluster.release_attachment(
+            network, self.host, attachment, [mac] if mac else [], derive_mac=mac_for
+        )
 
     def check(
         self,

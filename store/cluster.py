@@ -36,7 +36,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from store.kv import Compare, Delete, Event, KeyValue, KvStore, Put
@@ -782,6 +782,56 @@ class ClusterState:
                 ops.append(Delete(claim.key))
             if self.kv.txn(compares, ops).succeeded:
                 return True
+
+    def release_attachment(
+        self,
+        network: str,
+        host: str,
+        attachment: str,
+        macs: Iterable[str] = (),
+        derive_mac: Callable[[str], str] | None = None,
+    ) -> str | None:
+        """Everything ``attachment`` of ``host`` holds in ``network``, gone in one
+        transaction: its endpoint record, its address and attachment index, and its claims
+        on the record's MAC, on ``macs`` and on ``derive_mac`` of its address (an ADD cut
+        short may hold a claim no record keeps).  Claims another attachment holds stay.
+        Returns the address freed, None if there was none; parts already gone are fine (a
+        repeated CNI DEL changes nothing)."""
+        ep_key = _endpoint_key(network, host, attachment)
+        att_key = _attachment_key(network, attachment)
+        mine = _mac_claim(attachment, host)
+        while True:
+            ep, att = self.kv.get(ep_key), self.kv.get(att_key)
+            candidates = {m.lower() for m in macs}
+            compares: list[Compare] = []
+            ops: list = []
+            if ep is not None:
+                compares.append(Compare(ep_key, ep.mod_revision))
+                ops.append(Delete(ep_key))
+                try:
+                    record_mac = _record(ep).get("mac")
+                except RecordError:  # a malformed record still goes
+                    record_mac = None
+                if isinstance(record_mac, str):
+                    candidates.add(record_mac.lower())
+            if att is not None:
+                compares.append(Compare(att_key, att.mod_revision))
+                ops += [Delete(att_key), Delete(_ipam_prefix(network) + att.value)]
+                if derive_mac is not None:
+                    candidates.add(derive_mac(att.value).lower())
+            for mac in sorted(candidates):
+                claim = self.kv.get(_mac_key(network, mac))
+                if claim is not None and claim.value == mine:
+                    compares.append(Compare(claim.key, claim.mod_revision))
+                    ops.append(Delete(claim.key))
+            if not ops:
+                return None
+            if self.kv.txn(compares, ops).succeeded:
+                if att is None:
+                    return None
+                self._unpick(network, att.value)
+                return att.value
+            # Something moved between the reads and the transaction: look again.
 
     def claim_mac(self, network: str, mac: str, attachment: str, host: str) -> None:
         """Claim ``mac`` in ``network`` for ``attachment`` on ``host`` (compare-and-create;

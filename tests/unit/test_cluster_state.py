@@ -424,6 +424,35 @@ def test_threads_of_one_agent_claim_distinct_addresses(cluster):
     assert len(got) == len(set(got)) == 80
 
 
+def test_a_del_releases_record_address_and_claims_in_one_write_and_again_changes_nothing(db, clock):
+    counting = CountingKv(SqliteKvStore(db, clock=clock))
+    cluster = ClusterState(counting)
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    claim = cluster.claim_address("default", "h1", "a/eth0", derive_mac=derived, known=net)
+    cluster.put_endpoint(
+        "default", "h1", "a/eth0", mac=claim.mac, ip=claim.ip, container_id="a",
+        ifname="eth0", claimed=claim.revision,
+    )  # fmt: skip
+    cluster.claim_mac("default", "02:00:00:00:00:07", "a/eth0", "h1")  # an interrupted ADD's
+    cluster.claim_mac("default", "02:00:00:00:00:08", "b/eth0", "h2")  # someone else's
+    counting.calls.clear()
+    assert (
+        cluster.release_attachment(
+            "default", "h1", "a/eth0", ["02:00:00:00:00:07", "02:00:00:00:00:08"], derived
+        )
+        == claim.ip
+    )
+    assert counting.calls.count("txn") == 1
+    assert cluster.list_endpoints() == [] and cluster.allocations("default") == {}
+    assert cluster.kv.get("attachments/default/a/eth0") is None
+    assert cluster.mac_claims_of("h1") == []
+    assert cluster.mac_holder("default", "02:00:00:00:00:08") == ("b/eth0", "h2")
+    before = cluster.revision()
+    assert cluster.release_attachment("default", "h1", "a/eth0", [], derived) is None
+    assert cluster.revision() == before
+    cluster.close()
+
+
 # -- MAC claims ----------------------------------------------------------------------------
 
 
