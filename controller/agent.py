@@ -63,11 +63,13 @@ class Agent:
         self._local: dict[str, Object] = {}  # what was last submitted from OVSDB, by key
         self._tunnel_ofport = 0
         self._gateway: hoststate.GatewayPort | None = None
+        self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
+        self.underlay_mtu = self._underlay_mtu()
         self.cluster = open_cluster(cfg.store)
         self.ovsdb = OvsdbClient(cfg.ovsdb_sock)
         choice = choose_datapath_type(cfg.datapath_type)
@@ -311,8 +313,24 @@ class Agent:
 
     # -- networks: MTU and the host gateway ----------------------------------------
 
+    def _underlay_mtu(self) -> int:
+        """The configured underlay MTU, else the MTU of the link holding the tunnel IP: a
+        9000-byte underlay gives 8950-byte pods over VXLAN, and no MTU is assumed."""
+        cfg = self.config
+        if cfg.underlay_mtu:
+            return cfg.underlay_mtu
+        mtu = underlay.mtu_of(cfg.tunnel_ip)
+        if mtu is None:
+            raise RuntimeError(
+                f"tunnel_ip {cfg.tunnel_ip} is on no interface of this host, so the underlay "
+                "MTU is unknown; put the address on the underlay interface (or br-phy) before "
+                "starting the agent, or set [agent] underlay_mtu"
+            )
+        LOG.info("underlay MTU %d (the link holding %s)", mtu, cfg.tunnel_ip)
+        return mtu
+
     def _mtu_for(self, network) -> int:
-        mtu = self.config.underlay_mtu - self.tunnel.overhead
+        mtu = self.underlay_mtu - self.tunnel.overhead
         return min(mtu, network.mtu) if getattr(network, "mtu", None) else mtu
 
     def _gateway_for(self, network) -> str | None:

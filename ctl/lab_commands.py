@@ -37,6 +37,13 @@ def add_parser(subparsers) -> None:
         default=lab.DEFAULT_HOST_TTL,
         help="seconds a host stays in the store after its agent dies (default: %(default)s)",
     )
+    up.add_argument(
+        "--underlay-mtu",
+        type=int,
+        default=naming.UNDERLAY_MTU,
+        help="MTU of every underlay link; pods get it minus the tunnel overhead "
+        "(default: %(default)s)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove a lab and everything it made")
@@ -115,6 +122,7 @@ def cmd_up(args) -> int:
             store=args.store,
             etcd_members=args.etcd_members,
             host_ttl=args.host_ttl,
+            underlay_mtu=args.underlay_mtu,
         )
     )
     return 0
