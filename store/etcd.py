@@ -373,6 +373,15 @@ class EtcdKvStore(KvStore):
             return False
         return True
 
+    def lease_time_left(self, lease: int) -> int | None:
+        result = self._call(
+            "/lease/timetolive", {"ID": lease}, f"reading lease {lease}'s time to live"
+        )
+        # etcd answers TTL -1 for a lease it does not know (expired, revoked, never granted),
+        # not an error; the seconds left are rounded down.
+        left = int(result.get("TTL") or 0)
+        return left if left >= 0 else None
+
     # -- history -------------------------------------------------------------------------
 
     def events_since(self, prefix: str, revision: int) -> list[Event]:

@@ -101,6 +101,7 @@ def test_agents_share_the_etcd_store_and_pods_reach_each_other(etcd_lab):
         ("h3", True, "198.18.0.3", 1),
         ("h4", True, "198.18.0.4", 1),
     ]
+    assert all(0 <= h["lease_left"] <= HOST_TTL for h in hosts)  # renewed by each agent
     endpoints = ctl_json("endpoint", "list", "--lab", name, "--host", "h2")
     assert [e["ip"] for e in endpoints] == [ips["h2"]]
     with lab.open_lab_cluster(name) as cluster:
@@ -154,6 +155,7 @@ def test_a_killed_agent_drops_out_after_the_ttl_and_comes_back_with_its_addresse
         wait_for(lambda o=other: not flows_toward(name, o, h3_ip), f"{other} drops h3's flows")
     hosts = {h["name"]: h for h in ctl_json("host", "list", "--lab", name)}
     assert hosts["h3"]["alive"] is False and hosts["h3"]["endpoints"] == 1
+    assert hosts["h3"]["lease_left"] is None
     assert all(hosts[h]["alive"] for h in others)
 
     proc = run([*CTL, "lab", "agent", "start", "--lab", name, "h3"])
