@@ -14,6 +14,7 @@ import pytest
 
 from controller.endpoints import host_port_name
 from lab import etcd_members, lab, naming, netns, pods
+from lab.lab import LabError
 from tests.helpers import host_veths, pod_ports, run
 from tests.lab.test_lab import assert_nothing_left, gone, root_namespace
 from tests.lab.test_restarts import loss, start_ping
@@ -221,10 +222,15 @@ def store_traces(name: str, attachment: str) -> dict[str, list[str]]:
 def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothing(etcd_lab):
     """Two of three members killed: a 100/s ping across hosts loses nothing; a CNI ADD
     fails with code 11 naming the store, promptly, and leaves no port, veth or record
-    (once the store is back and the agent has served another request); the members
-    back, every host's new pod reaches the others and no address is given twice."""
+    (once the store is back and the agent has served another request); a DEL meanwhile
+    removes the port and veth, fails with 11, and its store records go with the agent's
+    next request; the members back, every host's new pod reaches the others and no
+    address is given twice."""
     name, ips = etcd_lab
     hosts = sorted(ips)
+    paths = lab.LabPaths(naming.DEFAULT_STATE_ROOT, name)
+    deleted = pods.pod_namespace(name, "h1", "d1")
+    pods.pod_add(name, "h1", "d1")
     # Keep the leader: it is the member that has accepted writes last, so the outage
     # starts with a leader that still believes it leads until it misses its quorum.
     survivor = etcd_members.leader(name, 3)
@@ -233,6 +239,7 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
     ping = start_ping(pods.pod_namespace(name, "h2", "p1"), ips["h1"], 2000)
     proc = run([*CTL, "lab", "etcd", "stop", "--lab", name, *victims])  # SIGKILL
     assert proc.returncode == 0, proc.stderr
+    failed = [pods.pod_namespace(name, "h1", "q1"), pods.pod_namespace(name, "h1", "q2")]
     try:
         started = time.monotonic()
         proc = run(
@@ -240,11 +247,25 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
             timeout=ADD_RETURNS_WITHIN,
         )
         took = time.monotonic() - started
-        print(f"lab pod add without a quorum failed after {took:.2f} s")
+        print(f"\nlab pod add right after the quorum was lost failed after {took:.2f} s")
         assert proc.returncode == 1
         assert "CNI ADD of pod" in proc.stderr and "(CNI error 11)" in proc.stderr
         assert "the cluster store did not answer" in proc.stderr
         assert "198.18.1.1:2379,198.18.1.2:2379,198.18.1.3:2379" in proc.stderr
+        # The plugin alone, as a runtime runs it, once the survivor knows it has no leader.
+        netns.create_namespace(failed[1])
+        try:
+            started = time.monotonic()
+            rc, out = pods.cni_exec(paths, "h1", "ADD", failed[1])
+            print(f"CNI ADD (the plugin) without a quorum: {time.monotonic() - started:.2f} s")
+        finally:
+            netns.delete_namespace(failed[1])
+        assert rc == 1 and out["code"] == 11, out
+        assert "etcdserver: no leader" in out["msg"]
+        # A DEL meanwhile: the port and veth go, the store records wait for the store.
+        with pytest.raises(LabError, match=r"CNI DEL of pod .* failed \(CNI error 11\)"):
+            pods.pod_del(name, "h1", "d1")
+        assert host_port_name(deleted, pods.POD_IFNAME) not in pod_ports(name, "h1")
         assert ping.poll() is None  # still pinging: the outage is inside the ping
     finally:
         proc = run([*CTL, "lab", "etcd", "start", "--lab", name, *victims])  # waits: healthy
@@ -252,24 +273,24 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
     assert ping.poll() is None
     assert loss(ping) == (2000, 2000)
 
-    failed = pods.pod_namespace(name, "h1", "q1")  # the lab's container id for the pod
-    attachment = f"{failed}/{pods.POD_IFNAME}"
     # A new pod on each host, attached through the store that is back: on h1 this request
-    # also finishes any cleanup the failed ADD left for later (endpoints.py).
-    new = {h: pods.pod_add(name, h, "q2")["ip"] for h in hosts}
-    assert not netns.namespace_exists(failed)
-    assert host_port_name(failed, pods.POD_IFNAME) not in pod_ports(name, "h1")
-    assert host_port_name(failed, pods.POD_IFNAME) not in host_veths(name, "h1")
-    assert store_traces(name, attachment) == {
-        "address": [],
-        "attachment": [],
-        "endpoint": [],
-        "mac": [],
-    }
+    # first removes the store records the DEL left (endpoints.py, _finish_store_cleanup).
+    new = {h: pods.pod_add(name, h, "q3")["ip"] for h in hosts}
+    for ns in [*failed, deleted]:
+        assert host_port_name(ns, pods.POD_IFNAME) not in pod_ports(name, "h1")
+        assert host_port_name(ns, pods.POD_IFNAME) not in host_veths(name, "h1")
+        assert store_traces(name, f"{ns}/{pods.POD_IFNAME}") == {
+            "address": [],
+            "attachment": [],
+            "endpoint": [],
+            "mac": [],
+        }, ns
+    assert not any(netns.namespace_exists(ns) for ns in failed)
+    pods.pod_del(name, "h1", "d1")  # the runtime's retry: everything is gone already
     for src in hosts:
         for dst in hosts:
             if src != dst:
-                assert lab.ping_from(pods.pod_namespace(name, src, "q2"), new[dst]), (src, dst)
+                assert lab.ping_from(pods.pod_namespace(name, src, "q3"), new[dst]), (src, dst)
     endpoints = ctl_json("endpoint", "list", "--lab", name)
     addresses = [e["ip"] for e in endpoints]
     assert len(addresses) == len(set(addresses)) and set(new.values()) <= set(addresses)
@@ -277,7 +298,7 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
         held = cluster.allocations(naming.DEFAULT_NETWORK)
     assert len(set(held.values())) == len(held)  # no attachment holds two addresses
     for h in hosts:
-        pods.pod_del(name, h, "q2")
+        pods.pod_del(name, h, "q3")
 
 
 def test_down_removes_the_members_of_a_lab_whose_state_is_gone(lab_name):
