@@ -203,6 +203,10 @@ class HostSummary:
     tunnel_ip: str | None
     endpoints: int
     blocks: int
+    # Seconds until the host drops out unless its agent renews the lease (None: not alive,
+    # or its key is on no lease): a live host's agent renews every third of its TTL, so a
+    # value well below two thirds of the TTL means the agent has stopped renewing.
+    lease_left: int | None = None
 
 
 @dataclass(frozen=True)
@@ -307,9 +311,13 @@ class ClusterState:
         ]
 
     def host_summaries(self) -> list[HostSummary]:
-        """Every host the store knows, alive or not, with its endpoint and block counts (a
-        full read: for the operator, never on an agent's path)."""
+        """Every host the store knows, alive or not, with its endpoint and block counts and
+        its lease's time left (a full read and one lease request per live host: for the
+        operator, never on an agent's path)."""
         alive = {h.name: h for h in self.list_hosts()}
+        lease_left = {
+            name: self.kv.lease_time_left(h.lease) for name, h in alive.items() if h.lease
+        }
         endpoints: dict[str, int] = {}
         for e in self.list_endpoints():
             endpoints[e.host] = endpoints.get(e.host, 0) + 1
@@ -324,6 +332,7 @@ class ClusterState:
                 alive[name].tunnel_ip if name in alive else None,
                 endpoints.get(name, 0),
                 blocks.get(name, 0),
+                lease_left.get(name),
             )
             for name in sorted(alive.keys() | endpoints.keys() | blocks.keys())
         ]
