@@ -85,7 +85,9 @@ class Agent:
             canary_interval=cfg.canary_interval,
         )
         self.reconciler.start()
-        self.cache = ClusterCache(self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote)
+        self.cache = ClusterCache(
+            self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote, self._store_back
+        )
         self.endpoints = EndpointManager(
             cfg.host,
             cfg.bridge,
@@ -312,6 +314,14 @@ class Agent:
                 self._keep_underlay_route()
 
     # -- networks: MTU and the host gateway ----------------------------------------
+
+    def _store_back(self) -> None:
+        """What failed requests left in the store while it was away goes now, not at the
+        next request (which may never come)."""
+        try:
+            self.endpoints.finish_store_cleanup()
+        except Exception:  # the next request tries again; this thread is not vital
+            LOG.exception("releasing what failed requests left in the store")
 
     def _underlay_mtu(self) -> int:
         """The configured underlay MTU, else the MTU of the link holding the tunnel IP: a

@@ -51,8 +51,8 @@ REMOTE_RANK = 1  # remote endpoints lose to local ports (rank 0) whatever their 
 class ClusterCache:
     """Hosts, networks and endpoints of the cluster as this host's agent needs them.
 
-    ``submit`` takes engine changes (the reconciler's); ``spawn(target, name)`` starts a
-    thread the agent cannot do without (one per watched prefix)."""
+    ``submit`` takes engine changes (the reconciler's); ``on_store_back`` runs (on a thread
+    of its own) when the store answers again after an outage."""
 
     def __init__(
         self,
@@ -60,8 +60,10 @@ class ClusterCache:
         me: str,
         my_tunnel_ip: str,
         submit: Callable[[Sequence[Change]], int],
+        on_store_back: Callable[[], None] | None = None,
     ):
         self._cluster = cluster
+        self._on_store_back = on_store_back
         self._me = me
         self._my_ip = my_tunnel_ip
         self._submit = submit
@@ -162,6 +164,8 @@ class ClusterCache:
             was, self._outage_logged = self._outage_logged, False
         if was:
             LOG.warning("the cluster state is reachable again")
+            if self._on_store_back is not None:
+                threading.Thread(target=self._on_store_back, name="store-back", daemon=True).start()
 
     def _submit_if_any(self, changes: list[Change]) -> None:
         if changes:

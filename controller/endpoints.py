@@ -148,7 +148,7 @@ class EndpointManager:
         ip, mac = admit("ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac, req.mtu)
         req = replace(req, ip=ip, mac=mac)
         attachment_id = f"{req.container_id}/{req.ifname}"
-        self._finish_store_cleanup()
+        self.finish_store_cleanup(f"ADD of {attachment_id}")
         with self.locks.hold(attachment_id):
             self._forget_unfinished(req.network, attachment_id)  # ADD retried: its own now
             try:
@@ -156,10 +156,13 @@ class EndpointManager:
             except KvError as exc:  # rolled back already, as far as the store let us
                 raise store_unavailable(f"ADD of {attachment_id}", exc) from None
 
-    def _finish_store_cleanup(self) -> None:
+    def finish_store_cleanup(self, request: str | None = None) -> None:
         """Remove the store records that failed requests left while the store was away
         (their address, endpoint record and MAC), each under its attachment's lock and
-        only if it was not attached since.  Nothing to do in the common case."""
+        only if it was not attached since.  Nothing to do in the common case.  Called by
+        each request (``request`` names it: if the store is still away, it fails now with
+        code 11 rather than wait for the store a second time) and when the cluster cache
+        finds the store back (no request: it just stops)."""
         with self._unfinished_lock:
             pending = sorted(self._unfinished, key=lambda u: (u[0], u[1], u[2] or ""))
         for network, attachment, mac in pending:
@@ -172,8 +175,10 @@ class EndpointManager:
                     continue
                 try:
                     self._release_store(network, attachment, mac)
-                except KvError:
-                    return  # still away: the next request tries again
+                except KvError as exc:  # still away: the next request tries again
+                    if request is None:
+                        return
+                    raise store_unavailable(request, exc) from None
                 self._unfinished.discard((network, attachment, mac))
                 LOG.info("released the store records %s left while the store was away", attachment)
 
@@ -218,6 +223,9 @@ class EndpointManager:
                 raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
             except AddressInUseError as exc:
                 raise AttachError(_in_use(req, exc), code=ERR_INVALID_ENV) from None
+            except KvError:  # its outcome may be unknown: if it landed, release it later
+                self._unfinished.add((req.network, attachment_id, req.mac))
+                raise
             except StoreError as exc:  # a static IP outside the network
                 raise AttachError(f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV) from None
             claimed_mac = claim.mac
@@ -302,7 +310,7 @@ class EndpointManager:
         """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
         no name is refused: an attachment made before a rule existed must still go."""
         attachment_id = f"{container_id}/{ifname}"
-        self._finish_store_cleanup()
+        self.finish_store_cleanup(f"DEL of {attachment_id}")
         with self.locks.hold(attachment_id):
             steps = _Steps()
             try:

@@ -273,8 +273,14 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
     assert ping.poll() is None
     assert loss(ping) == (2000, 2000)
 
-    # A new pod on each host, attached through the store that is back: on h1 this request
-    # first removes the store records the DEL left (endpoints.py, _finish_store_cleanup).
+    # The store back, h1's agent removes the store records the DEL left without waiting
+    # for another request (endpoints.py, finish_store_cleanup, run by the cluster cache).
+    empty = {"address": [], "attachment": [], "endpoint": [], "mac": []}
+    gone_by = time.monotonic() + 30
+    while store_traces(name, f"{deleted}/{pods.POD_IFNAME}") != empty:
+        assert time.monotonic() < gone_by, store_traces(name, f"{deleted}/{pods.POD_IFNAME}")
+        time.sleep(0.2)
+    # A new pod on each host, attached through the store that is back.
     new = {h: pods.pod_add(name, h, "q3")["ip"] for h in hosts}
     for ns in [*failed, deleted]:
         assert host_port_name(ns, pods.POD_IFNAME) not in pod_ports(name, "h1")
