@@ -22,7 +22,8 @@ OPTS = [
     cfg.StrOpt(
         "store",
         default="sqlite:////var/lib/ovs-overlay/cluster.db",
-        help="cluster state: sqlite:///PATH",
+        help="cluster state: sqlite:///PATH (one machine) or "
+        "etcd://HOST:PORT[,HOST:PORT...][?cacert=&cert=&key=&timeout=]",
     ),
     cfg.StrOpt("ovsdb_sock", default="/var/run/openvswitch/db.sock", help="ovsdb-server socket"),
     cfg.StrOpt("bridge", default="br-int", help="the integration bridge"),
