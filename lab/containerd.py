@@ -15,6 +15,10 @@ What containerd needs here, each found by running it on this machine:
   for its pods' network namespaces then exist only in that private mount namespace.  The
   plugin passes such a path to the agent, which runs in the machine's mount namespace and
   finds a plain empty file ("is not a namespace file"; seen with the first sandbox).
+- ``restrict_oom_score_adj = true``: CRI gives a sandbox oom_score_adj -998, and lowering
+  it needs CAP_SYS_RESOURCE, which root lacks here; runc's init then fails before it
+  reports its PID ("can't get final child's PID from pipe: EOF").  With the option the
+  sandbox keeps containerd's own score (the error went with it, and came back without).
 - ``netns_mounts_under_state_dir = true``: otherwise the CRI plugin mounts its pods'
   namespaces in the machine-wide ``/var/run/netns``.
 - runc's state (the runc runtime's ``Root``) and the ``opt`` plugin's directory are set
