@@ -35,6 +35,7 @@ from ovsdb.client import IntegrationBridge, OvsdbClient, endpoint_ports
 from ovsdb.datapath import choose_datapath_type
 from ovsdb.tunnel import TunnelPort
 from store import open_cluster
+from store.cluster import pod_name
 
 LOG = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ class Agent:
                     ip=ep.ip,
                     container_id=ep.container_id,
                     ifname=ep.ifname,
+                    pod=ep.pod,
                 )
                 count += 1
             except ValueError as exc:  # e.g. its network was deleted meanwhile
@@ -434,10 +436,11 @@ class Agent:
         ip: str | None = None,
         mac: str | None = None,
         mtu: int | None = None,
+        pod: str | None = None,
     ) -> dict:
         try:
             return self.endpoints.attach(
-                AttachRequest(network, container_id, ifname, netns, ip, mac, mtu)
+                AttachRequest(network, container_id, ifname, netns, ip, mac, mtu, pod_name(pod))
             ).to_json()
         except AttachError as exc:
             raise ApiError(str(exc), exc.code) from None

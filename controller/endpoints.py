@@ -50,6 +50,7 @@ class AttachRequest:
     ip: str | None = None  # static, from CNI_ARGS
     mac: str | None = None
     mtu: int | None = None
+    pod: str | None = None  # "NAMESPACE/NAME", from K8S_POD_NAMESPACE/K8S_POD_NAME
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class EndpointManager:
                     req.ifname,
                     att.mac,
                     att.ip,
+                    req.pod,
                 ),
             )
             steps.done("port")
@@ -281,6 +283,7 @@ class EndpointManager:
                     ifname=req.ifname,
                     known=network,
                     claimed=claim.revision,
+                    pod=req.pod,
                 )
             except AddressInUseError as exc:  # the claim was taken from us (another writer)
                 raise AttachError(str(exc), code=ERR_INVALID_ENV) from None
@@ -510,6 +513,7 @@ class EndpointManager:
                 ip=ep.ip,
                 container_id=ep.container_id,
                 ifname=ep.ifname,
+                pod=ep.pod,
             )
         except AddressInUseError as exc:
             LOG.error(

@@ -7,7 +7,7 @@ import itertools
 import signal
 import sys
 
-from lab import lab, naming, pods, running
+from lab import containerd, lab, naming, pods, running
 
 
 def add_parser(subparsers) -> None:
@@ -91,6 +91,15 @@ def add_parser(subparsers) -> None:
     etcd.add_argument("members", nargs="+", metavar="etcd<k>")
     etcd.set_defaults(func=cmd_etcd)
 
+    ctrd = sub.add_parser(
+        "containerd",
+        help="containerd with its CRI plugin on a lab host (private root, state, socket)",
+    )
+    ctrd.add_argument("action", choices=containerd.ACTIONS)
+    ctrd.add_argument("--lab", required=True)
+    ctrd.add_argument("host")
+    ctrd.set_defaults(func=cmd_containerd)
+
     pod = sub.add_parser("pod", help="lab pods: a namespace attached through the host's agent")
     pod_sub = pod.add_subparsers(dest="pod_command", required=True)
     pod_add = pod_sub.add_parser("add", help="create a pod and attach it; prints its IP")
@@ -141,6 +150,16 @@ def cmd_etcd(args) -> int:
     except KeyError:
         raise ValueError(f"signal {args.signal!r} is unknown; use e.g. KILL or TERM") from None
     running.etcd_control(args.lab, args.members, args.action, sig, args.state_dir, not args.no_wait)
+    return 0
+
+
+def cmd_containerd(args) -> int:
+    containerd.control(args.lab, args.host, args.action, args.state_dir)
+    if args.action != "stop":
+        paths = containerd.ContainerdPaths.of_host(
+            lab.LabPaths(args.state_dir, args.lab).host(args.host)
+        )
+        print(f"containerd of {args.host}: socket {paths.socket}, log {paths.log}")
     return 0
 
 

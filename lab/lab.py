@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctl import cni_install
-from lab import agent_proc, naming, netns, ovs_host
+from lab import agent_proc, containerd, naming, netns, ovs_host
 from lab import etcd_members as etcd
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
@@ -387,9 +387,15 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
             if pid is not None:
                 removed.append(f"process etcd pid {pid} ({member})")
     hosts_dir = os.path.join(paths.root, "hosts")
+    made_dirs: set[str] = set()
     if os.path.isdir(hosts_dir):
         for host in sorted(os.listdir(hosts_dir)):
             host_paths = paths.host(host)
+            # containerd and its pods first: their CNI DELs (if any) need the agent.
+            made_dirs.update(
+                containerd.read_made_dirs(containerd.ContainerdPaths.of_host(host_paths))
+            )
+            removed += [f"{line} ({host})" for line in containerd.remove(host_paths)]
             pid = agent_proc.stop(host_paths)
             if pid is not None:
                 removed.append(f"process ovs-overlay-agent pid {pid} ({host})")
@@ -414,6 +420,7 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     if os.path.isdir(paths.root):
         shutil.rmtree(paths.root)
         removed.append(f"state {paths.root}")
+    removed += containerd.remove_made_dirs(made_dirs)
     return removed
 
 

@@ -159,6 +159,7 @@ class Endpoint:
     ip: str
     container_id: str
     ifname: str
+    pod: str | None = None  # "NAMESPACE/NAME" from the runtime's K8S_POD_* CNI_ARGS
 
 
 @dataclass(frozen=True)
@@ -728,6 +729,7 @@ class ClusterState:
         ifname: str,
         known: Network | None = None,
         claimed: int = 0,
+        pod: str | None = None,
     ) -> Endpoint:
         """Publish (or update) an endpoint so every host can reach it, claiming its MAC in
         the same transaction: raises AddressInUseError, naming the holder, when another
@@ -745,7 +747,10 @@ class ClusterState:
             raise StoreError(f"endpoint {attachment}: IP {ip!r} is not an IPv4 address") from None
         mac = mac.lower()
         ep_key = _endpoint_key(network, host, attachment)
-        value = json.dumps({"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname})
+        record = {"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname}
+        if pod:
+            record["pod"] = pod
+        value = json.dumps(record)
         mine = _mac_claim(attachment, host)
         if claimed:
             fast = self.kv.txn(
@@ -753,7 +758,7 @@ class ClusterState:
                 (Put(ep_key, value),),
             )
             if fast.succeeded:
-                return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname, pod)
         while True:
             old = self.kv.get(ep_key)
             claim = self.kv.get(_mac_key(network, mac))
@@ -771,7 +776,7 @@ class ClusterState:
                     compares.append(Compare(old_claim.key, old_claim.mod_revision))
                     ops.append(Delete(old_claim.key))
             if self.kv.txn(compares, ops).succeeded:
-                return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname, pod)
             # Someone wrote one of the keys between the reads and the transaction: look again.
 
     def delete_endpoint(self, network: str, host: str, attachment: str) -> bool:
@@ -914,7 +919,16 @@ class ClusterState:
             _, net, host, attachment = kv.key.split("/", 3)
             d = json.loads(kv.value)
             out.append(
-                Endpoint(net, host, attachment, d["mac"], d["ip"], d["container_id"], d["ifname"])
+                Endpoint(
+                    net,
+                    host,
+                    attachment,
+                    d["mac"],
+                    d["ip"],
+                    d["container_id"],
+                    d["ifname"],
+                    pod_name(d.get("pod")),
+                )
             )
         return out
 
@@ -994,7 +1008,26 @@ def decode_endpoint(kv: KeyValue) -> Endpoint:
     # A watcher holds every record: one copy of the names thousands of records repeat.
     if isinstance(ifname, str):
         ifname = sys.intern(ifname)
-    return Endpoint(sys.intern(net), sys.intern(host), attachment, mac, ip, container_id, ifname)
+    return Endpoint(
+        sys.intern(net),
+        sys.intern(host),
+        attachment,
+        mac,
+        ip,
+        container_id,
+        ifname,
+        pod_name(d.get("pod")),
+    )
+
+
+def pod_name(value: object) -> str | None:
+    """An endpoint record's optional ``pod`` ("NAMESPACE/NAME"), decoded tolerantly: it is
+    only shown to operators, so a value that is not such a string (another writer, a later
+    version) reads as no pod rather than making the endpoint unusable."""
+    if not isinstance(value, str) or len(value) > 512:
+        return None
+    namespace, sep, name = value.partition("/")
+    return value if sep and namespace and name and "/" not in name else None
 
 
 def _record(kv: KeyValue) -> dict:

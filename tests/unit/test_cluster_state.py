@@ -575,6 +575,27 @@ def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster, how):
         assert cluster.kv.range("macs/")[0] == []
 
 
+def test_an_endpoint_keeps_its_pod_and_a_bad_pod_reads_as_none(cluster):
+    from store.cluster import decode_endpoint
+    from store.kv import KeyValue
+
+    cluster.create_network("net", vni=5001, cidr="100.64.0.0/16")
+    ip = cluster.allocate_ip("net", "h1", "c1/eth0")
+    ep = cluster.put_endpoint(
+        "net", "h1", "c1/eth0", mac="02:00:00:00:00:01", ip=ip, container_id="c1",
+        ifname="eth0", pod="web/api-0",
+    )  # fmt: skip
+    assert ep.pod == "web/api-0"
+    assert [e.pod for e in cluster.list_endpoints("net")] == ["web/api-0"]
+    (kv,) = cluster.kv.range("endpoints/")[0]
+    assert decode_endpoint(kv) == ep
+    base = {"mac": "02:00:00:00:00:02", "ip": "100.64.0.9", "container_id": "c", "ifname": "e"}
+    for bad in (None, 7, "", "no-slash", "/name", "ns/", "a/b/c", ["web", "api"]):
+        value = json.dumps(base | {"pod": bad})
+        decoded = decode_endpoint(KeyValue("endpoints/net/h2/c/e", value, 5, 5))
+        assert decoded.pod is None and decoded.ip == "100.64.0.9"
+
+
 def test_decoded_endpoints_share_the_names_many_records_repeat():
     """An agent holds every remote endpoint: their network, host and ifname are one string
     each, not one per record (the cluster cache's memory at 10,000 endpoints)."""

@@ -214,8 +214,10 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
         ip="100.64.1.2",
         container_id="c1",
         ifname="net1",
+        pod="web/api-0",
     )
     rows = json.loads(ctl(capsys, "endpoint", "list", "-o", "json", "--store", url)[1])
+    assert [r["pod"] for r in rows] == ["web/api-0", None, None]
     assert [(r["network"], r["host"], r["attachment"]) for r in rows] == [
         ("blue", "h1", "c1/net1"),
         ("default", "h1", "c1/eth0"),
@@ -243,6 +245,7 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
             "attachment": "c1/eth0",
             "ip": ip1,
             "mac": "0a:58:64:40:00:02",
+            "pod": None,
         }
     ]
     code, out, _ = ctl(capsys, "endpoint", "list", "--host", "h2", "--store", url)
@@ -252,6 +255,7 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
         "ATTACHMENT",
         "IP",
         "MAC",
+        "POD",
     ]
     assert len(out.splitlines()) == 2
 
