@@ -26,12 +26,15 @@ class Table:
     next_tables: tuple[int, ...] = ()
 
     def check(self, flow) -> None:
-        """Raise if ``flow`` matches a field or goes to a table this table does not allow."""
+        """Raise if ``flow`` matches a field or goes to a table this table does not allow
+        (by goto, resubmit, or ct's recirculation)."""
         for field in flow.match:
             if field.name not in self.matches:
                 raise ValueError(f"table {self.name} does not match on {field.name}")
-        if flow.goto is not None and flow.goto.table_id not in self.next_tables:
-            raise ValueError(f"table {self.name} may not go to table {flow.goto.name}")
+        targets = [flow.goto] + [getattr(a, "table", None) for a in flow.actions]
+        for target in targets:
+            if target is not None and target.table_id not in self.next_tables:
+                raise ValueError(f"table {self.name} may not go to table {target.name}")
 
 
 CLASSIFIER = Table(
