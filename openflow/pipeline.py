@@ -194,7 +194,7 @@ def network_flows(net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
             PRIO_FLOOD,
             match(metadata=net.vni, eth_dst=MULTICAST),
             cookie(Feature.FLOOD, gen),
-            actions=(GroupAction(net.vni),),
+            actions=(GroupAction(flood_group_id(net)),),
         ),
     )
 
@@ -211,7 +211,7 @@ def flood_group(
     it).  The caller gives the members in order (ports as the state lists them, peers
     sorted), so the full build and the incremental engine make equal groups."""
     return Group(
-        net.vni,
+        flood_group_id(net),
         (
             *(Bucket((Output(p),)) for p in (*local_ofports, *gateway_ofports)),
             *(
@@ -226,6 +226,12 @@ def flood_group(
             ),
         ),
     )
+
+
+def flood_group_id(net: NetworkSpec) -> int:
+    """A network's flood group id: its VNI (openflow/cookies.py ranges group ids per
+    feature; openflow/incremental.py keys flood groups by VNI for that reason)."""
+    return cookies.group_id(Feature.FLOOD, net.vni)
 
 
 def _port_security(port: LocalPort, gen: int) -> tuple[Flow, ...]:

@@ -254,3 +254,32 @@ def test_remote_endpoints_flows_share_their_common_values():
         assert shared and all(x is y for x, y in shared)
         same = [(x, y) for x, y in zip(fa.actions, fb.actions, strict=True) if x == y]
         assert same and all(x is y for x, y in same)
+
+
+def test_cookie_layout_selects_by_feature_object_and_generation():
+    from openflow import cookies
+
+    c = cookies.cookie(Feature.L2_REMOTE, 0xABCD, object_id=0x123456)
+    assert c == 0x07_123456_0000ABCD
+    assert (feature_of(c), cookies.object_of(c), generation_of(c)) == (
+        Feature.L2_REMOTE,
+        0x123456,
+        0xABCD,
+    )
+    value, mask = cookies.feature_mask(Feature.L2_REMOTE)
+    assert c & mask == value
+    assert cookies.cookie(Feature.L2_LOCAL, 0xABCD) & mask != value
+    value, mask = cookies.object_mask(Feature.L2_REMOTE, 0x123456)
+    assert c & mask == value
+    assert cookies.cookie(Feature.L2_REMOTE, 1, object_id=7) & mask != value
+    with pytest.raises(ValueError):
+        cookies.cookie(Feature.L2_REMOTE, 1, object_id=1 << 24)
+
+
+def test_group_ids_are_ranged_per_feature():
+    from openflow import cookies
+
+    assert cookies.group_id(Feature.FLOOD, 5001) == 5001
+    assert cookies.group_id(Feature.FLOOD, (1 << 24) - 1) < cookies.group_id(Feature.GATEWAY, 1)
+    flows, groups = pipeline.build(STATE, generation=1)
+    assert {g.group_id for g in groups} == {n.vni for n in STATE.networks}
