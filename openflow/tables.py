@@ -1,8 +1,8 @@
 """The br-int tables: ids, names, and what each may match and where it may go.
 
 The names are written into OVSDB's Flow_Table rows so that
-``ovs-ofctl --names dump-flows br-int`` prints ``table=l2_lookup`` instead of
-``table=30``; a person debugging the pipeline reads what a table is for.
+``ovs-ofctl --names dump-flows br-int`` prints ``table=l2_forward`` instead of
+``table=50``; a person debugging the pipeline reads what a table is for.
 Ids leave gaps of ten so a table can be inserted later without renumbering.
 
 Each table declares the fields its flows may match and the tables they may go
