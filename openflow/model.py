@@ -39,6 +39,7 @@ INT_FIELDS = (
     | CT_FIELDS
 )
 ALL_FIELDS = MAC_FIELDS | IPV4_FIELDS | INT_FIELDS
+LOADABLE = frozenset(REGISTERS) | {"ct_mark"}  # 32 bits each
 # Bit widths of the fields a register load, a move or a bit range may name.
 FIELD_BITS = {
     **{name: 48 for name in MAC_FIELDS},
@@ -155,10 +156,9 @@ class Load:
     mask: int
 
     def __post_init__(self) -> None:
-        width = FIELD_BITS.get(self.name)
-        if width is None or self.name in MAC_FIELDS | IPV4_FIELDS:
-            raise ValueError(f"load into {self.name!r}: only registers, ct_mark and metadata")
-        if not 0 < self.mask < 1 << width or self.value & ~self.mask:
+        if self.name not in LOADABLE:
+            raise ValueError(f"load into {self.name!r}: only registers and ct_mark")
+        if not 0 < self.mask < 1 << 32 or self.value & ~self.mask:
             raise ValueError(f"load {self.value:#x}/{self.mask:#x} does not fit {self.name}")
 
 
