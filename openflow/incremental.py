@@ -12,7 +12,7 @@ checks after each that the engine's flows equal ``build(engine.state())``.
 Objects come in under a caller's key (a store key, a port name), with a rank that
 decides conflicts.  No conflict may reach the switch (two flows with one match), so
 each object *claims* what must be unique — a port number, a MAC or an IP within a
-network, a network's name and VNI, a peer's tunnel IP — and an object is *active*
+network, a network's name, VNI and index, a peer's tunnel IP — and an object is *active*
 (has flows) only while it is the best-ranked eligible contender for every claim it
 makes.  Eligible: its network is active, and for a remote endpoint its peer too.  A
 loser waits, shadowed, and becomes active when the winner goes.  (An object that
@@ -83,7 +83,7 @@ class Shadowed:
 
 def _claims(obj: Object) -> tuple[tuple, ...]:
     if isinstance(obj, NetworkSpec):
-        return (("network", obj.name), ("vni", obj.vni))
+        return (("network", obj.name), ("vni", obj.vni), ("index", obj.index))
     if isinstance(obj, Peer):
         return (("peer", obj.ip),)
     if isinstance(obj, LocalPort | Gateway):
@@ -121,10 +121,10 @@ class Engine:
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
         # The object each eligible key registered its claims with, and the (object,
-        # network VNI) each active key has flows for: both may differ from the key's
-        # object now, in the middle of a batch.
+        # network) each active key has flows for: both may differ from the key's object
+        # now, in the middle of a batch.
         self._registered: dict[Hashable, Object] = {}
-        self._active_as: dict[Hashable, tuple[Object, int | None]] = {}
+        self._active_as: dict[Hashable, tuple[Object, NetworkSpec | None]] = {}
         self._dependents: set[Hashable] = set()  # to re-examine after a layer
         self._lost_flows: set[Hashable] = set()  # keys that lost their flows in this batch
 
@@ -221,9 +221,9 @@ class Engine:
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
                 units[("tunnel", peer, net.name)] = pipeline.tunnel_flows(peer, net, tun, gen)
-        for key, (obj, vni) in self._active_as.items():
-            if vni is not None:
-                units[("object", key)] = self._object_flows(obj, vni)
+        for key, (obj, net) in self._active_as.items():
+            if net is not None:
+                units[("object", key)] = self._object_flows(obj, net)
         return self.flows(), self.groups()
 
     def recompute(self) -> None:
@@ -360,7 +360,7 @@ class Engine:
                 and all(self._best(c) == key for c in _claims(entry[0]))
             )
             previous = self._active_as.get(key)
-            now = (entry[0], self._vni_of(entry[0])) if active else None
+            now = (entry[0], self._network_of(entry[0])) if active else None
             if previous != now:
                 changed.append((key, previous, now))
         for key, previous, _ in changed:
@@ -371,12 +371,12 @@ class Engine:
             if now is not None:
                 self._activate(key, now[0], old_units, old_groups, dirty_nets)
 
-    def _vni_of(self, obj: Object) -> int | None:
-        """The network VNI an endpoint's flows carry (a network changing its VNI changes
-        them); None for networks and peers."""
+    def _network_of(self, obj: Object) -> NetworkSpec | None:
+        """The network an endpoint's flows carry (its VNI and index: a network changing
+        either changes them); None for networks and peers."""
         if isinstance(obj, NetworkSpec | Peer):
             return None
-        return self._networks[obj.network].vni
+        return self._networks[obj.network]
 
     def _set_unit(self, unit: Hashable, flows: tuple[Flow, ...] | None, old_units) -> None:
         if unit not in old_units:
@@ -421,7 +421,7 @@ class Engine:
 
     def _activate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
         self._active.add(key)
-        self._active_as[key] = (obj, self._vni_of(obj))
+        self._active_as[key] = (obj, self._network_of(obj))
         gen, tun = self.generation, self.tunnel_ofport
         if isinstance(obj, NetworkSpec):
             self._networks[obj.name] = obj
@@ -446,8 +446,8 @@ class Engine:
                 )
             self._dependents |= self._by_peer.get(obj.ip, set())
             return
-        vni = self._networks[obj.network].vni
-        self._set_unit(("object", key), self._object_flows(obj, vni), old_units)
+        net = self._networks[obj.network]
+        self._set_unit(("object", key), self._object_flows(obj, net), old_units)
         if isinstance(obj, RemoteEndpoint):
             hosts = self._remote_hosts[obj.network]
             hosts[obj.host_ip] += 1
@@ -457,13 +457,13 @@ class Engine:
             self._local_members[obj.network].add(_member(obj))
             dirty_nets.add(obj.network)
 
-    def _object_flows(self, obj: Object, vni: int) -> tuple[Flow, ...]:
+    def _object_flows(self, obj: Object, net: NetworkSpec) -> tuple[Flow, ...]:
         gen = self.generation
         if isinstance(obj, LocalPort):
-            return pipeline.local_port_flows(obj, vni, gen)
+            return pipeline.local_port_flows(obj, net, gen)
         if isinstance(obj, Gateway):
-            return pipeline.gateway_flows(obj, vni, gen)
-        return pipeline.remote_flows(obj, vni, self.tunnel_ofport, gen)
+            return pipeline.gateway_flows(obj, net, gen)
+        return pipeline.remote_flows(obj, net, self.tunnel_ofport, gen)
 
     def _regroup(self, name: str, old_groups: dict[int, Group | None]) -> None:
         net = self._networks.get(name)

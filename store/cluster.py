@@ -3,8 +3,9 @@
 Keys (ARCHITECTURE.md, "Cluster state")::
 
     hosts/HOST                         {"tunnel_ip"}              on the host's lease
-    networks/NETWORK                   {"vni", "cidr", "mtu", "gateway"}
+    networks/NETWORK                   {"vni", "index", "cidr", "mtu", "gateway"}
     vnis/VNI                           NETWORK                    one network per VNI
+    netindex/INDEX                     NETWORK                    one network per index
     blocks/NETWORK/CIDR                {"host"}                   e.g. blocks/default/100.64.0.64/26
     ipam/NETWORK/IP                    ATTACHMENT                 an address in use
     attachments/NETWORK/ATTACHMENT     IP                         the same, found by attachment
@@ -13,6 +14,12 @@ Keys (ARCHITECTURE.md, "Cluster state")::
 
 ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``.  Names never contain '/',
 so the last part of a key may.
+
+A network's index is dense (the lowest free, from 1) and the same on every host: the
+pipeline keeps it in a register and uses it as the network's conntrack zone, so a trace
+reads the same everywhere.  It is claimed with the name and VNI; a network created before
+indexes existed gets one from the first agent that sees it (assign_network_index, a
+compare-and-swap on the record), and until then has no flows.
 
 Every claim (a network name with its VNI, a block, an address) is a compare-and-create,
 so two hosts racing never get the same one and nothing is ever locked.  An address comes
@@ -43,6 +50,7 @@ from store.kv import Compare, Delete, Event, KeyValue, KvStore, Put
 
 POD_SUPERNET = ipaddress.IPv4Network("100.64.0.0/10")
 MAX_VNI = 2**24 - 1
+MAX_NETWORK_INDEX = 2**16 - 1  # a conntrack zone; 0 is OVS's default zone, never used
 DEFAULT_BLOCK_PREFIX = 26
 MAX_NETWORK_PREFIX = 30  # network, gateway, one pod, broadcast
 MIN_MTU, MAX_MTU = 576, 9000
@@ -104,9 +112,18 @@ class Network:
     cidr: str
     mtu: int | None = None
     gateway: bool = True
+    index: int | None = None  # None: a record from before indexes (assign_network_index)
 
     def __post_init__(self) -> None:
         _check_name("network", self.name)
+        if self.index is not None and (
+            isinstance(self.index, bool)
+            or not isinstance(self.index, int)
+            or not 1 <= self.index <= MAX_NETWORK_INDEX
+        ):
+            raise StoreError(
+                f"network {self.name}: index {self.index!r} is outside 1..{MAX_NETWORK_INDEX}"
+            )
         if (
             isinstance(self.vni, bool)
             or not isinstance(self.vni, int)
@@ -236,6 +253,26 @@ def _network_key(name: str) -> str:
 
 def _vni_key(vni: int) -> str:
     return f"vnis/{vni}"
+
+
+def _index_key(index: int) -> str:
+    return f"netindex/{index}"
+
+
+def _network_record(net: Network) -> str:
+    return json.dumps(
+        {
+            "vni": net.vni,
+            "index": net.index,
+            "cidr": net.cidr,
+            "mtu": net.mtu,
+            "gateway": net.gateway,
+        }
+    )
+
+
+def _network_from(name: str, d: dict) -> Network:
+    return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True), d.get("index"))
 
 
 def _block_prefix(network: str) -> str:
@@ -414,13 +451,22 @@ class ClusterState:
     def create_network(
         self, name: str, vni: int, cidr: str, mtu: int | None = None, gateway: bool = True
     ) -> Network:
-        """Create a network; its name and its VNI are claimed together, atomically."""
-        net = Network(name, vni, cidr, mtu, gateway)
-        record = json.dumps({"vni": net.vni, "cidr": net.cidr, "mtu": net.mtu, "gateway": gateway})
+        """Create a network; its name, its VNI and the lowest free index are claimed
+        together, atomically (another network taking that index first: the next one)."""
+        Network(name, vni, cidr, mtu, gateway)  # refused before anything is read
         while True:
+            net = Network(name, vni, cidr, mtu, gateway, self._free_index())
             result = self.kv.txn(
-                (Compare(_network_key(name), 0), Compare(_vni_key(vni), 0)),
-                (Put(_network_key(name), record), Put(_vni_key(vni), name)),
+                (
+                    Compare(_network_key(name), 0),
+                    Compare(_vni_key(vni), 0),
+                    Compare(_index_key(net.index), 0),
+                ),
+                (
+                    Put(_network_key(name), _network_record(net)),
+                    Put(_vni_key(vni), name),
+                    Put(_index_key(net.index), name),
+                ),
             )
             if result.succeeded:
                 return net
@@ -435,7 +481,42 @@ class ClusterState:
                 raise StoreError(
                     f"VNI {vni} is already used by network {owner.value}; pick another VNI"
                 )
-            # Both were freed between the attempt and the check: try again.
+            # The index was taken meanwhile (or both were freed): try again.
+
+    def assign_network_index(self, name: str) -> Network | None:
+        """Give a network created before indexes existed the lowest free index, by a
+        compare-and-swap on its record (any agent may race another: the loser reads the
+        winner's).  Returns the network as it is now, None if it is gone."""
+        while True:
+            kv = self.kv.get(_network_key(name))
+            if kv is None:
+                return None
+            net = self._network(name, kv.value)
+            if net.index is not None:
+                return net
+            indexed = Network(name, net.vni, net.cidr, net.mtu, net.gateway, self._free_index())
+            result = self.kv.txn(
+                (
+                    Compare(_network_key(name), kv.mod_revision),
+                    Compare(_index_key(indexed.index), 0),
+                ),
+                (
+                    Put(_network_key(name), _network_record(indexed)),
+                    Put(_index_key(indexed.index), name),
+                ),
+            )
+            if result.succeeded:
+                return indexed
+
+    def _free_index(self) -> int:
+        kvs, _ = self.kv.range("netindex/")
+        used = {kv.key[len("netindex/") :] for kv in kvs}  # text: a bad key is no index
+        free = next(i for i in range(1, MAX_NETWORK_INDEX + 2) if str(i) not in used)
+        if free > MAX_NETWORK_INDEX:
+            raise StoreError(
+                f"all {MAX_NETWORK_INDEX} network indexes are in use; delete a network"
+            )
+        return free
 
     def get_network(self, name: str) -> Network | None:
         kv = self.kv.get(_network_key(name))
@@ -447,8 +528,7 @@ class ClusterState:
 
     @staticmethod
     def _network(name: str, value: str) -> Network:
-        d = json.loads(value)
-        return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True))
+        return _network_from(name, json.loads(value))
 
     def delete_network(self, name: str) -> None:
         """Delete a network with its blocks and address records, refused while any endpoint
@@ -470,6 +550,7 @@ class ClusterState:
             (
                 Delete(_network_key(name)),
                 Delete(_vni_key(net.vni)),
+                *((Delete(_index_key(net.index)),) if net.index is not None else ()),
                 Delete(_block_prefix(name), prefix=True),
                 Delete(_ipam_prefix(name), prefix=True),
                 Delete(f"attachments/{name}/", prefix=True),
@@ -977,9 +1058,7 @@ def decode_network(kv: KeyValue) -> Network:
     """A ``networks/NAME`` record; RecordError names what is wrong with it."""
     d = _record(kv)
     try:
-        return Network(
-            kv.key[len("networks/") :], d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True)
-        )
+        return _network_from(kv.key[len("networks/") :], d)
     except KeyError as exc:
         raise RecordError(f"{kv.key}: field {exc} is missing") from None
     except StoreError as exc:

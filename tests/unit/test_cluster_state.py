@@ -79,10 +79,28 @@ def test_invalid_networks_are_refused_naming_the_field(cluster, name, vni, cidr,
 def test_networks_round_trip(cluster):
     blue = cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24", mtu=1400, gateway=False)
     cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
-    assert blue == Network("blue", 5002, "100.64.1.0/24", 1400, False)
+    assert blue == Network("blue", 5002, "100.64.1.0/24", 1400, False, index=1)
     assert cluster.get_network("blue") == blue
     assert cluster.get_network("nope") is None
     assert [n.name for n in cluster.list_networks()] == ["blue", "default"]
+
+
+def test_network_indexes_are_dense_reused_and_back_filled(cluster):
+    """The lowest free index from 1; a deleted network's index is reused; a record from
+    before indexes gets the lowest free one by compare-and-swap, once."""
+    a = cluster.create_network("a", vni=5001, cidr="100.64.0.0/24")
+    b = cluster.create_network("b", vni=5002, cidr="100.64.1.0/24")
+    assert (a.index, b.index) == (1, 2)
+    cluster.delete_network("a")
+    assert cluster.kv.get("netindex/1") is None
+    cluster.kv.put("networks/old", json.dumps({"vni": 5003, "cidr": "100.64.2.0/24"}))
+    assert cluster.get_network("old").index is None
+    old = cluster.assign_network_index("old")
+    assert old.index == 1 and cluster.get_network("old") == old
+    assert cluster.kv.get("netindex/1").value == "old"
+    assert cluster.assign_network_index("old") == old
+    assert cluster.assign_network_index("gone") is None
+    assert cluster.create_network("c", vni=5004, cidr="100.64.3.0/24").index == 3
 
 
 def test_a_duplicate_name_or_vni_is_refused_and_leaves_nothing_behind(cluster):

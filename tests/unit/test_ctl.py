@@ -71,12 +71,19 @@ def test_networks_are_created_and_listed_with_the_options_before_or_after_the_co
     code, out, _ = ctl(capsys, "network", "list", "--store", url)
     assert code == 0
     assert out.splitlines() == [
-        "NAME  VNI  CIDR           MTU  GATEWAY",
-        "blue  7    100.64.1.0/24  -    yes",
+        "NAME  VNI  INDEX  CIDR           MTU  GATEWAY",
+        "blue  7    1      100.64.1.0/24  -    yes",
     ]
     code, out, _ = ctl(capsys, "network", "-o", "json", "--store", url, "list")
     assert json.loads(out) == [
-        {"name": "blue", "vni": 7, "cidr": "100.64.1.0/24", "mtu": None, "gateway": True}
+        {
+            "name": "blue",
+            "vni": 7,
+            "index": 1,
+            "cidr": "100.64.1.0/24",
+            "mtu": None,
+            "gateway": True,
+        }
     ]
     assert ctl(capsys, "network", "delete", "blue", "--store", url)[0] == 0
     assert json.loads(ctl(capsys, "network", "list", "-o", "json", "--store", url)[1]) == []
