@@ -23,9 +23,9 @@ ERR_INVALID_ENV = 4
 CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 MAX_IFNAME_BYTES = 15  # IFNAMSIZ - 1: the kernel's dev_valid_name
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# MACs the overlay derives itself: a pod's 0a:58 + its IPv4 address, the anycast gateway's
-# 0a:58:00 + VNI.  A static MAC there could equal another pod's derived one (or the
-# gateway's), so it is refused unless it is the one derived from the request's own IP.
+# MACs the overlay derives itself: a pod's or a host gateway's 0a:58 + its IPv4 address.  A
+# static MAC there could equal another pod's derived one (or a gateway's), so it is refused
+# unless it is the one derived from the request's own IP.
 DERIVED_MAC_PREFIX = "0a:58:"
 EXAMPLE_MAC = "02:00:00:00:00:07"
 

@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from collections.abc import Sequence
 
@@ -24,7 +25,7 @@ from controller import hoststate, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
-from controller.endpoints import AttachError, AttachRequest, EndpointManager
+from controller.endpoints import AttachError, AttachRequest, EndpointManager, mac_for
 from controller.membership import Membership
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
@@ -35,7 +36,7 @@ from ovsdb.client import IntegrationBridge, OvsdbClient, endpoint_ports
 from ovsdb.datapath import choose_datapath_type
 from ovsdb.tunnel import TunnelPort
 from store import open_cluster
-from store.cluster import pod_name
+from store.cluster import HostGateway, gateway_attachment, pod_name
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Agent:
         self._local: dict[str, Object] = {}  # what was last submitted from OVSDB, by key
         self._tunnel_ofport = 0
         self._gateway: hoststate.GatewayPort | None = None
+        self._host_gateway: HostGateway | None = None  # claimed at start, published
         self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
 
     # -- lifecycle ------------------------------------------------------------------
@@ -99,12 +101,20 @@ class Agent:
             self.publish,
             self._missing_port_flows,
         )
+        self._host_gateway = self._claim_gateway()
         self.membership = Membership(
-            self.cluster, cfg.host, cfg.tunnel_ip, cfg.host_ttl, self._republish
+            self.cluster,
+            cfg.host,
+            cfg.tunnel_ip,
+            cfg.host_ttl,
+            self._republish,
+            [self._host_gateway] if self._host_gateway else [],
         )
         self.membership.register()
         self._spawn(lambda: self.membership.run(self._stop), "keepalive")
-        for what in self.endpoints.reconcile():
+        gateway = self._host_gateway
+        keep = [(gateway.network, self._gateway_attachment())] if gateway else []
+        for what in self.endpoints.reconcile(keep):
             LOG.warning("removed an orphan left while the agent was away: %s", what)
         # The store's state first, so the first full sync (on connect) has everything.
         revisions = self.cache.load()
@@ -187,7 +197,7 @@ class Agent:
                     want[f"port/{ep.port}"] = LocalPort(ep.network, a.ofport, ep.mac, ep.ip)
             for gw in self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)):
                 key = f"gateway/{hoststate.GATEWAY_PORT}"
-                want[key] = Gateway(gw.network, gw.ofport, gw.mac, gw.ip)
+                want[key] = Gateway(gw.network, gw.ofport, gw.mac, gw.ip, gw.anycast)
             changes: list[Change] = []
             if tunnel["ofport"] != self._tunnel_ofport:
                 changes.append(SetTunnel(tunnel["ofport"]))
@@ -348,32 +358,61 @@ class Agent:
     def _gateway_for(self, network) -> str | None:
         return hoststate.gateway_ip(network.cidr) if network.gateway else None
 
-    def _ensure_gateway(self) -> None:
-        """The host's port into the default network: an internal port with the network's
-        gateway address, so the host reaches its pods (and pods have a next hop)."""
-        net = self.cache.network(DEFAULT_NETWORK)
+    def _claim_gateway(self) -> HostGateway | None:
+        """This host's own address in the default network, claimed in the store like a
+        pod's (from this host's blocks) under an attachment id no container can have
+        (store.cluster.gateway_attachment), so every restart finds the same one; its MAC
+        is derived from it as a pod's is.  Raises KvError while the store is away (the
+        agent's start needs it, as it needs to register)."""
+        net = self.cluster.get_network(DEFAULT_NETWORK)
         if net is None or not net.gateway:
+            return None
+        host = self.config.host
+        claim = self.cluster.claim_address(
+            DEFAULT_NETWORK, host, self._gateway_attachment(), known=net
+        )
+        LOG.info("host gateway %s in network %s: %s", hoststate.GATEWAY_PORT, net.name, claim.ip)
+        return HostGateway(DEFAULT_NETWORK, claim.ip, mac_for(claim.ip))
+
+    def _gateway_attachment(self) -> str:
+        return gateway_attachment(self.config.host, hoststate.GATEWAY_PORT)
+
+    def _ensure_gateway(self) -> None:
+        """The host's port into the default network: an internal port whose primary
+        address is this host's own (the host reaches every pod from it, and replies come
+        back here) and which also holds the network's anycast gateway as a /32 (pods'
+        default route; the switch answers ARP for it with this port's MAC, so a pod's
+        next hop is always its own host)."""
+        net = self.cache.network(DEFAULT_NETWORK)
+        gw = self._host_gateway
+        if net is None or not net.gateway or gw is None:
             return
         port = hoststate.GATEWAY_PORT
-        mac = hoststate.gateway_mac(net.vni)
         self.ovsdb.ensure_port(
             self.config.bridge,
             port,
             type="internal",
-            mac=mac,
+            mac=gw.mac,
             external_ids={"ovs-overlay-gateway": DEFAULT_NETWORK},
         )
-        ip = hoststate.gateway_ip(net.cidr)
-        prefix = ipaddress.ip_network(net.cidr).prefixlen
+        anycast = hoststate.gateway_ip(net.cidr)
+        want = {(gw.ip, ipaddress.ip_network(net.cidr).prefixlen), (anycast, 32)}
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=port)[0]
             ipr.link("set", index=idx, mtu=self._mtu_for(net), state="up")
-            try:
-                ipr.addr("add", index=idx, address=ip, prefixlen=prefix)
-            except Exception as exc:  # already there after an agent restart
-                if getattr(exc, "code", None) != errno.EEXIST:
-                    raise
-        self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, mac, ip)
+            # Anything else goes first (an agent before host gateways had the anycast as
+            # the /16): deleting a primary address takes its secondaries with it.
+            for addr in ipr.get_addr(index=idx, family=socket.AF_INET):
+                have = (addr.get_attr("IFA_ADDRESS"), addr["prefixlen"])
+                if have not in want:
+                    ipr.addr("del", index=idx, address=have[0], prefixlen=have[1])
+            for address, prefixlen in sorted(want, key=lambda a: a[1]):  # the subnet's first
+                try:
+                    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                except Exception as exc:  # already there after an agent restart
+                    if getattr(exc, "code", None) != errno.EEXIST:
+                        raise
+        self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, gw.mac, gw.ip, anycast)
 
     def _missing_port_flows(self, ofport: int) -> list[str]:
         try:
@@ -387,7 +426,7 @@ class Agent:
             return []
         if not iface or not iface["ofport"] or iface["ofport"] < 0:
             return []
-        return [hoststate.GatewayPort(gw.network, iface["ofport"], gw.mac, gw.ip)]
+        return [hoststate.GatewayPort(gw.network, iface["ofport"], gw.mac, gw.ip, gw.anycast)]
 
     # -- generation and restarts ------------------------------------------------------
 

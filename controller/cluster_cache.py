@@ -80,6 +80,7 @@ class ClusterCache:
         self._outage_logged = False
         self._unindexed: dict[str, int] = {}  # network without an index -> revision logged
         self._to_index: set[str] = set()  # networks to give an index (assign_network_index)
+        self._gateway_keys: dict[str, set[str]] = {}  # host -> keys of its gateways' changes
 
     # -- reading ------------------------------------------------------------------------
 
@@ -318,7 +319,9 @@ class ClusterCache:
                 self._lost[name] = ip
             else:
                 self._lost.pop(name, None)
+            gateways = self._gateway_changes(name, new)
             if self._peer_of.get(name) == new:
+                changes += gateways
                 continue
             if new is None:
                 self._peer_of.pop(name, None)
@@ -328,7 +331,27 @@ class ClusterCache:
                 changes.append(Upsert(f"hosts/{name}", Peer(new), (entry[1],)))
             for ep_key in sorted(self._by_host.get(name, ())):
                 changes += self._endpoint_change(ep_key)
+            changes += gateways
         return changes
+
+    def _gateway_changes(self, name: str, peer_ip: str | None) -> list[Change]:
+        """(Holding the lock.)  Host ``name``'s gateways as remote endpoints behind its
+        tunnel IP ``peer_ip`` (None: it has no live peer, so its gateways go): every other
+        host then sends the gateway's MAC to it and answers ARP for its unique address.
+        Unchanged ones come again as equal upserts, which the engine ignores."""
+        entry = self._hosts.get(name)
+        want: dict[str, Change] = {}
+        if entry is not None and peer_ip is not None:
+            host, rev = entry
+            for gw in host.gateways:
+                key = f"gateways/{name}/{gw.network}"
+                want[key] = Upsert(
+                    key, RemoteEndpoint(gw.network, peer_ip, gw.mac, gw.ip), (REMOTE_RANK, rev)
+                )
+        old = self._gateway_keys.pop(name, set())
+        if want:
+            self._gateway_keys[name] = set(want)
+        return [Remove(k) for k in sorted(old - want.keys())] + list(want.values())
 
     def _set_endpoint(self, key: str, ep: Endpoint | None, kv: KeyValue | None) -> list[Change]:
         old = self._endpoints.pop(key, None)
@@ -379,5 +402,6 @@ class ClusterCache:
                     self._bad,
                     self._lost,
                     self._orphans,
+                    self._gateway_keys,
                 )
             )

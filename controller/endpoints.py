@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pyroute2 import IPRoute
@@ -39,6 +39,7 @@ from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
 from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
+IFF_UP, IFF_NOARP = 0x1, 0x80  # linux/if.h
 
 
 @dataclass(frozen=True)
@@ -453,13 +454,14 @@ class EndpointManager:
                 removed.append(ep.attachment)
         return removed
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, keep: Iterable[tuple[str, str]] = ()) -> list[str]:
         """Make OVS ports, host veths and the store agree after the agent was away.
 
         A pod whose namespace vanished took its veth with it and leaves an OVS port,
         an endpoint record and an address; an agent killed mid-ADD can leave a veth with
         no port, or an address with no endpoint.  What is whole (veth, port and record)
-        stays; every orphan goes.  Returns what was removed, for the log.
+        stays; every orphan goes, except the (network, attachment) addresses in ``keep``
+        (the host gateway's, which is no pod's).  Returns what was removed, for the log.
         """
         removed = []
         with IPRoute() as ipr:
@@ -468,7 +470,7 @@ class EndpointManager:
                 for link in ipr.get_links()
                 if link.get("IFLA_IFNAME", "").startswith(HOST_PORT_PREFIX)
             }
-        live = set()
+        live = set(keep)
         for attached in self.ovsdb.list_endpoint_ports(self.bridge):
             ep = attached.endpoint
             if ep.port in veths:
@@ -535,6 +537,15 @@ class EndpointManager:
         created up in one message and otherwise left alone: its tx checksum offload can
         stay on, since what OVS sends into it carries complete checksums; only the pod
         end's (the pod's TCP leaving with CHECKSUM_PARTIAL) must go off.
+
+        The host end is NOARP.  On the userspace datapath OVS reads it through a packet
+        socket and the host's own stack still sees every frame the pod sends; without
+        NOARP the host answered a pod's ARP for any of the host's addresses (the anycast
+        gateway, its own gateway address, which another network may reuse for a pod) with
+        the veth's MAC, racing the switch's answer, and the pod's packets then entered the
+        host beside br-int (found in the lab: a pod of an overlapping network resolved the
+        host's gateway address to its own veth).  The kernel datapath takes the frames
+        before the stack, so there it changes nothing.
         """
         with IPRoute() as ipr:
             try:
@@ -544,6 +555,8 @@ class EndpointManager:
                     kind="veth",
                     mtu=att.mtu,
                     state="up",
+                    flags=IFF_UP | IFF_NOARP,
+                    change=IFF_UP | IFF_NOARP,
                     peer={
                         "ifname": att.ifname,
                         "net_ns_fd": netns.namespace_path(pod_netns),

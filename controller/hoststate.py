@@ -20,17 +20,14 @@ class GatewayPort:
     network: str
     ofport: int
     mac: str
-    ip: str
+    ip: str  # this host's own address in the network (store: claimed, unique)
+    anycast: str | None = None  # the network's gateway address, answered on every host
 
 
 def gateway_ip(cidr: str) -> str:
-    """The network's first host address: the gateway's, on every host (an anycast gateway)."""
+    """The network's first host address: the gateway's, on every host (an anycast gateway:
+    pods' default route, answered by each host for itself)."""
     return str(next(ipaddress.ip_network(cidr).hosts()))
-
-
-def gateway_mac(vni: int) -> str:
-    """One MAC per network for the anycast gateway; locally administered (0a:...)."""
-    return "0a:58:00:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
 
 
 def build_host_state(
@@ -44,9 +41,14 @@ def build_host_state(
 ) -> HostState:
     """``networks``, ``hosts``, ``endpoints`` are the cluster state's records (name/vni/index,
     a network without an index left out,
-    name/tunnel_ip, network/host/mac/ip); ``local_ports`` come from OVSDB."""
+    name/tunnel_ip/gateways, network/host/mac/ip); ``local_ports`` come from OVSDB.  Other
+    hosts' gateways are remote endpoints like their pods."""
     nets = {n.name: NetworkSpec(n.name, n.vni, n.index) for n in networks if n.index is not None}
+    hosts = list(hosts)
     peer_ip = {h.name: h.tunnel_ip for h in hosts if h.name != me}
+    host_gateways = [
+        (g.network, h.name, g.mac, g.ip) for h in hosts if h.name != me for g in h.gateways
+    ]
     local = tuple(
         sorted(
             (
@@ -60,14 +62,19 @@ def build_host_state(
     remote = tuple(
         sorted(
             (
-                RemoteEndpoint(e.network, peer_ip[e.host], e.mac, e.ip)
-                for e in endpoints
-                if e.host in peer_ip and e.network in nets
+                RemoteEndpoint(network, peer_ip[host], mac, ip)
+                for network, host, mac, ip in [
+                    *((e.network, e.host, e.mac, e.ip) for e in endpoints),
+                    *host_gateways,
+                ]
+                if host in peer_ip and network in nets
             ),
             key=lambda r: (r.network, r.mac),
         )
     )
-    gws = tuple(Gateway(g.network, g.ofport, g.mac, g.ip) for g in gateways if g.network in nets)
+    gws = tuple(
+        Gateway(g.network, g.ofport, g.mac, g.ip, g.anycast) for g in gateways if g.network in nets
+    )
     return HostState(
         tunnel_ofport=tunnel_ofport,
         networks=tuple(sorted(nets.values(), key=lambda n: n.vni)),

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from store.cluster import ClusterState
+from store.cluster import ClusterState, HostGateway
 from store.kv import KvError, LeaseNotFoundError
 
 LOG = logging.getLogger(__name__)
@@ -33,17 +33,22 @@ class Membership:
         tunnel_ip: str,
         ttl: int,
         republish: Callable[[], int],
+        gateways: Sequence[HostGateway] = (),
     ):
         self._cluster = cluster
         self._host = host
         self._tunnel_ip = tunnel_ip
         self._ttl = ttl
         self._republish = republish  # puts this host's endpoints again; returns how many
+        self.gateways = tuple(gateways)  # published with the host, on its lease
         self.lease: int | None = None
 
     def register(self) -> None:
-        """Put this host on a new lease (raises KvError while the store is away)."""
-        self.lease = self._cluster.register_host(self._host, self._tunnel_ip, self._ttl)
+        """Put this host (and its gateways) on a new lease (raises KvError while the store
+        is away)."""
+        self.lease = self._cluster.register_host(
+            self._host, self._tunnel_ip, self._ttl, self.gateways
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Keep the lease alive until ``stop``; never returns for a store error."""

@@ -86,6 +86,13 @@ def _claims(obj: Object) -> tuple[tuple, ...]:
         return (("network", obj.name), ("vni", obj.vni), ("index", obj.index))
     if isinstance(obj, Peer):
         return (("peer", obj.ip),)
+    if isinstance(obj, Gateway) and obj.anycast is not None:
+        return (
+            ("ofport", obj.ofport),
+            ("mac", obj.network, obj.mac),
+            ("ip", obj.network, obj.ip),
+            ("ip", obj.network, obj.anycast),
+        )
     if isinstance(obj, LocalPort | Gateway):
         return (
             ("ofport", obj.ofport),

@@ -166,8 +166,11 @@ def local_port_flows(port: LocalPort, net: NetworkSpec, gen: int) -> tuple[Flow,
 
 
 def gateway_flows(gw: Gateway, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
-    """The host's own port into a network: trusted (no port security)."""
+    """The host's own port into a network: trusted (no port security); its unique address
+    and the network's anycast gateway address are both answered with its MAC."""
     c = cookie(Feature.GATEWAY, gen)
+    anycast = gw.anycast not in (None, gw.ip)
+    anycast_arp = (_arp_flow(net, gw.mac, gw.anycast, gen),) if anycast else ()
     return (
         Flow(
             CLASSIFIER,
@@ -178,6 +181,7 @@ def gateway_flows(gw: Gateway, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
             goto=ARP_RESPONDER,
         ),
         _arp_flow(net, gw.mac, gw.ip, gen),
+        *anycast_arp,
         _forward(net, gw.mac, Feature.GATEWAY, gen, SetField("reg1", gw.ofport)),
     )
 

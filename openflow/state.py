@@ -43,12 +43,16 @@ class RemoteEndpoint:
 
 @dataclass(frozen=True)
 class Gateway:
-    """The host's own port into a network (so the host reaches its pods)."""
+    """The host's own port into a network: ``ip`` is this host's unique address in it (so
+    the host reaches every pod, and their replies come back to this host), ``anycast`` the
+    network's gateway address every host answers for itself (pods' default gateway stays
+    on their own host).  Both are answered with ``mac``, the port's own."""
 
     network: str
     ofport: int
     mac: str
     ip: str
+    anycast: str | None = None
 
 
 @dataclass(frozen=True)

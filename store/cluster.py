@@ -2,7 +2,7 @@
 
 Keys (ARCHITECTURE.md, "Cluster state")::
 
-    hosts/HOST                         {"tunnel_ip"}              on the host's lease
+    hosts/HOST                         {"tunnel_ip", "gateways"}  on the host's lease
     networks/NETWORK                   {"vni", "index", "cidr", "mtu", "gateway"}
     vnis/VNI                           NETWORK                    one network per VNI
     netindex/INDEX                     NETWORK                    one network per index
@@ -12,8 +12,12 @@ Keys (ARCHITECTURE.md, "Cluster state")::
     endpoints/NETWORK/HOST/ATTACHMENT  {"mac", "ip", "container_id", "ifname"}
     macs/NETWORK/MAC                   {"attachment", "host"}     a MAC in use
 
-ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``.  Names never contain '/',
-so the last part of a key may.
+ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``, or a host gateway's
+``gateway:HOST/PORT`` (gateway_attachment: CNI's container id pattern refuses ':', so no
+container can hold it).  A host's record lists, per network, its gateway's unique address
+and MAC (``{"default": {"ip", "mac"}}``): every other host sends that MAC through the
+tunnel to it, and the record being on the host's lease takes the gateway with the host.
+Names never contain '/', so the last part of a key may.
 
 A network's index is dense (the lowest free, from 1) and the same on every host: the
 pipeline keeps it in a register and uses it as the network's conntrack zone, so a trace
@@ -95,12 +99,29 @@ def _check_attachment(attachment: str) -> None:
 
 
 @dataclass(frozen=True)
+class HostGateway:
+    """A host's own port into a network: its unique address there and its MAC."""
+
+    network: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class Host:
     """A host whose agent is alive (its key lives on the agent's lease)."""
 
     name: str
     tunnel_ip: str
     lease: int | None = None
+    gateways: tuple[HostGateway, ...] = ()
+
+
+def gateway_attachment(host: str, port: str) -> str:
+    """The attachment id a host's gateway holds its address under: no CNI container can
+    have it (a container id may not contain ':'), and it is the same after every agent
+    restart, so the host keeps its address."""
+    return f"gateway:{host}/{port}"
 
 
 @dataclass(frozen=True)
@@ -322,16 +343,23 @@ class ClusterState:
 
     # -- hosts --------------------------------------------------------------------------
 
-    def register_host(self, name: str, tunnel_ip: str, ttl: float) -> int:
-        """Publish this host on a new lease and return it; the host disappears (a delete
-        event every peer sees) ``ttl`` seconds after the keepalives stop."""
+    def register_host(
+        self, name: str, tunnel_ip: str, ttl: float, gateways: Iterable[HostGateway] = ()
+    ) -> int:
+        """Publish this host (with its ``gateways``) on a new lease and return it; the host
+        and its gateways disappear (a delete event every peer sees) ``ttl`` seconds after the
+        keepalives stop."""
         _check_name("host", name, 253)
         try:
             ipaddress.ip_address(tunnel_ip)
         except ValueError:
             raise StoreError(f"host {name}: tunnel IP {tunnel_ip!r} is not an IP address") from None
+        record: dict = {"tunnel_ip": tunnel_ip}
+        gateways = list(gateways)
+        if gateways:
+            record["gateways"] = {g.network: {"ip": g.ip, "mac": g.mac} for g in gateways}
         lease = self.kv.grant_lease(ttl)
-        self.kv.put(f"hosts/{name}", json.dumps({"tunnel_ip": tunnel_ip}), lease=lease)
+        self.kv.put(f"hosts/{name}", json.dumps(record), lease=lease)
         return lease
 
     def keepalive(self, lease: int) -> bool:
@@ -344,9 +372,18 @@ class ClusterState:
 
     def list_hosts(self) -> list[Host]:
         kvs, _ = self.kv.range("hosts/")
-        return [
-            Host(kv.key[len("hosts/") :], json.loads(kv.value)["tunnel_ip"], kv.lease) for kv in kvs
-        ]
+        hosts = []
+        for kv in kvs:
+            d = json.loads(kv.value)
+            hosts.append(
+                Host(
+                    kv.key[len("hosts/") :],
+                    d["tunnel_ip"],
+                    kv.lease,
+                    _host_gateways(d.get("gateways")),
+                )
+            )
+        return hosts
 
     def host_summaries(self) -> list[HostSummary]:
         """Every host the store knows, alive or not, with its endpoint and block counts and
@@ -1051,7 +1088,34 @@ def decode_host(kv: KeyValue) -> Host:
         raise RecordError(f"{kv.key}: tunnel_ip {tunnel_ip!r} is not an IPv4 address") from None
     if not _NAME_RE.match(name):
         raise RecordError(f"{kv.key}: host name {name!r} is invalid")
-    return Host(name, tunnel_ip, kv.lease)
+    return Host(name, tunnel_ip, kv.lease, _host_gateways(d.get("gateways")))
+
+
+def _host_gateways(value: object) -> tuple[HostGateway, ...]:
+    """A host record's optional ``gateways``, decoded tolerantly: an entry that is not
+    {"ip": IPv4, "mac": unicast MAC} under a network name is left out (that gateway gets no
+    flows elsewhere), and the host itself, its tunnel and its pods, stay usable."""
+    if not isinstance(value, dict):
+        return ()
+    out = []
+    for network, entry in sorted(value.items(), key=lambda kv: str(kv[0])):
+        if not isinstance(network, str) or not _NAME_RE.match(network):
+            continue
+        if not isinstance(entry, dict):
+            continue
+        ip, mac = entry.get("ip"), entry.get("mac")
+        if not isinstance(mac, str) or not _is_unicast_mac(mac.lower()) or not isinstance(ip, str):
+            continue
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            continue
+        out.append(HostGateway(sys.intern(network), ip, mac.lower()))
+    return tuple(out)
+
+
+def _is_unicast_mac(mac: str) -> bool:
+    return bool(_MAC_RE.match(mac)) and not int(mac[:2], 16) & 1 and mac != "00:00:00:00:00:00"
 
 
 def decode_network(kv: KeyValue) -> Network:
@@ -1078,7 +1142,7 @@ def decode_endpoint(kv: KeyValue) -> Endpoint:
         container_id, ifname = d["container_id"], d["ifname"]
     except KeyError as exc:
         raise RecordError(f"{kv.key}: field {exc} is missing") from None
-    if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+    if not _is_unicast_mac(mac):
         raise RecordError(f"{kv.key}: mac {d['mac']!r} is not a unicast MAC address")
     try:
         ipaddress.IPv4Address(ip)

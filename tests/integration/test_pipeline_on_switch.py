@@ -51,18 +51,21 @@ def _model(name: str):
         br = client.bridge_info("br-int")
         default = cluster.get_network("default")
         gw = client.interface("br-int", hoststate.GATEWAY_PORT)
+        hosts = cluster.list_hosts()
+        [mine] = [h.gateways[0] for h in hosts if h.name == "h1"]
         state = hoststate.build_host_state(
             me="h1",
             tunnel_ofport=client.interface("br-int", "tun-vxlan")["ofport"],
             networks=cluster.list_networks(),
-            hosts=cluster.list_hosts(),
+            hosts=hosts,
             endpoints=cluster.list_endpoints(),
             local_ports=client.list_endpoint_ports("br-int"),
             gateways=[
                 hoststate.GatewayPort(
                     "default",
                     gw["ofport"],
-                    hoststate.gateway_mac(default.vni),
+                    mine.mac,
+                    mine.ip,
                     hoststate.gateway_ip(default.cidr),
                 )
             ],

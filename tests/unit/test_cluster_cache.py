@@ -219,3 +219,31 @@ def test_a_network_from_before_indexes_gets_one_then_flows(cluster, caplog):
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_a_peers_gateway_is_a_remote_endpoint_while_its_host_lives(cluster):
+    from store.cluster import HostGateway
+
+    gw2 = HostGateway("default", "100.64.0.64", "0a:58:64:40:00:40")
+    lease = cluster.register_host("h2", "198.18.0.2", ttl=30, gateways=[gw2])
+    fed, stop = Fed(), threading.Event()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    threads = watching(cache, stop)
+    try:
+        assert fed.engine.state().remote == (
+            RemoteEndpoint("default", "198.18.0.2", gw2.mac, gw2.ip),
+        )
+        moved = HostGateway("default", "100.64.0.65", "0a:58:64:40:00:41")
+        cluster.register_host("h2", "198.18.0.2", ttl=30, gateways=[moved])  # a new record
+        assert fed.wait(lambda s: [r.ip for r in s.remote] == ["100.64.0.65"])
+        cluster.register_host("h3", "198.18.0.3", ttl=30)  # no gateway: nothing of it
+        assert fed.wait(lambda s: s.peers == ("198.18.0.2", "198.18.0.3"))
+        assert [r.ip for r in fed.engine.state().remote] == ["100.64.0.65"]
+        cluster.unregister_host(lease)
+        cluster.kv.delete("hosts/h2")
+        assert fed.wait(lambda s: s.remote == () and s.peers == ("198.18.0.3",))
+        assert cache.held() == 3  # the network, h3 and its peer IP: nothing of h2 left
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT)

@@ -19,10 +19,14 @@ from store.cluster import (
     AddressInUseError,
     Block,
     ClusterState,
+    HostGateway,
     Network,
     StoreError,
+    decode_host,
+    gateway_attachment,
     reserved_addresses,
 )
+from store.kv import KeyValue
 from store.sqlite import SqliteKvStore
 from tests.unit.test_store_contract import WAIT, FakeClock, run_together
 
@@ -147,6 +151,45 @@ def test_a_host_lives_as_long_as_its_lease(cluster, clock):
     assert cluster.list_hosts() == []
     with pytest.raises(StoreError, match="tunnel IP 'nowhere' is not an IP address"):
         cluster.register_host("h3", "nowhere", ttl=10)
+
+
+def test_a_host_publishes_its_gateways_on_its_lease(cluster, clock):
+    gw = HostGateway("default", "100.64.0.2", "0a:58:64:40:00:02")
+    cluster.register_host("h1", "198.18.0.1", ttl=10, gateways=[gw])
+    other = cluster.register_host("h2", "198.18.0.2", ttl=30)
+    assert [h.gateways for h in cluster.list_hosts()] == [(gw,), ()]
+    clock.now += 11
+    assert cluster.keepalive(other)
+    assert [h.name for h in cluster.list_hosts()] == ["h2"]  # the gateway went with h1
+
+
+@pytest.mark.parametrize(
+    "gateways",
+    [
+        "nope",
+        {"default": "100.64.0.2"},
+        {"default": {"ip": "100.64.0.2"}},
+        {"default": {"ip": 5, "mac": "0a:58:64:40:00:02"}},
+        {"default": {"ip": "100.64.0.2", "mac": "01:00:5e:00:00:01"}},
+        {"bad/name": {"ip": "100.64.0.2", "mac": "0a:58:64:40:00:02"}},
+    ],
+)
+def test_a_bad_gateway_entry_is_left_out_and_the_host_kept(gateways):
+    value = json.dumps({"tunnel_ip": "198.18.0.2", "gateways": gateways})
+    host = decode_host(KeyValue("hosts/h2", value, 1, 1))
+    assert (host.tunnel_ip, host.gateways) == ("198.18.0.2", ())
+
+
+def test_a_gateway_claims_an_address_no_cni_container_can_hold_and_keeps_it(cluster):
+    from cni.admission import Refused, check_container_id
+
+    cluster.create_network("default", 5001, "100.64.0.0/16")
+    attachment = gateway_attachment("h1", "overlay-gw0")
+    first = cluster.claim_address("default", "h1", attachment)
+    assert cluster.claim_address("default", "h1", attachment).ip == first.ip  # a restart
+    assert cluster.allocations("default")[first.ip] == attachment
+    with pytest.raises(Refused):
+        check_container_id(attachment.split("/")[0])
 
 
 # -- blocks and addresses ------------------------------------------------------------------

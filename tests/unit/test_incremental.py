@@ -39,10 +39,12 @@ locals_ = st.builds(
     st.sampled_from(ADDRS),
 )
 gateways = st.builds(
-    lambda net, port, mac: Upsert("gw", Gateway(net, port, mac, "100.64.0.1"), (0,)),
+    lambda net, port, mac, ip, anycast: Upsert("gw", Gateway(net, port, mac, ip, anycast), (0,)),
     st.sampled_from(NETS),
     st.sampled_from((2, 9)),
     st.sampled_from(MACS),
+    st.sampled_from(ADDRS),
+    st.sampled_from((None, "100.64.0.1", ADDRS[0])),  # the anycast may collide too
 )
 remotes = st.builds(
     lambda k, net, host, mac, ip, r: Upsert(

@@ -22,7 +22,8 @@ P2 = LocalPort("default", 3, "0a:58:64:40:00:03", "100.64.0.3")
 # The blue network reuses the default network's addresses: only the network tells them apart.
 B1 = LocalPort("blue", 4, "0a:58:64:40:01:02", "100.64.0.2")
 B2 = LocalPort("blue", 5, "0a:58:64:40:01:03", "100.64.0.3")
-GW = Gateway("default", 9, "0a:58:64:40:00:01", "100.64.0.1")
+# The host's gateway: its own address (unique in the cluster) and the anycast 100.64.0.1.
+GW = Gateway("default", 9, "0a:58:64:40:00:0a", "100.64.0.10", "100.64.0.1")
 R1 = RemoteEndpoint("default", H2, "0a:58:64:40:00:42", "100.64.0.66")
 RB = RemoteEndpoint("blue", H3, "0a:58:64:40:01:42", "100.64.0.66")
 
@@ -165,6 +166,40 @@ def test_the_host_gateway_reaches_its_pods_and_resolves_them(switch):
     [reply] = switch.process(arp_request(gw, P2.ip)).emitted
     assert (reply.port, reply.get("arp_sha")) == (GW.ofport, P2.mac)
     assert switch.process(ip_packet(P1, GW.mac, GW.ip)).ports == {GW.ofport}
+
+
+def test_pods_resolve_the_anycast_gateway_to_their_own_hosts_gateway(switch):
+    for pod in (P1, P2):
+        [reply] = switch.process(arp_request(pod, "100.64.0.1")).emitted
+        assert (reply.port, reply.get("arp_sha"), reply.get("arp_spa")) == (
+            pod.ofport,
+            GW.mac,
+            "100.64.0.1",
+        )
+    assert switch.process(ip_packet(P1, GW.mac, "198.18.255.254")).ports == {GW.ofport}
+
+
+def test_another_hosts_gateway_is_reached_through_the_tunnel_like_its_pods():
+    """A peer's gateway (from its host record) is a remote endpoint: this host's gateway and
+    pods resolve its unique address and reach its MAC through the tunnel, and its replies
+    to this host's gateway come out of the gateway port."""
+    peer_gw = RemoteEndpoint("default", H3, "0a:58:64:40:00:80", "100.64.0.128")
+    state = HostState(
+        tunnel_ofport=TUN,
+        networks=STATE.networks,
+        peers=STATE.peers,
+        local=STATE.local,
+        remote=(*STATE.remote, peer_gw),
+        gateways=STATE.gateways,
+    )
+    sw = Switch(*pipeline.build(state, generation=1))
+    gw = LocalPort(GW.network, GW.ofport, GW.mac, GW.ip)
+    [reply] = sw.process(arp_request(gw, peer_gw.ip)).emitted
+    assert (reply.port, reply.get("arp_sha")) == (GW.ofport, peer_gw.mac)
+    [out] = sw.process(ip_packet(gw, peer_gw.mac, peer_gw.ip)).emitted
+    assert (out.port, out.get("tun_ipv4_dst"), out.get("tunnel_id")) == (TUN, H3, 5001)
+    back = from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=GW.mac, eth_type=ETH_TYPE_IP)
+    assert sw.process(back).ports == {GW.ofport}
 
 
 def test_unknown_ports_are_dropped(switch):

@@ -1,0 +1,122 @@
+"""The Kubernetes network model on a 3-host lab: every node reaches every pod (through its
+gateway's own address), and replies come back to it, not to the pod's own host."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from lab import lab, naming, netns, pods
+from tests.helpers import running_lab
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ("h1", "h2", "h3")
+PORT = 7100
+
+# Reads everything a client sends until it closes its side, then answers its SHA-256: the
+# client knows every byte arrived and the answer came back.
+ECHO_SERVER = """
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening", flush=True)
+c, peer = s.accept()
+h = hashlib.sha256()
+while (data := c.recv(65536)):
+    h.update(data)
+c.sendall((peer[0] + " " + h.hexdigest()).encode())
+c.close()
+"""
+CLIENT = """
+import os, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+data = bytes(range(256)) * 8192  # 2 MiB
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+print(c.recv(200).decode())
+"""
+SENT = hashlib.sha256(bytes(range(256)) * 8192).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cluster3():
+    with running_lab(3) as name:
+        made = {h: pods.pod_add(name, h, "p1", "default") for h in HOSTS}
+        yield name, made
+
+
+def host_ns(name, host):
+    return naming.host_namespace(name, host)
+
+
+def transfer(server_ns: str, server_ip: str, client_ns: str, port: int = PORT) -> str:
+    """2 MiB over TCP from ``client_ns`` to a server in ``server_ns``; returns what the
+    server saw as the client's address (and checks every byte arrived)."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", ECHO_SERVER, server_ip, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: netns.enter_namespace(server_ns),
+    )
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        out = netns.run_in_namespace(
+            client_ns, [sys.executable, "-c", CLIENT, server_ip, str(port)], timeout=30
+        ).stdout.split()
+        assert out[1] == SENT, out
+        return out[0]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def gateway_of(name: str, host: str) -> str:
+    with lab.open_lab_cluster(name) as cluster:
+        [h] = [h for h in cluster.list_hosts() if h.name == host]
+    return h.gateways[0].ip
+
+
+def test_every_host_pings_every_pod(cluster3):
+    name, made = cluster3
+    for host in HOSTS:
+        for dst in HOSTS:
+            assert lab.ping_from(host_ns(name, host), made[dst]["ip"]), f"{host} -> {dst}/p1"
+
+
+def test_a_host_network_process_reaches_pods_on_other_hosts_from_its_own_address(cluster3):
+    """TCP from h1's namespace to pods on h2 and h3: the pod sees h1's gateway address (so its
+    reply goes back to h1 through the tunnel, not to the pod's own host)."""
+    name, made = cluster3
+    mine = gateway_of(name, "h1")
+    for dst in ("h2", "h3"):
+        pod_ns = pods.pod_namespace(name, dst, "p1")
+        assert transfer(pod_ns, made[dst]["ip"], host_ns(name, "h1")) == mine
+
+
+def test_pods_reach_other_hosts_and_keep_their_default_gateway_local(cluster3):
+    name, made = cluster3
+    for dst in ("h1", "h3"):
+        assert lab.ping_from(pods.pod_namespace(name, "h2", "p1"), gateway_of(name, dst))
+    # The anycast gateway is answered by the pod's own host's switch: its gateway's MAC
+    # (and not by the host's stack through the pod's veth: controller/endpoints.py, NOARP).
+    pod_ns = pods.pod_namespace(name, "h2", "p1")
+    assert lab.ping_from(pod_ns, "100.64.0.1")
+    neigh = netns.run_in_namespace(pod_ns, ["ip", "neigh", "show", "100.64.0.1"]).stdout
+    h2_mac = netns.run_in_namespace(
+        host_ns(name, "h2"), ["ip", "-br", "link", "show", "overlay-gw0"]
+    ).stdout.split()[2]
+    assert h2_mac in neigh, neigh
+
+
+def test_a_gateway_address_survives_an_agent_restart(cluster3):
+    name, made = cluster3
+    before = gateway_of(name, "h3")
+    lab.agent_control(name, "h3", "restart")
+    assert gateway_of(name, "h3") == before
+    assert lab.ping_from(host_ns(name, "h1"), made["h3"]["ip"])
