@@ -21,11 +21,17 @@ from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
-from controller import hoststate, underlay
+from controller import egress, hoststate, nftables, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
-from controller.endpoints import AttachError, AttachRequest, EndpointManager, mac_for
+from controller.endpoints import (
+    HOST_PORT_PREFIX,
+    AttachError,
+    AttachRequest,
+    EndpointManager,
+    mac_for,
+)
 from controller.membership import Membership
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
@@ -66,6 +72,9 @@ class Agent:
         self._tunnel_ofport = 0
         self._gateway: hoststate.GatewayPort | None = None
         self._host_gateway: HostGateway | None = None  # claimed at start, published
+        self._egress_lock = threading.Lock()
+        self._egress_rules: str | None = None  # the nftables table last written
+        self._forwarding_warned = False
         self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
 
     # -- lifecycle ------------------------------------------------------------------
@@ -89,7 +98,12 @@ class Agent:
         )
         self.reconciler.start()
         self.cache = ClusterCache(
-            self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote, self._store_back
+            self.cluster,
+            cfg.host,
+            cfg.tunnel_ip,
+            self._submit_remote,
+            self._store_back,
+            on_networks=self._keep_egress,
         )
         self.endpoints = EndpointManager(
             cfg.host,
@@ -413,6 +427,42 @@ class Agent:
                     if getattr(exc, "code", None) != errno.EEXIST:
                         raise
         self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, gw.mac, gw.ip, anycast)
+        self._keep_egress(rewrite=True)
+
+    def _keep_egress(self, rewrite: bool = False) -> None:
+        """The host's nftables table for the gateway (controller/egress.py) as the default
+        network now wants it: written when it changed (a network's egress turned on or
+        off), or always with ``rewrite`` (start, and after a full sync: cheap, and it puts
+        back a table someone flushed).  A refusal is logged, never fatal: pods keep
+        everything but egress."""
+        net = self.cache.network(DEFAULT_NETWORK)
+        if self._gateway is None or net is None or not net.gateway:
+            return
+        spec = egress.EgressSpec(hoststate.GATEWAY_PORT, net.cidr, net.egress, HOST_PORT_PREFIX)
+        rules = egress.ruleset(spec)
+        with self._egress_lock:
+            if rules == self._egress_rules and not rewrite:
+                return
+            try:
+                nftables.run(rules)
+            except nftables.NftError as exc:
+                LOG.error("could not write the egress table %s: %s", egress.TABLE, exc)
+                self._egress_rules = None
+                return
+            if rules != self._egress_rules:
+                LOG.info(
+                    "egress of network %s (%s) %s",
+                    net.name,
+                    net.cidr,
+                    "on: SNAT through this host" if net.egress else "off",
+                )
+            self._egress_rules = rules
+        if net.egress and not self._forwarding_warned and not _forwarding():
+            self._forwarding_warned = True
+            LOG.warning(
+                "net.ipv4.ip_forward is 0 in the agent's namespace, so pods reach nothing "
+                "outside the overlay; set it to 1 (docs/operations.md)"
+            )
 
     def _missing_port_flows(self, ofport: int) -> list[str]:
         try:
@@ -504,3 +554,12 @@ class Agent:
 
     def _api_gc(self, network: str, keep: list[str]) -> dict:
         return {"removed": self.endpoints.gc(network, keep)}
+
+
+def _forwarding() -> bool:
+    """Whether this namespace forwards IPv4 (/proc/sys/net shows the reader's namespace)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

@@ -62,9 +62,11 @@ class ClusterCache:
         my_tunnel_ip: str,
         submit: Callable[[Sequence[Change]], int],
         on_store_back: Callable[[], None] | None = None,
+        on_networks: Callable[[], None] | None = None,
     ):
         self._cluster = cluster
         self._on_store_back = on_store_back
+        self._on_networks = on_networks  # after networks changed (the agent's egress rules)
         self._me = me
         self._my_ip = my_tunnel_ip
         self._submit = submit
@@ -116,6 +118,7 @@ class ClusterCache:
                 for batch in self._cluster.watch_changes(prefix, stop, revision):
                     revision = max(revision, batch[-1].revision)
                     self._submit_if_any(self._apply_events(batch))
+                    self._networks_changed(prefix)
                     self._index_networks()
                     self._store_back()
                     backoff = 0.0
@@ -151,6 +154,7 @@ class ClusterCache:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             self._submit_if_any(self._replace(prefix, kvs))
+            self._networks_changed(prefix)
             self._store_back()
             try:
                 self._index_networks()
@@ -158,6 +162,10 @@ class ClusterCache:
                 self._store_away(prefix, exc)
             return revision
         return 0
+
+    def _networks_changed(self, prefix: str) -> None:
+        if prefix == "networks/" and self._on_networks is not None:
+            self._on_networks()
 
     def _store_away(self, prefix: str, exc: Exception) -> None:
         with self._lock:

@@ -16,7 +16,19 @@ def add_parser(subparsers) -> None:
     create.add_argument("--vni", type=int, required=True)
     create.add_argument("--mtu", type=int)
     create.add_argument("--no-gateway", action="store_true", help="pods get no default route")
+    create.add_argument(
+        "--no-egress",
+        action="store_true",
+        help="pods do not reach addresses outside the overlay (no SNAT through their host)",
+    )
     create.set_defaults(func=cmd_create)
+
+    setp = sub.add_parser("set", help="change a network's egress")
+    setp.add_argument("name")
+    egress = setp.add_mutually_exclusive_group(required=True)
+    egress.add_argument("--egress", dest="egress", action="store_true")
+    egress.add_argument("--no-egress", dest="egress", action="store_false")
+    setp.set_defaults(func=cmd_set)
 
     ls = sub.add_parser("list", help="list networks")
     ls.set_defaults(func=cmd_list)
@@ -24,15 +36,26 @@ def add_parser(subparsers) -> None:
     delete = sub.add_parser("delete", help="delete a network (refused while it has endpoints)")
     delete.add_argument("name")
     delete.set_defaults(func=cmd_delete)
-    for leaf in (create, ls, delete):
+    for leaf in (create, setp, ls, delete):
         add_store_options(leaf, leaf=True)
 
 
 def cmd_create(args) -> int:
     with open_store(args) as cluster:
         cluster.create_network(
-            args.name, vni=args.vni, cidr=args.cidr, mtu=args.mtu, gateway=not args.no_gateway
+            args.name,
+            vni=args.vni,
+            cidr=args.cidr,
+            mtu=args.mtu,
+            gateway=not args.no_gateway,
+            egress=not args.no_egress,
         )
+    return 0
+
+
+def cmd_set(args) -> int:
+    with open_store(args) as cluster:
+        cluster.set_egress(args.name, args.egress)
     return 0
 
 
@@ -47,10 +70,11 @@ def cmd_list(args) -> int:
             "cidr": n.cidr,
             "mtu": n.mtu,
             "gateway": n.gateway,
+            "egress": n.egress,
         }
         for n in networks
     ]
-    emit(args, ("name", "vni", "index", "cidr", "mtu", "gateway"), rows)
+    emit(args, ("name", "vni", "index", "cidr", "mtu", "gateway", "egress"), rows)
     return 0
 
 

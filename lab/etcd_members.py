@@ -3,8 +3,8 @@
 Each member is a real etcd (Debian's etcd-server) in a namespace of its own, joined to
 the underlay bridge like a host, at ``198.18.1.<k>/16``: clients on 2379, peers on
 2380, a data dir, a log and a pidfile under ``STATE/etcd/etcd<k>/``.  Agents reach it
-from their host namespaces over the underlay; the operator reaches it from the underlay
-namespace, whose bridge has ``198.18.255.254/16`` (``operator_namespace``), because the
+from their host namespaces over the underlay; the operator reaches it from the lab's
+outside namespace ``L-ext`` at ``198.18.255.254/16`` (``operator_namespace``), because the
 root namespace gets no address or route.
 
 A member is stopped only by the PID in its pidfile, and only if that process still has
@@ -67,8 +67,9 @@ def member_paths(lab_root: str, index: int) -> EtcdMemberPaths:
 
 
 def operator_namespace(lab: str) -> str:
-    """The namespace from which the operator (CLI, tests) reaches the lab's etcd."""
-    return naming.underlay_namespace(lab)
+    """The namespace from which the operator (CLI, tests) reaches the lab's etcd: the lab's
+    outside (``L-ext``, 198.18.255.254 on the underlay)."""
+    return naming.ext_namespace(lab)
 
 
 @contextmanager
@@ -80,16 +81,6 @@ def in_operator_namespace(lab: str) -> Iterator[None]:
     inherit the namespace.  The rest of the process stays in the root namespace."""
     with ns_helpers.in_namespace(operator_namespace(lab)):
         yield
-
-
-def add_operator_address(lab: str) -> None:
-    """Give the underlay bridge the operator's address (etcd labs only)."""
-    netns.add_address(
-        operator_namespace(lab),
-        naming.UNDERLAY_BRIDGE,
-        naming.OPERATOR_IP,
-        naming.underlay_prefixlen(),
-    )
 
 
 def build_member_namespace(lab: str, index: int, underlay_mtu: int = naming.UNDERLAY_MTU) -> None:

@@ -8,7 +8,10 @@ A lab ``L`` with N hosts is::
                    named tables, flow-based tunnel port)
                    its own ovsdb-server + ovs-vswitchd
     ns L-etcd<k>:  (``--store etcd``) eth0 at 198.18.1.<k>/16, one etcd member
-                   (lab/etcd_members.py); ul0 then has the operator's 198.18.255.254/16
+                   (lab/etcd_members.py)
+    ns L-ext:      eth0 at 198.18.255.254/16 on the underlay: the outside world pods reach
+                   through their host's egress SNAT, and the operator's vantage point
+                   (the CLI and tests reach an etcd lab's store from it)
 
 The cluster state is a SQLite file in the state dir (default) or the lab's etcd; the
 manifest (lab.json) records which, and ``open_lab_cluster`` opens it from anywhere.
@@ -188,10 +191,10 @@ def up(
         underlay = naming.underlay_namespace(name)
         netns.create_namespace(underlay)
         netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
+        build_ext(name, underlay_mtu)
         etcd_procs = {}
         if store == "etcd":
             # The members start first and elect a leader while the hosts are built.
-            etcd.add_operator_address(name)
             for k in range(1, etcd_members + 1):
                 etcd.build_member_namespace(name, k, underlay_mtu)
                 etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
@@ -226,6 +229,23 @@ def read_manifest(paths: LabPaths) -> dict:
         return {}
 
 
+def build_ext(name: str, underlay_mtu: int = naming.UNDERLAY_MTU) -> None:
+    """``L-ext``: the outside world on the underlay, at 198.18.255.254/16, with no route
+    into any overlay (tests add one to show it does not help)."""
+    ns = naming.ext_namespace(name)
+    netns.create_namespace(ns)
+    netns.create_uplink(
+        naming.underlay_namespace(name),
+        naming.EXT_PORT,
+        naming.UNDERLAY_BRIDGE,
+        ns,
+        naming.HOST_UPLINK,
+        underlay_mtu,
+    )
+    netns.set_up(ns, "lo")
+    netns.add_address(ns, naming.HOST_UPLINK, naming.EXT_IP, naming.underlay_prefixlen())
+
+
 def build_host(
     paths: LabPaths, index: int, tunnel_type: str, underlay_mtu: int = naming.UNDERLAY_MTU
 ) -> None:
@@ -244,6 +264,9 @@ def build_host(
     # packet crafted from a peer).  eth0 also stays silent on IPv6.
     netns.set_sysctl(ns, f"net.ipv4.conf.{naming.HOST_UPLINK}.arp_ignore", "1")
     netns.set_sysctl(ns, f"net.ipv6.conf.{naming.HOST_UPLINK}.disable_ipv6", "1")
+    # The host forwards its pods' egress (the agent's nftables table SNATs it), as a
+    # Kubernetes node does.
+    netns.set_sysctl(ns, "net.ipv4.ip_forward", "1")
 
     host_paths = paths.host(host)
     ovs_host.start(host_paths, ns)
@@ -288,8 +311,8 @@ def open_lab_cluster(
 
     A SQLite lab's store is a file: opened as is.  An etcd lab's members are reachable only
     on the lab's underlay, and the root namespace gets no address or route there, so this
-    thread enters the lab's operator namespace (``L-underlay``, whose bridge has
-    198.18.255.254) for the block: the store's connections are made there and stay there
+    thread enters the lab's operator namespace (``L-ext``, at 198.18.255.254 on the
+    underlay) for the block: the store's connections are made there and stay there
     (a socket keeps the namespace it was created in; threads started in the block inherit
     it).  Only the calling thread moves; use the store inside the block, on this thread.
     """

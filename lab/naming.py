@@ -25,10 +25,12 @@ DEFAULT_CIDR = "100.64.0.0/16"
 MAX_ETCD_MEMBERS = 7
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
-# The operator's vantage point: the underlay bridge's own address, in the underlay
-# namespace (etcd labs only).  The root namespace gets no address or route, so whatever
-# must reach the lab's etcd from outside (the CLI, tests) enters that namespace first.
-OPERATOR_IP = "198.18.255.254"
+# The outside world: a namespace on the underlay (``ext_namespace``) with this address, not
+# a host and not in any overlay, that pods reach through their host's egress SNAT.  It is
+# also the operator's vantage point: the root namespace gets no address or route, so
+# whatever must reach the lab's etcd from outside (the CLI, tests) enters it first.
+EXT_IP = "198.18.255.254"
+EXT_PORT = "ext"  # its veth's end on the underlay bridge
 
 
 def validate_lab_name(name: str) -> str:
@@ -60,6 +62,10 @@ def host_index(host: str) -> int:
 
 def underlay_namespace(lab: str) -> str:
     return f"{lab}-underlay"
+
+
+def ext_namespace(lab: str) -> str:
+    return f"{lab}-ext"
 
 
 def host_namespace(lab: str, host: str) -> str:
@@ -129,11 +135,11 @@ def underlay_prefixlen() -> int:
 
 
 def owns_namespace(lab: str, namespace: str) -> bool:
-    """Whether ``namespace`` was made by lab ``lab`` (its underlay, a host, a host's pod, or
-    an etcd member)."""
+    """Whether ``namespace`` was made by lab ``lab`` (its underlay, its outside, a host, a
+    host's pod, or an etcd member)."""
     return (
         re.fullmatch(
-            rf"{re.escape(lab)}-(underlay|etcd[1-9][0-9]*|h[1-9][0-9]*(-[A-Za-z0-9_.-]+)?)",
+            rf"{re.escape(lab)}-(underlay|ext|etcd[1-9][0-9]*|h[1-9][0-9]*(-[A-Za-z0-9_.-]+)?)",
             namespace,
         )
         is not None

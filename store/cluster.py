@@ -3,7 +3,7 @@
 Keys (ARCHITECTURE.md, "Cluster state")::
 
     hosts/HOST                         {"tunnel_ip", "gateways"}  on the host's lease
-    networks/NETWORK                   {"vni", "index", "cidr", "mtu", "gateway"}
+    networks/NETWORK                   {"vni", "index", "cidr", "mtu", "gateway", "egress"}
     vnis/VNI                           NETWORK                    one network per VNI
     netindex/INDEX                     NETWORK                    one network per index
     blocks/NETWORK/CIDR                {"host"}                   e.g. blocks/default/100.64.0.64/26
@@ -134,6 +134,9 @@ class Network:
     mtu: int | None = None
     gateway: bool = True
     index: int | None = None  # None: a record from before indexes (assign_network_index)
+    # Pods reach addresses outside every overlay network through their host, SNATed to it
+    # (where the host has a gateway in the network: the default network).
+    egress: bool = True
 
     def __post_init__(self) -> None:
         _check_name("network", self.name)
@@ -175,6 +178,8 @@ class Network:
             )
         if not isinstance(self.gateway, bool):
             raise StoreError(f"network {self.name}: gateway must be true or false")
+        if not isinstance(self.egress, bool):
+            raise StoreError(f"network {self.name}: egress must be true or false")
 
 
 @dataclass(frozen=True)
@@ -288,12 +293,25 @@ def _network_record(net: Network) -> str:
             "cidr": net.cidr,
             "mtu": net.mtu,
             "gateway": net.gateway,
+            "egress": net.egress,
         }
     )
 
 
 def _network_from(name: str, d: dict) -> Network:
-    return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True), d.get("index"))
+    """A network record; ``egress`` decoded tolerantly: missing (a record from before the
+    flag) is on, anything but true or false is off (a value no version wrote must not open
+    a network to the outside), and the network itself stays usable."""
+    egress = d.get("egress", True)
+    return Network(
+        name,
+        d["vni"],
+        d["cidr"],
+        d.get("mtu"),
+        d.get("gateway", True),
+        d.get("index"),
+        egress if isinstance(egress, bool) else False,
+    )
 
 
 def _block_prefix(network: str) -> str:
@@ -486,13 +504,19 @@ class ClusterState:
     # -- networks -----------------------------------------------------------------------
 
     def create_network(
-        self, name: str, vni: int, cidr: str, mtu: int | None = None, gateway: bool = True
+        self,
+        name: str,
+        vni: int,
+        cidr: str,
+        mtu: int | None = None,
+        gateway: bool = True,
+        egress: bool = True,
     ) -> Network:
         """Create a network; its name, its VNI and the lowest free index are claimed
         together, atomically (another network taking that index first: the next one)."""
-        Network(name, vni, cidr, mtu, gateway)  # refused before anything is read
+        Network(name, vni, cidr, mtu, gateway, None, egress)  # refused before anything is read
         while True:
-            net = Network(name, vni, cidr, mtu, gateway, self._free_index())
+            net = Network(name, vni, cidr, mtu, gateway, self._free_index(), egress)
             result = self.kv.txn(
                 (
                     Compare(_network_key(name), 0),
@@ -531,7 +555,9 @@ class ClusterState:
             net = self._network(name, kv.value)
             if net.index is not None:
                 return net
-            indexed = Network(name, net.vni, net.cidr, net.mtu, net.gateway, self._free_index())
+            indexed = Network(
+                name, net.vni, net.cidr, net.mtu, net.gateway, self._free_index(), net.egress
+            )
             result = self.kv.txn(
                 (
                     Compare(_network_key(name), kv.mod_revision),
@@ -554,6 +580,24 @@ class ClusterState:
                 f"all {MAX_NETWORK_INDEX} network indexes are in use; delete a network"
             )
         return free
+
+    def set_egress(self, name: str, egress: bool) -> Network:
+        """Turn a network's egress on or off (a compare-and-swap on its record; every agent
+        rewrites its egress rules from the watch event)."""
+        if not isinstance(egress, bool):
+            raise StoreError(f"egress must be true or false, not {egress!r}")
+        while True:
+            kv = self.kv.get(_network_key(name))
+            if kv is None:
+                raise StoreError(f"network {name} does not exist; 'network list' shows them")
+            net = self._network(name, kv.value)
+            changed = Network(name, net.vni, net.cidr, net.mtu, net.gateway, net.index, egress)
+            result = self.kv.txn(
+                (Compare(_network_key(name), kv.mod_revision),),
+                (Put(_network_key(name), _network_record(changed)),),
+            )
+            if result.succeeded:
+                return changed
 
     def get_network(self, name: str) -> Network | None:
         kv = self.kv.get(_network_key(name))

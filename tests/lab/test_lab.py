@@ -112,10 +112,10 @@ def test_up_on_a_name_in_use_changes_nothing(lab_name):
 def test_a_failure_midway_tears_down_what_was_made(lab_name, monkeypatch):
     real_build = lab.build_host
 
-    def fail_on_second(paths, index, tunnel_type):
+    def fail_on_second(paths, index, *args):
         if index == 2:
             raise RuntimeError("injected failure on host 2")
-        real_build(paths, index, tunnel_type)
+        real_build(paths, index, *args)
 
     monkeypatch.setattr(lab, "build_host", fail_on_second)
     with pytest.raises(RuntimeError, match="injected"):
@@ -177,10 +177,10 @@ def _cmdline(pid: int) -> str:
 
 
 def test_the_underlay_bridge_keeps_its_mac_when_ports_come_and_go(lab_name):
-    """The operator's address lives on the underlay bridge: if the bridge's MAC followed its
-    ports' (Linux's default), a host added with a lower port MAC would move the address to
-    a new MAC behind etcd's ARP cache, and an operator's watch would stall
-    (lab/netns.create_bridge)."""
+    """If the underlay bridge's MAC followed its ports' (Linux's default), a host added with
+    a lower port MAC would move any address on the bridge to a new MAC behind its peers'
+    ARP caches (the operator's, when it lived there: an operator's etcd watch stalled;
+    lab/netns.create_bridge)."""
     underlay = naming.underlay_namespace(lab_name)
     netns.create_namespace(underlay)
     netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -35,7 +36,8 @@ c.close()
 """
 CLIENT = """
 import os, socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 10
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=timeout)
 data = bytes(range(256)) * 8192  # 2 MiB
 c.sendall(data)
 c.shutdown(socket.SHUT_WR)
@@ -120,3 +122,129 @@ def test_a_gateway_address_survives_an_agent_restart(cluster3):
     lab.agent_control(name, "h3", "restart")
     assert gateway_of(name, "h3") == before
     assert lab.ping_from(host_ns(name, "h1"), made["h3"]["ip"])
+
+
+# -- egress: pods reach the outside (L-ext) SNATed to their host; nothing outside gets in ---
+
+UDP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+data, peer = s.recvfrom(100)
+s.sendto(peer[0].encode() + b" " + data, peer)
+"""
+UDP_CLIENT = """
+import socket, sys
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+print(c.recv(100).decode())
+"""
+
+
+def udp_exchange(server_ns: str, server_ip: str, client_ns: str, port: int = PORT) -> str:
+    server = subprocess.Popen(
+        [sys.executable, "-c", UDP_SERVER, server_ip, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: netns.enter_namespace(server_ns),
+    )
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        peer, data = netns.run_in_namespace(
+            client_ns, [sys.executable, "-c", UDP_CLIENT, server_ip, str(port)], timeout=30
+        ).stdout.split()
+        assert data == "hello"
+        return peer
+    finally:
+        server.kill()
+        server.wait()
+
+
+def ctl(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", "ctl.main", *argv], check=True, capture_output=True)
+
+
+def egress_rules(name: str, host: str) -> str:
+    return netns.run_in_namespace(
+        host_ns(name, host), ["nft", "list", "table", "ip", "ovs_overlay"]
+    ).stdout
+
+
+def wait_rules(name: str, predicate) -> None:
+    """Every host's agent rewrote its table after a network change reached it by watch."""
+    deadline = time.monotonic() + 10
+    while not all(predicate(egress_rules(name, h)) for h in HOSTS):
+        assert time.monotonic() < deadline, {h: egress_rules(name, h) for h in HOSTS}
+        time.sleep(0.05)
+
+
+def test_pods_reach_the_outside_as_their_host(cluster3):
+    """ICMP, TCP and UDP from pods on h1 and h2 to L-ext: what L-ext sees is the pod's
+    host's underlay address, and the replies come back to the pod."""
+    name, made = cluster3
+    ext = naming.ext_namespace(name)
+    for host in ("h1", "h2"):
+        pod_ns = pods.pod_namespace(name, host, "p1")
+        host_ip = naming.underlay_ip(naming.host_index(host))
+        assert lab.ping_from(pod_ns, naming.EXT_IP), host
+        assert transfer(ext, naming.EXT_IP, pod_ns) == host_ip
+        assert udp_exchange(ext, naming.EXT_IP, pod_ns) == host_ip
+
+
+def test_a_network_without_egress_reaches_nothing_outside(cluster3):
+    name, made = cluster3
+    pod_ns = pods.pod_namespace(name, "h3", "p1")
+    ctl("network", "--lab", name, "set", "default", "--no-egress")
+    try:
+        wait_rules(name, lambda rules: "masquerade" not in rules)
+        listed = subprocess.run(
+            [sys.executable, "-m", "ctl.main", "network", "--lab", name, "list", "-o", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert '"egress": false' in listed
+        assert not lab.ping_from(pod_ns, naming.EXT_IP)
+        with pytest.raises(subprocess.CalledProcessError):
+            transfer(naming.ext_namespace(name), naming.EXT_IP, pod_ns)
+        # Everything inside the overlay is untouched.
+        assert lab.ping_from(pod_ns, made["h1"]["ip"])
+        assert lab.ping_from(host_ns(name, "h1"), made["h3"]["ip"])
+    finally:
+        ctl("network", "--lab", name, "set", "default", "--egress")
+    wait_rules(name, lambda rules: "masquerade" in rules)
+    assert lab.ping_from(pod_ns, naming.EXT_IP)
+
+
+def test_the_outside_cannot_open_a_connection_to_a_pod(cluster3):
+    """Even with a route to the pod network through h1, L-ext reaches no pod, on h1 or
+    behind it; the pods' own connections out still work."""
+    name, made = cluster3
+    ext = naming.ext_namespace(name)
+    netns.run_in_namespace(
+        ext, ["ip", "route", "add", "100.64.0.0/10", "via", naming.underlay_ip(1)]
+    )
+    try:
+        for host in ("h1", "h2"):
+            pod_ip = made[host]["ip"]
+            assert not lab.ping_from(ext, pod_ip), host
+            server = subprocess.Popen(
+                [sys.executable, "-c", ECHO_SERVER, pod_ip, str(PORT)],
+                stdout=subprocess.PIPE,
+                text=True,
+                preexec_fn=lambda h=host: netns.enter_namespace(pods.pod_namespace(name, h, "p1")),
+            )
+            try:
+                assert server.stdout.readline().strip() == "listening"
+                client = netns.run_in_namespace(
+                    ext, [sys.executable, "-c", CLIENT, pod_ip, str(PORT), "3"], check=False
+                )
+                assert client.returncode != 0, client.stdout
+            finally:
+                server.kill()
+                server.wait()
+        assert lab.ping_from(pods.pod_namespace(name, "h1", "p1"), naming.EXT_IP)
+    finally:
+        netns.run_in_namespace(ext, ["ip", "route", "del", "100.64.0.0/10"], check=False)

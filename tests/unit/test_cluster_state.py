@@ -89,6 +89,22 @@ def test_networks_round_trip(cluster):
     assert [n.name for n in cluster.list_networks()] == ["blue", "default"]
 
 
+def test_egress_is_a_network_flag_decoded_tolerantly(cluster):
+    from store.cluster import decode_network
+
+    cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24", egress=False)
+    assert cluster.get_network("blue").egress is False
+    assert cluster.set_egress("blue", True).egress is True
+    assert cluster.get_network("blue").egress is True
+    with pytest.raises(StoreError, match="network nope does not exist"):
+        cluster.set_egress("nope", False)
+    base = {"vni": 5003, "cidr": "100.64.2.0/24", "index": 3}
+    for value, egress in ((None, True), ("yes", False), (1, False), (False, False)):
+        record = dict(base) if value is None else {**base, "egress": value}
+        kv = KeyValue("networks/red", json.dumps(record), 1, 1)
+        assert decode_network(kv).egress is egress, value  # missing: on; not a bool: off
+
+
 def test_network_indexes_are_dense_reused_and_back_filled(cluster):
     """The lowest free index from 1; a deleted network's index is reused; a record from
     before indexes gets the lowest free one by compare-and-swap, once."""

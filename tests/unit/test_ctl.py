@@ -71,8 +71,8 @@ def test_networks_are_created_and_listed_with_the_options_before_or_after_the_co
     code, out, _ = ctl(capsys, "network", "list", "--store", url)
     assert code == 0
     assert out.splitlines() == [
-        "NAME  VNI  INDEX  CIDR           MTU  GATEWAY",
-        "blue  7    1      100.64.1.0/24  -    yes",
+        "NAME  VNI  INDEX  CIDR           MTU  GATEWAY  EGRESS",
+        "blue  7    1      100.64.1.0/24  -    yes      yes",
     ]
     code, out, _ = ctl(capsys, "network", "-o", "json", "--store", url, "list")
     assert json.loads(out) == [
@@ -83,9 +83,20 @@ def test_networks_are_created_and_listed_with_the_options_before_or_after_the_co
             "cidr": "100.64.1.0/24",
             "mtu": None,
             "gateway": True,
+            "egress": True,
         }
     ]
+    assert ctl(capsys, "network", "set", "blue", "--no-egress", "--store", url)[0] == 0
+    [listed] = json.loads(ctl(capsys, "network", "list", "-o", "json", "--store", url)[1])
+    assert listed["egress"] is False
+    code, _, err = ctl(capsys, "network", "set", "nope", "--egress", "--store", url)
+    assert code != 0 and "network nope does not exist" in err
     assert ctl(capsys, "network", "delete", "blue", "--store", url)[0] == 0
+    create = ["network", "create", "red", "--cidr", "100.64.2.0/24", "--vni", "8", "--no-egress"]
+    assert ctl(capsys, *create, "--store", url)[0] == 0
+    [red] = json.loads(ctl(capsys, "network", "list", "-o", "json", "--store", url)[1])
+    assert (red["name"], red["egress"]) == ("red", False)
+    assert ctl(capsys, "network", "delete", "red", "--store", url)[0] == 0
     assert json.loads(ctl(capsys, "network", "list", "-o", "json", "--store", url)[1]) == []
 
 
