@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
-from openflow.diff import GenerationDelete
+from openflow.diff import GenerationDelete, replace_generation
 from openflow.incremental import Change, Engine, Shadowed
 from openflow.model import Output
 from openflow.tables import CANARY, table_names
@@ -237,8 +237,9 @@ class Reconciler:
                 self._engine.recompute()
                 self._suspect = False
             flows, groups = self._engine.rebuild(generation)
-            count = len(flows)
-            messages = self._engine.full_messages(self._group_ids(link))
+        count = len(flows)
+        messages = replace_generation(self._group_ids(link), flows, groups, None)
+        del flows  # the messages hold them; they go as they are sent
         start = time.monotonic()
         link.apply(messages)
         del messages
@@ -296,7 +297,7 @@ class Reconciler:
         if link is None or not in_sync:
             raise SwitchError("br-int is not connected to the agent")
         with self._engine_lock:
-            flows = self._engine.flows()
+            flows = self._engine.local_flows()
         parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
 
         def on_switch(**filters) -> Counter:
