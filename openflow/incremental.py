@@ -32,7 +32,7 @@ from openflow.model import Flow, Group
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """Another host, by its tunnel IP."""
 
@@ -43,7 +43,7 @@ Object = NetworkSpec | Peer | LocalPort | Gateway | RemoteEndpoint
 OBJECT_TYPES = (NetworkSpec, Peer, LocalPort, Gateway, RemoteEndpoint)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Upsert:
     """``key`` now holds ``obj`` (added, or changed from what it held).  A lower ``rank``
     wins a conflict (the agent gives local ports rank (0,), store records (1, their
@@ -54,14 +54,14 @@ class Upsert:
     rank: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Remove:
     """``key`` is gone (a key never added is fine)."""
 
     key: Hashable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetTunnel:
     """The tunnel port's OpenFlow port number changed: every tunnel flow changes."""
 
@@ -103,8 +103,6 @@ class Engine:
         self.tunnel_ofport = tunnel_ofport
         self.generation = generation
         self._objects: dict[Hashable, tuple[Object, tuple]] = {}  # key -> (obj, rank)
-        self._eligible: set[Hashable] = set()
-        self._active: set[Hashable] = set()
         # claim -> (key, rank) while one key contends for it (nearly every claim: a dict
         # each was 4 MB at 10,000 endpoints), {key: rank} while several do.
         self._contenders: dict[tuple, tuple | dict[Hashable, tuple]] = {}
@@ -126,7 +124,8 @@ class Engine:
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
         # The object each eligible key registered its claims with, and the (object,
         # network VNI) each active key has flows for: both may differ from the key's
-        # object now, in the middle of a batch.
+        # object now, in the middle of a batch.  Their keys are the eligible and the
+        # active keys (no separate sets: 0.5 MB each at 10,000 endpoints).
         self._registered: dict[Hashable, Object] = {}
         self._active_as: dict[Hashable, tuple[Object, int | None]] = {}
         self._dependents: set[Hashable] = set()  # to re-examine after a layer
@@ -137,7 +136,7 @@ class Engine:
     def state(self) -> HostState:
         """The active objects as the full build's input."""
         local, remote, gateways = [], [], []
-        for key in self._active:
+        for key in self._active_as:
             obj = self._objects[key][0]
             if isinstance(obj, LocalPort):
                 local.append(obj)
@@ -175,11 +174,11 @@ class Engine:
         return list(self._groups.values())
 
     def is_active(self, key: Hashable) -> bool:
-        return key in self._active
+        return key in self._active_as
 
     def shadowed(self, key: Hashable) -> Shadowed | None:
         """Why the eligible object under ``key`` has no flows, or None."""
-        if key not in self._eligible or key in self._active:
+        if key not in self._registered or key in self._active_as:
             return None
         obj = self._registered[key]
         for claim in _claims(obj):
@@ -338,16 +337,14 @@ class Engine:
     def _update_eligibility(self, key: Hashable) -> set[Hashable]:
         entry = self._objects.get(key)
         eligible = entry is not None and self._deps_met(entry[0])
-        if key in self._eligible:
+        if key in self._registered:
             obj = self._registered[key]
-            self._eligible.discard(key)
             affected = self._register(key, obj, None)
             del self._registered[key]
         else:
             affected = {key}
         if eligible:
             obj, rank = entry
-            self._eligible.add(key)
             self._registered[key] = obj
             affected |= self._register(key, obj, rank)
         return affected
@@ -367,7 +364,7 @@ class Engine:
         for key in keys:
             entry = self._objects.get(key)
             active = (
-                key in self._eligible
+                key in self._registered
                 and entry is not None
                 and all(self._best(c) == key for c in _claims(entry[0]))
             )
@@ -410,7 +407,6 @@ class Engine:
     def _deactivate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
         if not isinstance(obj, NetworkSpec | Peer):  # its flows as installed, for the diff
             old_units.setdefault(("object", key), self._unit_flows(("object", key)))
-        self._active.discard(key)
         del self._active_as[key]
         if isinstance(obj, NetworkSpec):
             del self._networks[obj.name]
@@ -444,7 +440,6 @@ class Engine:
     def _activate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
         if not isinstance(obj, NetworkSpec | Peer):  # inactive until now: it had no flows
             old_units.setdefault(("object", key), ())
-        self._active.add(key)
         self._active_as[key] = (obj, self._vni_of(obj))
         gen, tun = self.generation, self.tunnel_ofport
         if isinstance(obj, NetworkSpec):

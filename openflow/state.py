@@ -11,13 +11,15 @@ import ipaddress
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+# The pipeline's objects have slots: the agent holds one per remote endpoint (10,000 and
+# more); without, each carried a dict of its own.
+@dataclass(frozen=True, slots=True)
 class NetworkSpec:
     name: str
     vni: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalPort:
     """An endpoint on this host: its port on br-int and its addresses."""
 
@@ -27,7 +29,7 @@ class LocalPort:
     ip: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteEndpoint:
     """An endpoint on another host, reached through the tunnel to ``host_ip``."""
 
@@ -37,7 +39,7 @@ class RemoteEndpoint:
     ip: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gateway:
     """The host's own port into a network (so the host reaches its pods)."""
 
