@@ -3,6 +3,7 @@ and conflicting records skipped and logged once, compaction and host expiry hand
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -201,3 +202,18 @@ def test_nothing_is_left_of_records_that_went(cluster):
     assert cache.held() == 0
     assert fed.engine.state() == Engine(tunnel_ofport=1, generation=1).state()
     assert set(fed.engine.flows()) == set(Engine(tunnel_ofport=1, generation=1).flows())
+
+
+def test_endpoints_follow_their_host_to_a_new_tunnel_ip_as_one_object(cluster):
+    """The cache and the engine share each endpoint's object (one copy of 10,000)."""
+    cluster.register_host("h2", "198.18.0.2", ttl=30)
+    ep(cluster, "h2", "a/eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    fed = Fed()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    cache.load()
+    cluster.register_host("h2", "198.18.0.4", ttl=30)
+    cache.load()
+    moved = RemoteEndpoint("default", "198.18.0.4", "0a:58:64:40:00:02", "100.64.0.2")
+    assert fed.engine.state().remote == (moved,)
+    gc.collect()
+    assert sum(isinstance(o, RemoteEndpoint) for o in gc.get_objects()) == 2  # + ``moved``
