@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 
+from controller import heap
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
 from openflow.diff import GenerationDelete, replace_generation
@@ -33,6 +34,10 @@ LOG = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+# A burst of this many changes (a listing of the store, a host with its endpoints) leaves
+# tens of MB freed behind it: once the queue is empty after one, and after every full
+# sync, the heap goes back to the OS (controller/heap.py).
+BURST = 1000
 
 
 class Reconciler:
@@ -140,6 +145,7 @@ class Reconciler:
     def _loop(self) -> None:
         next_canary = time.monotonic() + self._canary_interval
         backoff = 0.0
+        since_release = 0  # changes applied since the heap last went back
         while True:
             with self._cond:
                 while not self._stopped and not self._pending() and time.monotonic() < next_canary:
@@ -149,6 +155,7 @@ class Reconciler:
                 batch, self._queue = self._queue, []
                 link, version, in_sync = self._link, self._version, self._in_sync
             doing = f"applying {len(batch)} change(s)"
+            since_release += len(batch)
             try:
                 messages, shadowed, lost = self._take(batch, in_sync and link is not None)
                 if lost:
@@ -192,6 +199,11 @@ class Reconciler:
                     self._in_sync = True
                     self._applied = max(self._applied, version)
                 self._cond.notify_all()
+                idle = not self._queue
+            if not in_sync or (since_release >= BURST and idle):
+                del batch, messages
+                heap.release()
+                since_release = 0
 
     def _take(self, batch: list[Change], want: bool) -> tuple[list, list[Shadowed], bool]:
         """The batch into the engine; if it raises, its changes one at a time, each one
