@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 from controller import heap
 from controller.switch import SwitchError, SwitchLink
@@ -248,13 +248,15 @@ class Reconciler:
             if self._suspect:  # after a failure: every index again, from the objects
                 self._engine.recompute()
                 self._suspect = False
-            flows, groups = self._engine.rebuild(generation)
-        count = len(flows)
-        messages = replace_generation(self._group_ids(link), flows, groups, None)
-        del flows  # the messages hold them; they go as they are sent
+            self._engine.rebuild(generation)
+            groups = self._engine.groups()
+        # Each flow is built as it is sent (Engine.iter_flows, outside the lock: only this
+        # thread changes the engine), so 20,000 of them are never alive at once; the time
+        # logged includes building them.
         start = time.monotonic()
-        link.apply(messages)
-        del messages
+        flows = _Counted(self._engine.iter_flows())
+        link.apply(replace_generation(self._group_ids(link), flows, groups, None))
+        count = flows.count
         link.apply([GenerationDelete(saved)])
         stale = []
         if self._flow_count(link) != count:
@@ -342,6 +344,19 @@ class Reconciler:
             link.dp, 0, CANARY.table_id, cookie=want, cookie_mask=0xFFFFFFFFFFFFFFFF
         )
         return bool(link.request(req))
+
+
+class _Counted:
+    """An iterator's items, counted as they pass."""
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator:
+        for item in self._items:
+            self.count += 1
+            yield item
 
 
 def _log_shadowed(s: Shadowed) -> None:

@@ -23,7 +23,7 @@ keeps a change from cascading through chains of colliding records.)
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from openflow import pipeline
@@ -158,11 +158,17 @@ class Engine:
 
     def flows(self) -> list[Flow]:
         """Every flow the engine says is installed (the objects' built now)."""
-        out = [f for unit in self._units.values() for f in unit]
+        return list(self.iter_flows())
+
+    def iter_flows(self) -> Iterator[Flow]:
+        """The same, one object's flows built at a time: a full sync sends each as it
+        comes, so its 20,000 flows are never all alive at once.  Not while the engine
+        changes (the owner's thread iterates it)."""
+        for unit in self._units.values():
+            yield from unit
         for obj, vni in self._active_as.values():
             if vni is not None:
-                out += self._object_flows(obj, vni)
-        return out
+                yield from self._object_flows(obj, vni)
 
     def local_flows(self) -> list[Flow]:
         """Every flow but those about other hosts (remote endpoints, tunnel ingress): a
@@ -225,14 +231,14 @@ class Engine:
             return [], []
         return self._settle(touched, messages)
 
-    def rebuild(self, generation: int) -> tuple[list[Flow], list[Group]]:
-        """Every flow for ``generation`` (a full sync after a (re)connect): the active
-        objects' flows with the new cookies; groups carry no generation.  The units the
-        engine holds are already those when it has that generation (the first full sync
-        of an agent, or one retried after a failed send): they are kept, not rebuilt; the
-        objects' flows are built once, here, for the caller to send."""
+    def rebuild(self, generation: int) -> None:
+        """Every flow for ``generation`` (a full sync after a (re)connect; read them with
+        ``iter_flows``): the active objects' flows with the new cookies; groups carry no
+        generation.  The units the engine holds are already those when it has that
+        generation (the first full sync of an agent, or one retried after a failed send):
+        they are kept, not rebuilt."""
         if generation == self.generation:
-            return self.flows(), self.groups()
+            return
         self.generation = generation
         gen, tun = generation, self.tunnel_ofport
         # The old generation's flows go first, so a full sync never holds two copies
@@ -242,7 +248,6 @@ class Engine:
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
                 units[("tunnel", peer, net.name)] = pipeline.tunnel_flows(peer, net, tun, gen)
-        return self.flows(), self.groups()
 
     def recompute(self) -> None:
         """Every index again from the objects alone: after a failure may have left them
