@@ -18,6 +18,7 @@ APT_PACKAGES=(
   iperf3               # TCP through the lab
   containernetworking-plugins  # reference CNI plugins (host-local IPAM) for the CNI tests
   podman runc          # a real runtime driving the plugin (tests/lab/test_runtime.py)
+  containerd           # its CRI plugin drives the plugin (lab containerd, tests/lab/test_containerd.py)
   busybox-static       # the root of that test's containers
   nftables             # that test reads the root namespace's ruleset (nft list ruleset)
   libpcap0.8           # scapy sends and sniffs through libpcap (the lab's forged-packet tests)

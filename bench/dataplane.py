@@ -108,7 +108,7 @@ def flow_counts() -> None:
         (50, 1000, 50, 5),
         (100, 5000, 100, 1),
     ]:
-        networks = tuple(NetworkSpec(f"n{i}", 5001 + i) for i in range(nets))
+        networks = tuple(NetworkSpec(f"n{i}", 5001 + i, 1 + i) for i in range(nets))
         peers = tuple(f"198.18.{1 + i // 250}.{1 + i % 250}" for i in range(hosts - 1))
         state = HostState(
             tunnel_ofport=1,

@@ -17,7 +17,7 @@ from openflow.diff import diff
 from openflow.incremental import Engine, Peer, Remove, Upsert
 from openflow.state import HostState, LocalPort, NetworkSpec, RemoteEndpoint
 
-NET = NetworkSpec("default", 5001)
+NET = NetworkSpec("default", 5001, 1)
 
 
 def _peer(i: int) -> str:

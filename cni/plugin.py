@@ -127,8 +127,10 @@ KNOWN_ARGS = {
 
 
 def parse_args(cni_args: str) -> dict:
-    """CNI_ARGS ("K=V;K=V"): a static IP= and MAC=; unknown keys are an error unless
-    IgnoreUnknown=1, as in the reference plugins."""
+    """CNI_ARGS ("K=V;K=V"): a static IP= and MAC=, and the Kubernetes pod as ``pod``
+    ("NAMESPACE/NAME", when both K8S_POD_NAMESPACE and K8S_POD_NAME are there: kubelet's
+    runtime sends them); unknown keys are an error unless IgnoreUnknown=1, as in the
+    reference plugins."""
     pairs = {}
     for item in filter(None, cni_args.split(";")):
         key, sep, value = item.partition("=")
@@ -150,6 +152,8 @@ def parse_args(cni_args: str) -> dict:
             static["mac"] = admission.check_mac(static["mac"], static.get("ip"))
     except admission.Refused as exc:
         raise CniError(exc.code, str(exc)) from None
+    if pairs.get("K8S_POD_NAMESPACE") and pairs.get("K8S_POD_NAME"):
+        static["pod"] = f"{pairs['K8S_POD_NAMESPACE']}/{pairs['K8S_POD_NAME']}"
     return static
 
 

@@ -1,6 +1,7 @@
 """The agent's admission of endpoint requests: the CNI plugin's checks again (the API socket
 has other clients), and what only the agent can see: whether CNI_NETNS is a network
-namespace, and whether a static MAC is held by another attachment of the network.
+namespace.  (Whether a static IP or MAC is held by another attachment is the store's
+answer: the claim transaction that is an ADD's first write.)
 
 Every check here runs before any side effect, so a refusal changes nothing.  Codes follow
 the CNI spec: 3 for a container (netns) that is gone, 4 for a bad environment or CNI_ARGS
@@ -67,19 +68,6 @@ def require_netns(path: str, not_a_netns_code: int = ERR_INVALID_ENV) -> None:
             "netns, e.g. /run/netns/NAME or /proc/PID/ns/net",
             code=not_a_netns_code,
         ) from None
-
-
-def held_mac_refusal(cluster, network: str, mac: str, attachment: str, host: str):
-    """The refusal of a static MAC another attachment of ``network`` holds (on any host),
-    or None.  A read: the atomic claim is made with the endpoint record (put_endpoint)."""
-    holder = cluster.mac_holder(network, mac)
-    if holder is None or holder == (attachment, host):
-        return None
-    return AttachError(
-        f"CNI_ARGS MAC={mac} is already used in network {network} by "
-        f"{cluster.describe_holder(network, *holder)}; pick another MAC or leave MAC= out",
-        code=ERR_INVALID_ENV,
-    )
 
 
 def store_unavailable(what: str, exc: KvError) -> AttachError:

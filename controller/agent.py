@@ -35,6 +35,7 @@ from ovsdb.client import IntegrationBridge, OvsdbClient, endpoint_ports
 from ovsdb.datapath import choose_datapath_type
 from ovsdb.tunnel import TunnelPort
 from store import open_cluster
+from store.cluster import pod_name
 
 LOG = logging.getLogger(__name__)
 
@@ -63,11 +64,13 @@ class Agent:
         self._local: dict[str, Object] = {}  # what was last submitted from OVSDB, by key
         self._tunnel_ofport = 0
         self._gateway: hoststate.GatewayPort | None = None
+        self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
+        self.underlay_mtu = self._underlay_mtu()
         self.cluster = open_cluster(cfg.store)
         self.ovsdb = OvsdbClient(cfg.ovsdb_sock)
         choice = choose_datapath_type(cfg.datapath_type)
@@ -83,7 +86,9 @@ class Agent:
             canary_interval=cfg.canary_interval,
         )
         self.reconciler.start()
-        self.cache = ClusterCache(self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote)
+        self.cache = ClusterCache(
+            self.cluster, cfg.host, cfg.tunnel_ip, self._submit_remote, self._store_back
+        )
         self.endpoints = EndpointManager(
             cfg.host,
             cfg.bridge,
@@ -242,6 +247,7 @@ class Agent:
                     ip=ep.ip,
                     container_id=ep.container_id,
                     ifname=ep.ifname,
+                    pod=ep.pod,
                 )
                 count += 1
             except ValueError as exc:  # e.g. its network was deleted meanwhile
@@ -311,8 +317,32 @@ class Agent:
 
     # -- networks: MTU and the host gateway ----------------------------------------
 
+    def _store_back(self) -> None:
+        """What failed requests left in the store while it was away goes now, not at the
+        next request (which may never come)."""
+        try:
+            self.endpoints.finish_store_cleanup()
+        except Exception:  # the next request tries again; this thread is not vital
+            LOG.exception("releasing what failed requests left in the store")
+
+    def _underlay_mtu(self) -> int:
+        """The configured underlay MTU, else the MTU of the link holding the tunnel IP: a
+        9000-byte underlay gives 8950-byte pods over VXLAN, and no MTU is assumed."""
+        cfg = self.config
+        if cfg.underlay_mtu:
+            return cfg.underlay_mtu
+        mtu = underlay.mtu_of(cfg.tunnel_ip)
+        if mtu is None:
+            raise RuntimeError(
+                f"tunnel_ip {cfg.tunnel_ip} is on no interface of this host, so the underlay "
+                "MTU is unknown; put the address on the underlay interface (or br-phy) before "
+                "starting the agent, or set [agent] underlay_mtu"
+            )
+        LOG.info("underlay MTU %d (the link holding %s)", mtu, cfg.tunnel_ip)
+        return mtu
+
     def _mtu_for(self, network) -> int:
-        mtu = self.config.underlay_mtu - self.tunnel.overhead
+        mtu = self.underlay_mtu - self.tunnel.overhead
         return min(mtu, network.mtu) if getattr(network, "mtu", None) else mtu
 
     def _gateway_for(self, network) -> str | None:
@@ -406,10 +436,11 @@ class Agent:
         ip: str | None = None,
         mac: str | None = None,
         mtu: int | None = None,
+        pod: str | None = None,
     ) -> dict:
         try:
             return self.endpoints.attach(
-                AttachRequest(network, container_id, ifname, netns, ip, mac, mtu)
+                AttachRequest(network, container_id, ifname, netns, ip, mac, mtu, pod_name(pod))
             ).to_json()
         except AttachError as exc:
             raise ApiError(str(exc), exc.code) from None

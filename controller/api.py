@@ -57,6 +57,11 @@ class _Handler(socketserver.StreamRequestHandler):
             except Exception as exc:
                 LOG.exception("api %s failed", op)
                 answer = {"ok": False, "code": 11, "error": f"{op} failed in the agent: {exc}"}
+            if not answer["ok"]:  # the runtime sees it; the agent's log must too
+                who = "/".join(str(request.get(k)) for k in ("container_id", "ifname"))
+                LOG.warning(
+                    "%s of %s refused (CNI error %d): %s", op, who, answer["code"], answer["error"]
+                )
         self.wfile.write(json.dumps(answer).encode())
 
 

@@ -37,6 +37,7 @@ from store.cluster import (
     Host,
     Network,
     RecordError,
+    StoreError,
     decode_endpoint,
     decode_host,
     decode_network,
@@ -64,8 +65,8 @@ class _Remote:
 class ClusterCache:
     """Hosts, networks and endpoints of the cluster as this host's agent needs them.
 
-    ``submit`` takes engine changes (the reconciler's); ``spawn(target, name)`` starts a
-    thread the agent cannot do without (one per watched prefix)."""
+    ``submit`` takes engine changes (the reconciler's); ``on_store_back`` runs (on a thread
+    of its own) when the store answers again after an outage."""
 
     def __init__(
         self,
@@ -73,8 +74,10 @@ class ClusterCache:
         me: str,
         my_tunnel_ip: str,
         submit: Callable[[Sequence[Change]], int],
+        on_store_back: Callable[[], None] | None = None,
     ):
         self._cluster = cluster
+        self._on_store_back = on_store_back
         self._me = me
         self._my_ip = my_tunnel_ip
         self._submit = submit
@@ -89,6 +92,8 @@ class ClusterCache:
         self._lost: dict[str, str] = {}  # host -> the tunnel IP it lost (logged)
         self._orphans: dict[str, int] = {}  # endpoint naming no network -> revision logged
         self._outage_logged = False
+        self._unindexed: dict[str, int] = {}  # network without an index -> revision logged
+        self._to_index: set[str] = set()  # networks to give an index (assign_network_index)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -112,6 +117,7 @@ class ClusterCache:
             kvs, revisions[prefix] = self._cluster.kv.range(prefix)
             changes += self._replace(prefix, kvs)
         self._submit(changes)
+        self._index_networks()
         return revisions
 
     def watch(self, prefix: str, revision: int, stop: threading.Event) -> None:
@@ -123,6 +129,7 @@ class ClusterCache:
                 for batch in self._cluster.watch_changes(prefix, stop, revision):
                     revision = max(revision, batch[-1].revision)
                     self._submit_if_any(self._apply_events(batch))
+                    self._index_networks()
                     self._store_back()
                     backoff = 0.0
                 if stop.is_set():
@@ -158,6 +165,10 @@ class ClusterCache:
                 continue
             self._submit_if_any(self._replace(prefix, kvs))
             self._store_back()
+            try:
+                self._index_networks()
+            except KvError as exc:  # the next event or re-list tries again
+                self._store_away(prefix, exc)
             return revision
         return 0
 
@@ -176,6 +187,8 @@ class ClusterCache:
             was, self._outage_logged = self._outage_logged, False
         if was:
             LOG.warning("the cluster state is reachable again")
+            if self._on_store_back is not None:
+                threading.Thread(target=self._on_store_back, name="store-back", daemon=True).start()
 
     def _submit_if_any(self, changes: list[Change]) -> None:
         if changes:
@@ -240,9 +253,33 @@ class ClusterCache:
     def _set_network(self, name: str, net: Network | None, kv: KeyValue | None) -> list[Change]:
         key = f"networks/{name}"
         if net is None:
+            self._unindexed.pop(name, None)
             return [Remove(key)] if self._networks.pop(name, None) is not None else []
+        if net.index is None:
+            # From before network indexes: no flows until it has one (the pipeline keeps
+            # the index in a register).  This agent gives it one after this batch.
+            # Not a bad record (an upgrade), so said once at INFO, by the network's name.
+            if self._unindexed.get(name) != kv.mod_revision:
+                LOG.info("network %s has no index yet (made before indexes); assigning one", name)
+                self._unindexed[name] = kv.mod_revision
+            self._to_index.add(name)
+            return [Remove(key)] if self._networks.pop(name, None) is not None else []
+        self._unindexed.pop(name, None)
         self._networks[name] = net
-        return [Upsert(key, NetworkSpec(net.name, net.vni), (kv.create_revision,))]
+        return [Upsert(key, NetworkSpec(net.name, net.vni, net.index), (kv.create_revision,))]
+
+    def _index_networks(self) -> None:
+        """Give the networks seen without an index one (store.cluster.assign_network_index,
+        a compare-and-swap any agent may race); the record's watch event then brings the
+        network's flows.  A KvError goes to the caller, whose retry lists the networks
+        again and so finds them again."""
+        with self._lock:
+            names, self._to_index = self._to_index, set()
+        for name in sorted(names):
+            try:
+                self._cluster.assign_network_index(name)
+            except StoreError as exc:
+                LOG.warning("network %s has no index and gets none: %s", name, exc)
 
     def _set_host(self, name: str, host: Host | None, kv: KeyValue | None) -> list[Change]:
         if name == self._me:

@@ -22,7 +22,8 @@ OPTS = [
     cfg.StrOpt(
         "store",
         default="sqlite:////var/lib/ovs-overlay/cluster.db",
-        help="cluster state: sqlite:///PATH",
+        help="cluster state: sqlite:///PATH (one machine) or "
+        "etcd://HOST:PORT[,HOST:PORT...][?cacert=&cert=&key=&timeout=]",
     ),
     cfg.StrOpt("ovsdb_sock", default="/var/run/openvswitch/db.sock", help="ovsdb-server socket"),
     cfg.StrOpt("bridge", default="br-int", help="the integration bridge"),
@@ -33,7 +34,13 @@ OPTS = [
         help="force the datapath type (default: system if the kernel module is loaded)",
     ),
     cfg.StrOpt("socket", default="/run/ovs-overlay/agent.sock", help="the CNI server's socket"),
-    cfg.IntOpt("underlay_mtu", default=1500, help="MTU of the underlay network"),
+    cfg.IntOpt(
+        "underlay_mtu",
+        min=576,
+        max=65535,
+        help="MTU of the underlay network (unset: the MTU of the interface holding tunnel_ip, "
+        "read at start; pods get it minus the tunnel's overhead)",
+    ),
     cfg.StrOpt(
         "underlay_cidr",
         help="the underlay network (e.g. 198.18.0.0/16); with the userspace datapath the "
@@ -62,7 +69,7 @@ class AgentConfig:
     tunnel_type: str
     datapath_type: str | None
     socket: str
-    underlay_mtu: int
+    underlay_mtu: int | None
     underlay_cidr: str | None
     underlay_bridge: str
     host_ttl: int

@@ -30,7 +30,6 @@ from controller.admission import (
     AttachError,
     AttachmentLocks,
     admit,
-    held_mac_refusal,
     require_netns,
     store_unavailable,
 )
@@ -51,6 +50,7 @@ class AttachRequest:
     ip: str | None = None  # static, from CNI_ARGS
     mac: str | None = None
     mtu: int | None = None
+    pod: str | None = None  # "NAMESPACE/NAME", from K8S_POD_NAMESPACE/K8S_POD_NAME
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,18 @@ class _Steps:
         return f"{total:.0f} ms ({', '.join(self._ms)})"
 
 
+def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
+    """The refusal of an address or MAC another attachment holds, in the request's terms."""
+    if exc.kind == "MAC" and req.mac is not None:
+        return (
+            f"CNI_ARGS MAC={req.mac} is already used in network {req.network} by "
+            f"{exc.holder}; pick another MAC or leave MAC= out"
+        )
+    if exc.kind == "MAC":
+        return f"the MAC derived from the address: {exc}"
+    return f"CNI_ARGS IP={req.ip}: {exc}"
+
+
 def _has_default_route(ipr: IPRoute) -> bool:
     return any(r.get("dst_len") == 0 for r in ipr.get_routes(family=socket.AF_INET))
 
@@ -137,7 +149,7 @@ class EndpointManager:
         ip, mac = admit("ADD", req.container_id, req.ifname, req.netns, req.ip, req.mac, req.mtu)
         req = replace(req, ip=ip, mac=mac)
         attachment_id = f"{req.container_id}/{req.ifname}"
-        self._finish_store_cleanup()
+        self.finish_store_cleanup(f"ADD of {attachment_id}")
         with self.locks.hold(attachment_id):
             self._forget_unfinished(req.network, attachment_id)  # ADD retried: its own now
             try:
@@ -145,10 +157,13 @@ class EndpointManager:
             except KvError as exc:  # rolled back already, as far as the store let us
                 raise store_unavailable(f"ADD of {attachment_id}", exc) from None
 
-    def _finish_store_cleanup(self) -> None:
+    def finish_store_cleanup(self, request: str | None = None) -> None:
         """Remove the store records that failed requests left while the store was away
         (their address, endpoint record and MAC), each under its attachment's lock and
-        only if it was not attached since.  Nothing to do in the common case."""
+        only if it was not attached since.  Nothing to do in the common case.  Called by
+        each request (``request`` names it: if the store is still away, it fails now with
+        code 11 rather than wait for the store a second time) and when the cluster cache
+        finds the store back (no request: it just stops)."""
         with self._unfinished_lock:
             pending = sorted(self._unfinished, key=lambda u: (u[0], u[1], u[2] or ""))
         for network, attachment, mac in pending:
@@ -161,8 +176,10 @@ class EndpointManager:
                     continue
                 try:
                     self._release_store(network, attachment, mac)
-                except KvError:
-                    return  # still away: the next request tries again
+                except KvError as exc:  # still away: the next request tries again
+                    if request is None:
+                        return
+                    raise store_unavailable(request, exc) from None
                 self._unfinished.discard((network, attachment, mac))
                 LOG.info("released the store records %s left while the store was away", attachment)
 
@@ -184,12 +201,6 @@ class EndpointManager:
                 f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
                 f"use {mtu} or less"
             )
-        if req.mac is not None:
-            # The claim itself is atomic, with the endpoint record (put_endpoint); this read
-            # refuses the common case before any side effect.
-            refusal = held_mac_refusal(self.cluster, req.network, req.mac, attachment_id, self.host)
-            if refusal is not None:
-                raise refusal
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
@@ -198,20 +209,33 @@ class EndpointManager:
         steps = _Steps()
         claimed_mac: str | None = None
         try:
-            if req.ip is not None:
-                try:
-                    ip = self.cluster.reserve_ip(req.network, req.ip, attachment_id, network)
-                except StoreError as exc:
-                    raise AttachError(
-                        f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV
-                    ) from None
-            else:
-                try:
-                    ip = self.cluster.allocate_ip(req.network, self.host, attachment_id, network)
-                except AddressExhaustedError as exc:
-                    # Not the runtime's fault and not permanent: deleting pods frees addresses.
-                    raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
-            undo.append(("release IP", lambda: self.cluster.release_ip(req.network, attachment_id)))
+            try:  # the address and the MAC at once, before anything carries either
+                claim = self.cluster.claim_address(
+                    req.network,
+                    self.host,
+                    attachment_id,
+                    ip=req.ip,
+                    mac=req.mac,
+                    derive_mac=mac_for,
+                    known=network,
+                )
+            except AddressExhaustedError as exc:
+                # Not the runtime's fault and not permanent: deleting pods frees addresses.
+                raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
+            except AddressInUseError as exc:
+                raise AttachError(_in_use(req, exc), code=ERR_INVALID_ENV) from None
+            except KvError:  # its outcome may be unknown: if it landed, release it later
+                self._unfinished.add((req.network, attachment_id, req.mac))
+                raise
+            except StoreError as exc:  # a static IP outside the network
+                raise AttachError(f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV) from None
+            claimed_mac = claim.mac
+            undo.append(
+                (
+                    "release IP and MAC",
+                    lambda: self._release_store(req.network, attachment_id, claim.mac),
+                )
+            )
             att = Attachment(
                 network=req.network,
                 container_id=req.container_id,
@@ -219,25 +243,11 @@ class EndpointManager:
                 netns=req.netns,
                 host_port=host_port_name(req.container_id, req.ifname),
                 host_mac="",
-                mac=req.mac.lower() if req.mac else mac_for(ip),
-                ip=ip,
+                mac=claim.mac,
+                ip=claim.ip,
                 prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
                 gateway=self.gateway_for(network),
                 mtu=req.mtu or mtu,
-            )
-            try:  # before the port exists: a host losing a race never shows the MAC
-                self.cluster.claim_mac(req.network, att.mac, attachment_id, self.host)
-            except AddressInUseError as exc:
-                where = "CNI_ARGS MAC" if req.mac else "the MAC derived from the address"
-                raise AttachError(f"{where}: {exc}", code=ERR_INVALID_ENV) from None
-            claimed_mac = att.mac
-            undo.append(
-                (
-                    "release MAC",
-                    lambda: self.cluster.release_mac(
-                        req.network, att.mac, attachment_id, self.host
-                    ),
-                )
             )
             steps.done("ipam")  # the address and the MAC
             # Undone from before it begins, so a step failing after `link add` (address,
@@ -257,6 +267,7 @@ class EndpointManager:
                     req.ifname,
                     att.mac,
                     att.ip,
+                    req.pod,
                 ),
             )
             steps.done("port")
@@ -271,6 +282,8 @@ class EndpointManager:
                     container_id=req.container_id,
                     ifname=req.ifname,
                     known=network,
+                    claimed=claim.revision,
+                    pod=req.pod,
                 )
             except AddressInUseError as exc:  # the claim was taken from us (another writer)
                 raise AttachError(str(exc), code=ERR_INVALID_ENV) from None
@@ -300,7 +313,7 @@ class EndpointManager:
         """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
         no name is refused: an attachment made before a rule existed must still go."""
         attachment_id = f"{container_id}/{ifname}"
-        self._finish_store_cleanup()
+        self.finish_store_cleanup(f"DEL of {attachment_id}")
         with self.locks.hold(attachment_id):
             steps = _Steps()
             try:
@@ -350,10 +363,9 @@ class EndpointManager:
         (with the MAC claim it keeps), its address, and the claims of ``mac`` and of the
         MAC derived from the address, which an interrupted ADD may have left alone.  Each
         part already gone is fine."""
-        self.cluster.delete_endpoint(network, self.host, attachment)
-        ip = self.cluster.release_ip(network, attachment)
-        for claimed in {mac, mac_for(ip) if ip else None} - {None}:
-            self.cluster.release_mac(network, claimed, attachment, self.host)
+        self.cluster.release_attachment(
+            network, self.host, attachment, [mac] if mac else [], derive_mac=mac_for
+        )
 
     def check(
         self,
@@ -501,6 +513,7 @@ class EndpointManager:
                 ip=ep.ip,
                 container_id=ep.container_id,
                 ifname=ep.ifname,
+                pod=ep.pod,
             )
         except AddressInUseError as exc:
             LOG.error(

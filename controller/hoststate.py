@@ -42,9 +42,10 @@ def build_host_state(
     local_ports: Iterable[AttachedEndpoint],
     gateways: Iterable[GatewayPort] = (),
 ) -> HostState:
-    """``networks``, ``hosts``, ``endpoints`` are the cluster state's records (name/vni,
+    """``networks``, ``hosts``, ``endpoints`` are the cluster state's records (name/vni/index,
+    a network without an index left out,
     name/tunnel_ip, network/host/mac/ip); ``local_ports`` come from OVSDB."""
-    nets = {n.name: NetworkSpec(n.name, n.vni) for n in networks}
+    nets = {n.name: NetworkSpec(n.name, n.vni, n.index) for n in networks if n.index is not None}
     peer_ip = {h.name: h.tunnel_ip for h in hosts if h.name != me}
     local = tuple(
         sorted(

@@ -27,7 +27,7 @@ from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
 from openflow.diff import GenerationDelete, replace_generation
 from openflow.incremental import Change, Engine, Shadowed
-from openflow.model import Output
+from openflow.model import Output, SetField
 from openflow.tables import CANARY, table_names
 
 LOG = logging.getLogger(__name__)
@@ -343,10 +343,19 @@ class Reconciler:
             if any(m.name == "in_port" and m.value == ofport for m in f.match)
         )
         want_out = Counter(f.table.table_id for f in flows if Output(ofport) in f.actions)
+        # The forwarding decision for the port sets reg1 (the output stage outputs it, for
+        # every port alike): found on the switch by the destination MAC it matches.
+        deciding = [f for f in flows if SetField("reg1", ofport) in f.actions]
+        want_dst = Counter(f.table.table_id for f in deciding)
+        macs = {m.value for f in deciding for m in f.match if m.name == "eth_dst"}
         have_in = on_switch(match=parser.OFPMatch(in_port=ofport))
         have_out = on_switch(out_port=ofport)
+        have_dst = Counter()
+        for mac in macs:
+            have_dst += on_switch(match=parser.OFPMatch(eth_dst=mac))
         short = {t for t, n in want_in.items() if have_in[t] < n}
         short |= {t for t, n in want_out.items() if have_out[t] < n}
+        short |= {t for t, n in want_dst.items() if have_dst[t] < n}
         names = table_names()
         return sorted(names[t] for t in short)
 

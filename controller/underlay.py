@@ -65,6 +65,16 @@ def solicit(local_ip: str, peers: Iterable[str]) -> bool:
     return True
 
 
+def mtu_of(ip: str) -> int | None:
+    """The MTU of the interface holding ``ip`` in this namespace (the NIC, or br-phy with
+    the userspace datapath), or None when no interface holds it."""
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            if addr.get("IFA_ADDRESS") == ip:
+                return ipr.get_links(addr["index"])[0].get("IFLA_MTU")
+    return None
+
+
 class UnixctlError(RuntimeError):
     """ovs-vswitchd's unixctl socket refused or failed a command."""
 

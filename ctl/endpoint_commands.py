@@ -26,9 +26,10 @@ def cmd_list(args) -> int:
             "attachment": e.attachment,
             "ip": e.ip,
             "mac": e.mac,
+            "pod": e.pod,
         }
         for e in endpoints
         if args.host is None or e.host == args.host
     ]
-    emit(args, ("network", "host", "attachment", "ip", "mac"), rows)
+    emit(args, ("network", "host", "attachment", "ip", "mac", "pod"), rows)
     return 0

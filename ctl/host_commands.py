@@ -17,7 +17,10 @@ def add_parser(subparsers) -> None:
     add_store_options(p)
     sub = p.add_subparsers(dest="host_command", required=True)
 
-    ls = sub.add_parser("list", help="hosts, alive or not, with tunnel IP and endpoint count")
+    ls = sub.add_parser(
+        "list",
+        help="hosts, alive or not, with tunnel IP, lease time left, endpoint and block counts",
+    )
     ls.set_defaults(func=cmd_list)
 
     remove = sub.add_parser(
@@ -38,13 +41,20 @@ def cmd_list(args) -> int:
             "name": h.name,
             "alive": h.alive,
             "tunnel_ip": h.tunnel_ip,
+            "lease_left": h.lease_left,  # seconds; JSON keeps the number
             "endpoints": h.endpoints,
             "blocks": h.blocks,
         }
         for h in hosts
     ]
-    emit(args, ("name", "alive", "tunnel_ip", "endpoints", "blocks"), rows)
+    if args.output != "json":
+        rows = [{**r, "lease_left": _seconds(r["lease_left"])} for r in rows]
+    emit(args, ("name", "alive", "tunnel_ip", "lease_left", "endpoints", "blocks"), rows)
     return 0
+
+
+def _seconds(value: int | None) -> str | None:
+    return None if value is None else f"{value}s"
 
 
 def cmd_remove(args) -> int:

@@ -7,7 +7,7 @@ import itertools
 import signal
 import sys
 
-from lab import lab, naming, pods, running
+from lab import containerd, lab, naming, pods, running
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +36,13 @@ def add_parser(subparsers) -> None:
         type=int,
         default=lab.DEFAULT_HOST_TTL,
         help="seconds a host stays in the store after its agent dies (default: %(default)s)",
+    )
+    up.add_argument(
+        "--underlay-mtu",
+        type=int,
+        default=naming.UNDERLAY_MTU,
+        help="MTU of every underlay link; pods get it minus the tunnel overhead "
+        "(default: %(default)s)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -84,6 +91,15 @@ def add_parser(subparsers) -> None:
     etcd.add_argument("members", nargs="+", metavar="etcd<k>")
     etcd.set_defaults(func=cmd_etcd)
 
+    ctrd = sub.add_parser(
+        "containerd",
+        help="containerd with its CRI plugin on a lab host (private root, state, socket)",
+    )
+    ctrd.add_argument("action", choices=containerd.ACTIONS)
+    ctrd.add_argument("--lab", required=True)
+    ctrd.add_argument("host")
+    ctrd.set_defaults(func=cmd_containerd)
+
     pod = sub.add_parser("pod", help="lab pods: a namespace attached through the host's agent")
     pod_sub = pod.add_subparsers(dest="pod_command", required=True)
     pod_add = pod_sub.add_parser("add", help="create a pod and attach it; prints its IP")
@@ -115,6 +131,7 @@ def cmd_up(args) -> int:
             store=args.store,
             etcd_members=args.etcd_members,
             host_ttl=args.host_ttl,
+            underlay_mtu=args.underlay_mtu,
         )
     )
     return 0
@@ -133,6 +150,16 @@ def cmd_etcd(args) -> int:
     except KeyError:
         raise ValueError(f"signal {args.signal!r} is unknown; use e.g. KILL or TERM") from None
     running.etcd_control(args.lab, args.members, args.action, sig, args.state_dir, not args.no_wait)
+    return 0
+
+
+def cmd_containerd(args) -> int:
+    containerd.control(args.lab, args.host, args.action, args.state_dir)
+    if args.action != "stop":
+        paths = containerd.ContainerdPaths.of_host(
+            lab.LabPaths(args.state_dir, args.lab).host(args.host)
+        )
+        print(f"containerd of {args.host}: socket {paths.socket}, log {paths.log}")
     return 0
 
 

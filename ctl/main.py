@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ctl import cni_install, endpoint_commands, host_commands, lab_commands, network_commands
+from lab.containerd import ContainerdError
 from lab.etcd_members import EtcdLabError
 from lab.lab import LabError
 from ovsdb.client import OvsdbUnavailable
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         LabError,
         EtcdLabError,
+        ContainerdError,
         ValueError,
         KvError,
         OvsdbUnavailable,

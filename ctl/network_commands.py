@@ -40,10 +40,17 @@ def cmd_list(args) -> int:
     with open_store(args) as cluster:
         networks = cluster.list_networks()
     rows = [
-        {"name": n.name, "vni": n.vni, "cidr": n.cidr, "mtu": n.mtu, "gateway": n.gateway}
+        {
+            "name": n.name,
+            "vni": n.vni,
+            "index": n.index,
+            "cidr": n.cidr,
+            "mtu": n.mtu,
+            "gateway": n.gateway,
+        }
         for n in networks
     ]
-    emit(args, ("name", "vni", "cidr", "mtu", "gateway"), rows)
+    emit(args, ("name", "vni", "index", "cidr", "mtu", "gateway"), rows)
     return 0
 
 

@@ -92,14 +92,14 @@ def add_operator_address(lab: str) -> None:
     )
 
 
-def build_member_namespace(lab: str, index: int) -> None:
+def build_member_namespace(lab: str, index: int, underlay_mtu: int = naming.UNDERLAY_MTU) -> None:
     """``L-etcd<k>``: eth0 at 198.18.1.<k>/16, its peer ``etcd<k>`` on the underlay bridge."""
     ns = naming.etcd_namespace(lab, index)
     underlay = naming.underlay_namespace(lab)
     port = naming.etcd_member_name(index)
     netns.create_namespace(ns)
     netns.create_uplink(
-        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU
+        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, underlay_mtu
     )
     netns.add_address(ns, naming.HOST_UPLINK, naming.etcd_ip(index), naming.underlay_prefixlen())
 

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctl import cni_install
-from lab import agent_proc, naming, netns, ovs_host
+from lab import agent_proc, containerd, naming, netns, ovs_host
 from lab import etcd_members as etcd
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
@@ -128,13 +128,15 @@ def up(
     store: str = "sqlite",
     etcd_members: int | None = None,
     host_ttl: int = DEFAULT_HOST_TTL,
+    underlay_mtu: int = naming.UNDERLAY_MTU,
 ) -> LabStatus:
     """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made.
 
     ``agents=False`` leaves out the agents (and the cluster state): hosts with
     bare OVS, for testing the OVSDB layer on its own.  ``store="etcd"`` runs
     ``etcd_members`` etcd members and waits until they are healthy before any agent
-    starts (default 1); ``host_ttl`` is the agents' ``host_ttl`` (seconds).
+    starts (default 1); ``host_ttl`` is the agents' ``host_ttl`` (seconds);
+    ``underlay_mtu`` is every underlay link's MTU (the agents read it from br-phy).
     """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
@@ -148,6 +150,7 @@ def up(
     etcd_members = naming.validate_etcd_members(1 if etcd_members is None else etcd_members)
     if isinstance(host_ttl, bool) or not isinstance(host_ttl, int) or host_ttl < 1:
         raise ValueError(f"host TTL {host_ttl!r} is not a whole number of seconds >= 1")
+    naming.validate_underlay_mtu(underlay_mtu)
     paths = LabPaths(state_root, name)
     taken = _lab_namespaces(name)
     if taken:
@@ -179,6 +182,7 @@ def up(
                 "tunnel_type": tunnel_type,
                 "store": store_record,
                 "host_ttl": host_ttl,
+                "underlay_mtu": underlay_mtu,
             },
         )
         underlay = naming.underlay_namespace(name)
@@ -189,10 +193,10 @@ def up(
             # The members start first and elect a leader while the hosts are built.
             etcd.add_operator_address(name)
             for k in range(1, etcd_members + 1):
-                etcd.build_member_namespace(name, k)
+                etcd.build_member_namespace(name, k, underlay_mtu)
                 etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
         for index in range(1, hosts + 1):
-            build_host(paths, index, tunnel_type)
+            build_host(paths, index, tunnel_type, underlay_mtu)
         if etcd_procs:
             etcd.wait_healthy(name, paths.root, list(etcd_procs), etcd_procs)
         if agents:
@@ -222,7 +226,9 @@ def read_manifest(paths: LabPaths) -> dict:
         return {}
 
 
-def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
+def build_host(
+    paths: LabPaths, index: int, tunnel_type: str, underlay_mtu: int = naming.UNDERLAY_MTU
+) -> None:
     host = naming.host_name(index)
     ns = naming.host_namespace(paths.name, host)
     underlay = naming.underlay_namespace(paths.name)
@@ -230,7 +236,7 @@ def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
 
     netns.create_namespace(ns)
     netns.create_uplink(
-        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, naming.UNDERLAY_MTU
+        underlay, port, naming.UNDERLAY_BRIDGE, ns, naming.HOST_UPLINK, underlay_mtu
     )
     # eth0 belongs to br-phy, but the host kernel still sees its frames: without this it
     # answers ARP for br-phy's address with eth0's MAC, and a sender that believes it
@@ -254,11 +260,11 @@ def build_host(paths: LabPaths, index: int, tunnel_type: str) -> None:
             )
         )
         client.ensure_tunnel_port(naming.INTEGRATION_BRIDGE, TunnelPort(tunnel_type=tunnel_type))
-    _configure_underlay_ip(ns, index)
+    _configure_underlay_ip(ns, index, underlay_mtu)
 
 
-def _configure_underlay_ip(ns: str, index: int) -> None:
-    netns.set_up(ns, naming.PHYS_BRIDGE, mtu=naming.UNDERLAY_MTU)
+def _configure_underlay_ip(ns: str, index: int, underlay_mtu: int) -> None:
+    netns.set_up(ns, naming.PHYS_BRIDGE, mtu=underlay_mtu)
     netns.add_address(
         ns, naming.PHYS_BRIDGE, naming.underlay_ip(index), naming.underlay_prefixlen()
     )
@@ -381,9 +387,15 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
             if pid is not None:
                 removed.append(f"process etcd pid {pid} ({member})")
     hosts_dir = os.path.join(paths.root, "hosts")
+    made_dirs: set[str] = set()
     if os.path.isdir(hosts_dir):
         for host in sorted(os.listdir(hosts_dir)):
             host_paths = paths.host(host)
+            # containerd and its pods first: their CNI DELs (if any) need the agent.
+            made_dirs.update(
+                containerd.read_made_dirs(containerd.ContainerdPaths.of_host(host_paths))
+            )
+            removed += [f"{line} ({host})" for line in containerd.remove(host_paths)]
             pid = agent_proc.stop(host_paths)
             if pid is not None:
                 removed.append(f"process ovs-overlay-agent pid {pid} ({host})")
@@ -408,6 +420,7 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     if os.path.isdir(paths.root):
         shutil.rmtree(paths.root)
         removed.append(f"state {paths.root}")
+    removed += containerd.remove_made_dirs(made_dirs)
     return removed
 
 

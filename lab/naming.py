@@ -84,6 +84,20 @@ def validate_etcd_members(count: int) -> int:
     return count
 
 
+MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
+
+
+def validate_underlay_mtu(mtu: int) -> int:
+    if isinstance(mtu, bool) or not isinstance(mtu, int):
+        raise ValueError(f"underlay MTU {mtu!r} is not a whole number")
+    if not MIN_UNDERLAY_MTU <= mtu <= MAX_UNDERLAY_MTU:
+        raise ValueError(
+            f"underlay MTU {mtu} is outside {MIN_UNDERLAY_MTU}..{MAX_UNDERLAY_MTU}; "
+            "pick e.g. 1500 or 9000"
+        )
+    return mtu
+
+
 def etcd_member_name(index: int) -> str:
     return f"etcd{index}"
 

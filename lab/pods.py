@@ -88,10 +88,15 @@ def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STAT
 
 
 def _exec_plugin(paths: LabPaths, host: str, command: str, network: str, ns: str) -> dict | None:
-    """Run the installed plugin as a runtime would; its CNI error becomes a LabError."""
+    """Run the installed plugin as a runtime would; its CNI error becomes a LabError naming
+    the error's code (11 is "try again later": a runtime would retry)."""
     rc, out = cni_exec(paths, host, command, ns, network=network)
     if rc != 0:
-        raise LabError(f"CNI {command} of pod {ns} failed: {out['msg'] if out else 'no output'}")
+        if not out:
+            raise LabError(f"CNI {command} of pod {ns} failed with no output (exit {rc})")
+        raise LabError(
+            f"CNI {command} of pod {ns} failed (CNI error {out.get('code')}): {out.get('msg')}"
+        )
     return out
 
 

@@ -49,7 +49,12 @@ def host_add(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> HostStat
         for i in range(1, index)
     )
     try:
-        build_host(paths, index, manifest.get("tunnel_type", "vxlan"))
+        build_host(
+            paths,
+            index,
+            manifest.get("tunnel_type", "vxlan"),
+            manifest.get("underlay_mtu", naming.UNDERLAY_MTU),
+        )
         if agents:
             agent_proc.wait_ready(paths.host(host), start_agent(paths, index))
     except BaseException:

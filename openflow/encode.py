@@ -3,7 +3,8 @@
 A full sync sends every flow (20,000 at 500 peers and 10,000 remote endpoints); os-ken
 builds each flow mod from match-field, action and instruction objects and spent ~200 µs
 a flow on it, most of a restart's time.  This encodes the few match fields and actions
-the pipeline uses straight with ``struct``.  tests/unit/test_encode.py holds its bytes
+the pipeline uses straight with ``struct`` (the Nicira extension actions in the layout
+OVS's nx-match and ofp-actions define).  tests/unit/test_encode.py holds its bytes
 equal to os-ken's for every flow the pipeline builds, so os-ken stays the reference.
 """
 
@@ -13,7 +14,22 @@ import functools
 import ipaddress
 import struct
 
-from openflow.model import Flow, GroupAction, MatchField, Move, Output, SetField
+from openflow.model import (
+    REGISTERS,
+    Conjunction,
+    Ct,
+    DecTtl,
+    Flow,
+    GroupAction,
+    Load,
+    MatchField,
+    Move,
+    Nat,
+    Output,
+    OutputReg,
+    Resubmit,
+    SetField,
+)
 
 OFP_VERSION = 4
 OFPT_FLOW_MOD = 14
@@ -25,8 +41,18 @@ OFPCML_MAX = 0xFFE5
 OFPMT_OXM = 1
 OFPIT_GOTO_TABLE, OFPIT_WRITE_METADATA, OFPIT_APPLY_ACTIONS = 1, 2, 4
 OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 22, 25, 0xFFFF
+OFPAT_DEC_NW_TTL = 24
 NX_EXPERIMENTER_ID = 0x00002320
 NXAST_REG_MOVE = 6
+NXAST_RESUBMIT_TABLE, NXAST_OUTPUT_REG = 14, 15
+NXAST_REG_LOAD2, NXAST_CONJUNCTION, NXAST_CT, NXAST_NAT = 33, 34, 35, 36
+OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port: "the packet's own"
+NX_CT_F_COMMIT = 1
+NX_CT_RECIRC_NONE = 0xFF
+NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2
+NX_NAT_RANGE_IPV4_MIN, NX_NAT_RANGE_IPV4_MAX = 1, 2
+NX_NAT_RANGE_PROTO_MIN, NX_NAT_RANGE_PROTO_MAX = 16, 32
+OUTPUT_REG_MAX_LEN = 0xFFFF  # what ovs-ofctl writes for output:reg
 
 # name -> (OXM class, field, bytes, kind); the classes are OpenFlow basic (0x8000) and
 # Nicira's NXM_1 (0x0001) for the tunnel addresses.
@@ -47,6 +73,16 @@ _FIELDS = {
     "tunnel_id": (0x8000, 38, 8, "int"),
     "tun_ipv4_src": (0x0001, 31, 4, "ip"),
     "tun_ipv4_dst": (0x0001, 32, 4, "ip"),
+    "tcp_src": (0x8000, 13, 2, "int"),
+    "tcp_dst": (0x8000, 14, 2, "int"),
+    "udp_src": (0x8000, 15, 2, "int"),
+    "udp_dst": (0x8000, 16, 2, "int"),
+    "icmpv4_type": (0x8000, 19, 1, "int"),
+    **{reg: (0x0001, i, 4, "int") for i, reg in enumerate(REGISTERS)},
+    "conj_id": (0x0001, 37, 4, "int"),
+    "ct_state": (0x0001, 105, 4, "int"),
+    "ct_zone": (0x0001, 106, 2, "int"),
+    "ct_mark": (0x0001, 107, 4, "int"),
 }
 
 
@@ -94,6 +130,39 @@ def _match(fields: tuple[MatchField, ...]) -> bytes:
     return _pad8(struct.pack("!HH", OFPMT_OXM, 4 + len(oxms)) + oxms)
 
 
+def _nx(subtype: int, body: bytes) -> bytes:
+    """A Nicira experimenter action: header, subtype and body, padded to 8 bytes."""
+    data = struct.pack("!H", subtype) + body
+    length = 8 + len(data) + (-(8 + len(data)) % 8)
+    return _pad8(struct.pack("!HHI", OFPAT_EXPERIMENTER, length, NX_EXPERIMENTER_ID) + data)
+
+
+def _nat(nat: Nat) -> bytes:
+    flags = {None: 0, "src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST}[nat.kind]
+    present, ranges = 0, b""
+    if nat.ip_min is not None:
+        present |= NX_NAT_RANGE_IPV4_MIN
+        ranges += ipaddress.IPv4Address(nat.ip_min).packed
+    if nat.ip_max is not None:
+        present |= NX_NAT_RANGE_IPV4_MAX
+        ranges += ipaddress.IPv4Address(nat.ip_max).packed
+    if nat.port_min is not None:
+        present |= NX_NAT_RANGE_PROTO_MIN | NX_NAT_RANGE_PROTO_MAX
+        ranges += struct.pack("!HH", nat.port_min, nat.port_max)
+    return _nx(NXAST_NAT, struct.pack("!2xHH", flags, present) + ranges)
+
+
+def _ct(ct: Ct) -> bytes:
+    if isinstance(ct.zone, int):
+        zone_src, zone = 0, ct.zone
+    else:
+        zone_src, zone = _header(ct.zone.name), ct.zone.ofs_nbits
+    table = ct.table.table_id if ct.table is not None else NX_CT_RECIRC_NONE
+    nested = (_nat(ct.nat) if ct.nat is not None else b"") + b"".join(_action(a) for a in ct.exec)
+    body = struct.pack("!HIHB3xH", NX_CT_F_COMMIT if ct.commit else 0, zone_src, zone, table, 0)
+    return _nx(NXAST_CT, body + nested)
+
+
 def _action(action) -> bytes:
     if isinstance(action, Output):
         return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, OFPCML_MAX)
@@ -117,6 +186,23 @@ def _action(action) -> bytes:
             _header(action.src),
             _header(action.dst),
         )
+    if isinstance(action, Load):
+        return _nx(NXAST_REG_LOAD2, _oxm(action.name, action.value, action.mask))
+    if isinstance(action, OutputReg):
+        src = action.src
+        body = struct.pack("!HIH6x", src.ofs_nbits, _header(src.name), OUTPUT_REG_MAX_LEN)
+        return _nx(NXAST_OUTPUT_REG, body)
+    if isinstance(action, Resubmit):
+        return _nx(
+            NXAST_RESUBMIT_TABLE, struct.pack("!HB3x", OFPP_IN_PORT_16, action.table.table_id)
+        )
+    if isinstance(action, DecTtl):
+        return struct.pack("!HH4x", OFPAT_DEC_NW_TTL, 8)
+    if isinstance(action, Ct):
+        return _ct(action)
+    if isinstance(action, Conjunction):
+        body = struct.pack("!BBI", action.clause - 1, action.n_clauses, action.conj_id)
+        return _nx(NXAST_CONJUNCTION, body)
     raise TypeError(f"no encoding for action {action!r}")
 
 

@@ -12,7 +12,7 @@ checks after each that the engine's flows equal ``build(engine.state())``.
 Objects come in under a caller's key (a store key, a port name), with a rank that
 decides conflicts.  No conflict may reach the switch (two flows with one match), so
 each object *claims* what must be unique — a port number, a MAC or an IP within a
-network, a network's name and VNI, a peer's tunnel IP — and an object is *active*
+network, a network's name, VNI and index, a peer's tunnel IP — and an object is *active*
 (has flows) only while it is the best-ranked eligible contender for every claim it
 makes.  Eligible: its network is active, and for a remote endpoint its peer too.  A
 loser waits, shadowed, and becomes active when the winner goes.  (An object that
@@ -83,7 +83,7 @@ class Shadowed:
 
 def _claims(obj: Object) -> tuple[tuple, ...]:
     if isinstance(obj, NetworkSpec):
-        return (("network", obj.name), ("vni", obj.vni))
+        return (("network", obj.name), ("vni", obj.vni), ("index", obj.index))
     if isinstance(obj, Peer):
         return (("peer", obj.ip),)
     if isinstance(obj, LocalPort | Gateway):
@@ -127,12 +127,12 @@ class Engine:
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
         # The (object, rank) each eligible key registered its claims with (the tuple
-        # ``_objects`` held then), and the (object, network VNI) each active key has flows
+        # ``_objects`` held then), and the (object, network) each active key has flows
         # for: both may differ from the key's object now, in the middle of a batch.  Their
         # keys are the eligible and the active keys (no separate sets: 0.5 MB each at
         # 10,000 endpoints).
         self._registered: dict[Hashable, tuple[Object, tuple]] = {}
-        self._active_as: dict[Hashable, tuple[Object, int | None]] = {}
+        self._active_as: dict[Hashable, tuple[Object, NetworkSpec | None]] = {}
         self._dependents: set[Hashable] = set()  # to re-examine after a layer
         self._lost_flows: set[Hashable] = set()  # keys that lost their flows in this batch
 
@@ -168,17 +168,17 @@ class Engine:
         changes (the owner's thread iterates it)."""
         for unit in self._units.values():
             yield from unit
-        for obj, vni in self._active_as.values():
-            if vni is not None:
-                yield from self._object_flows(obj, vni)
+        for obj, net in self._active_as.values():
+            if net is not None:
+                yield from self._object_flows(obj, net)
 
     def local_flows(self) -> list[Flow]:
         """Every flow but those about other hosts (remote endpoints, tunnel ingress): a
         local port's flows are all among these, without building every remote one."""
         out = [f for unit, flows in self._units.items() if unit[0] != "tunnel" for f in flows]
-        for obj, vni in self._active_as.values():
-            if vni is not None and not isinstance(obj, RemoteEndpoint):
-                out += self._object_flows(obj, vni)
+        for obj, net in self._active_as.values():
+            if net is not None and not isinstance(obj, RemoteEndpoint):
+                out += self._object_flows(obj, net)
         return out
 
     def groups(self) -> list[Group]:
@@ -382,7 +382,7 @@ class Engine:
                 and all(self._best(c) == key for c in _claims(entry[0]))
             )
             previous = self._active_as.get(key)
-            now = (entry[0], self._vni_of(entry[0])) if active else None
+            now = (entry[0], self._network_of(entry[0])) if active else None
             if previous != now:
                 changed.append((key, previous, now))
         for key, previous, _ in changed:
@@ -393,12 +393,12 @@ class Engine:
             if now is not None:
                 self._activate(key, now[0], old_units, old_groups, dirty_nets)
 
-    def _vni_of(self, obj: Object) -> int | None:
-        """The network VNI an endpoint's flows carry (a network changing its VNI changes
-        them); None for networks and peers."""
+    def _network_of(self, obj: Object) -> NetworkSpec | None:
+        """The network an endpoint's flows carry (its VNI and index: a network changing
+        either changes them); None for networks and peers."""
         if isinstance(obj, NetworkSpec | Peer):
             return None
-        return self._networks[obj.network].vni
+        return self._networks[obj.network]
 
     def _set_unit(self, unit: Hashable, flows: tuple[Flow, ...] | None, old_units) -> None:
         if unit not in old_units:
@@ -453,7 +453,7 @@ class Engine:
     def _activate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
         if not isinstance(obj, NetworkSpec | Peer):  # inactive until now: it had no flows
             old_units.setdefault(("object", key), ())
-        self._active_as[key] = (obj, self._vni_of(obj))
+        self._active_as[key] = (obj, self._network_of(obj))
         gen, tun = self.generation, self.tunnel_ofport
         if isinstance(obj, NetworkSpec):
             self._networks[obj.name] = obj
@@ -487,13 +487,13 @@ class Engine:
             self._local_members[obj.network].add(_member(obj))
             dirty_nets.add(obj.network)
 
-    def _object_flows(self, obj: Object, vni: int) -> tuple[Flow, ...]:
+    def _object_flows(self, obj: Object, net: NetworkSpec) -> tuple[Flow, ...]:
         gen = self.generation
         if isinstance(obj, LocalPort):
-            return pipeline.local_port_flows(obj, vni, gen)
+            return pipeline.local_port_flows(obj, net, gen)
         if isinstance(obj, Gateway):
-            return pipeline.gateway_flows(obj, vni, gen)
-        return pipeline.remote_flows(obj, vni, self.tunnel_ofport, gen)
+            return pipeline.gateway_flows(obj, net, gen)
+        return pipeline.remote_flows(obj, net, self.tunnel_ofport, gen)
 
     def _regroup(self, name: str, old_groups: dict[int, Group | None]) -> None:
         net = self._networks.get(name)

@@ -6,7 +6,12 @@ be diffed, printed and run through the simulator in tests.  Exactly one module
 
 Field names are os-ken's OFPMatch / OFPActionSetField keyword names, so the
 sender passes them through unchanged; ``tun_ipv4_src``/``tun_ipv4_dst`` are the
-Nicira extension fields that OVS calls ``tun_src``/``tun_dst``.
+Nicira extension fields that OVS calls ``tun_src``/``tun_dst``, and ``reg0``..``reg15``,
+``ct_state``, ``ct_zone``, ``ct_mark`` and ``conj_id`` are OVS's own (NXM_NX_*).
+
+Actions beyond OpenFlow 1.3's own are the Nicira extensions OVS implements: a masked
+register load, output to the port a register holds, resubmit, conntrack with NAT, and
+conjunction; ``dec_ttl`` is OpenFlow's DEC_NW_TTL.
 """
 
 from __future__ import annotations
@@ -24,8 +29,27 @@ MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
 IPV4_FIELDS = frozenset(
     {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_src", "tun_ipv4_dst"}
 )
-INT_FIELDS = frozenset({"in_port", "eth_type", "arp_op", "tunnel_id", "metadata", "ip_proto"})
+REGISTERS = tuple(f"reg{i}" for i in range(16))
+L4_FIELDS = frozenset({"tcp_src", "tcp_dst", "udp_src", "udp_dst", "icmpv4_type"})
+CT_FIELDS = frozenset({"ct_state", "ct_zone", "ct_mark"})
+INT_FIELDS = (
+    frozenset({"in_port", "eth_type", "arp_op", "tunnel_id", "metadata", "ip_proto", "conj_id"})
+    | frozenset(REGISTERS)
+    | L4_FIELDS
+    | CT_FIELDS
+)
 ALL_FIELDS = MAC_FIELDS | IPV4_FIELDS | INT_FIELDS
+LOADABLE = frozenset(REGISTERS) | {"ct_mark"}  # 32 bits each
+# Bit widths of the fields a register load, a move or a bit range may name.
+FIELD_BITS = {
+    **{name: 48 for name in MAC_FIELDS},
+    **{name: 32 for name in IPV4_FIELDS},
+    **{name: 32 for name in REGISTERS},
+    "ct_mark": 32,
+    "ct_zone": 16,
+    "metadata": 64,
+    "tunnel_id": 64,
+}
 
 # Match fields many flows share (a network's metadata, eth_type=arp) are interned: when
 # the engine held every flow, 123,000 match fields at 10,000 remote endpoints, most of
@@ -39,6 +63,20 @@ ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ARP_REQUEST = 1
 ARP_REPLY = 2
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+
+# ct_state bits (OVS's ovs-fields(7)): a packet that went through ct() is +trk and one of
+# +new, +est (either direction; +rpl too for the reply direction) or +inv.
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+# A match on these needs ip_proto (OVS refuses the flow otherwise: OFPBMC_BAD_PREREQ).
+_L4_PROTO = {
+    "tcp_src": IPPROTO_TCP,
+    "tcp_dst": IPPROTO_TCP,
+    "udp_src": IPPROTO_UDP,
+    "udp_dst": IPPROTO_UDP,
+    "icmpv4_type": IPPROTO_ICMP,
+}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -70,6 +108,11 @@ def match(**fields: int | str | tuple) -> tuple[MatchField, ...]:
             out.append(_field(name, value[0], value[1]))
         else:
             out.append(_field(name, value))
+    for name in fields.keys() & L4_FIELDS:
+        if fields.get("ip_proto") != _L4_PROTO[name]:
+            raise ValueError(f"a match on {name} needs ip_proto={_L4_PROTO[name]}")
+    if "ip_proto" in fields and fields.get("eth_type") != ETH_TYPE_IP:
+        raise ValueError("a match on ip_proto needs eth_type=0x0800")
     return tuple(sorted(out, key=_by_name))  # names are unique in a match
 
 
@@ -104,7 +147,133 @@ class GroupAction:
     group_id: int
 
 
-Action = Output | SetField | Move | GroupAction
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Write ``value`` into the bits ``mask`` selects of ``name``, leaving the others
+    (``set_field:value/mask->name``; Nicira's REG_LOAD2, since OpenFlow 1.3's set_field
+    takes no mask).  How one stage writes its part of a register."""
+
+    name: str
+    value: int
+    mask: int
+
+    def __post_init__(self) -> None:
+        if self.name not in LOADABLE:
+            raise ValueError(f"load into {self.name!r}: only registers and ct_mark")
+        if not 0 < self.mask < 1 << 32 or self.value & ~self.mask:
+            raise ValueError(f"load {self.value:#x}/{self.mask:#x} does not fit {self.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Bits:
+    """Bits ``start``..``end`` (inclusive) of a field, as OVS writes ``reg1[0..15]``."""
+
+    name: str
+    start: int = 0
+    end: int = 31
+
+    def __post_init__(self) -> None:
+        if self.name not in FIELD_BITS or not 0 <= self.start <= self.end < FIELD_BITS[self.name]:
+            raise ValueError(f"{self.name}[{self.start}..{self.end}] is not a field's bits")
+
+    @property
+    def ofs_nbits(self) -> int:
+        """Nicira's encoding of a bit range: offset << 6 | (bits - 1)."""
+        return self.start << 6 | (self.end - self.start)
+
+    def read(self, value: int) -> int:
+        return value >> self.start & ((1 << (self.end - self.start + 1)) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReg:
+    """Output to the port number held in ``src`` (the output stage acting on the
+    decision an earlier stage wrote)."""
+
+    src: Bits
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """Run ``table`` on the packet now and come back for the rest of the actions."""
+
+    table: Table
+
+
+@dataclass(frozen=True, slots=True)
+class DecTtl:
+    """Decrement the IPv4 TTL; a packet whose TTL runs out is dropped (routing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nat:
+    """The NAT part of ct(): ``kind`` "src" or "dst" with an address range (and an
+    optional port range) for a new connection; kind None is plain ``nat``, which applies
+    a committed connection's translation (and undoes it on replies)."""
+
+    kind: str | None = None
+    ip_min: str | None = None
+    ip_max: str | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "src", "dst"):
+            raise ValueError(f"nat kind {self.kind!r}: src, dst or none")
+        if (self.kind is None) != (self.ip_min is None):
+            raise ValueError("nat(src|dst) takes an address range; plain nat takes none")
+        if self.ip_max is not None and self.ip_min is None:
+            raise ValueError("nat: an address range needs its first address")
+        if (self.port_min is None) != (self.port_max is None) or (
+            self.port_min is not None and self.ip_min is None
+        ):
+            raise ValueError("nat: a port range needs both ends and an address range")
+
+
+@dataclass(frozen=True, slots=True)
+class Ct:
+    """Send the packet through conntrack in ``zone`` (a number, or the bits of a register
+    that hold it).  ``commit`` records the connection (with ``exec``'s ct_mark writes);
+    ``table`` resumes the pipeline there with ct_state set (the packet recirculates;
+    without it the pipeline goes on with the packet untracked); ``nat`` translates."""
+
+    zone: int | Bits
+    commit: bool = False
+    table: Table | None = None
+    nat: Nat | None = None
+    exec: tuple[SetField | Load, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.zone, int) and not 0 <= self.zone < 1 << 16:
+            raise ValueError(f"ct zone {self.zone} does not fit 16 bits")
+        if isinstance(self.zone, Bits) and self.zone.end - self.zone.start != 15:
+            raise ValueError("a ct zone from a register takes 16 bits of it")
+        for action in self.exec:
+            if action.name != "ct_mark":
+                raise ValueError(f"ct exec may only set ct_mark, not {action.name}")
+        if self.exec and not self.commit:
+            raise ValueError("ct exec(set ct_mark) needs commit")
+
+
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """This flow is clause ``clause`` (1-based, as ovs-ofctl writes it) of ``n_clauses``
+    of the conjunctive match ``conj_id``; a flow matching ``conj_id`` acts for it."""
+
+    conj_id: int
+    clause: int
+    n_clauses: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.clause <= self.n_clauses <= 64 or self.n_clauses < 2:
+            raise ValueError(f"conjunction {self.clause}/{self.n_clauses}: need 1 <= k <= n, 2..64")
+        if not 0 <= self.conj_id < 1 << 32:
+            raise ValueError(f"conjunction id {self.conj_id} does not fit 32 bits")
+
+
+Action = (
+    Output | SetField | Move | GroupAction | Load | OutputReg | Resubmit | DecTtl | Ct | Conjunction
+)
 
 
 # -- flows and groups ----------------------------------------------------------------
@@ -124,6 +293,14 @@ class Flow:
 
     def __post_init__(self) -> None:
         self.table.check(self)
+        kinds = {type(a) is Conjunction for a in self.actions}
+        if len(kinds) > 1 or (True in kinds and self.goto is not None):
+            raise ValueError("a conjunction flow has conjunction actions only (OVS's rule)")
+        if any(isinstance(a, Ct) and a.nat is not None for a in self.actions) and not any(
+            f.name == "eth_type" and f.value == ETH_TYPE_IP for f in self.match
+        ):
+            # OVS refuses it: OFPBAC_MATCH_INCONSISTENT
+            raise ValueError("a flow with ct(nat) must match eth_type=0x0800")
 
     @property
     def key(self) -> tuple:

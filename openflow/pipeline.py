@@ -1,14 +1,17 @@
 """The br-int pipeline: a host's desired state in, the exact flows and groups out.
 
-    classifier ─┬─ local pod port ──► port_security ──► arp_responder ──► l2_lookup
+    classifier ─┬─ local pod port ──► port_security ──► arp_responder ──► l2_forward ──► output
                 ├─ gateway port ─────────────────────► arp_responder
-                └─ tunnel, known peer, known VNI ─────────────────────────► l2_lookup
+                └─ tunnel, known peer, known VNI ─────────────────────────► l2_forward
 
-``metadata`` carries the packet's network as its VNI.  A packet from the mesh
-is never sent back into it, with no flow for that: every peer sits behind the
-one tunnel port, and OpenFlow never outputs a packet to its own in_port, so a
-flood bucket or a remote-MAC flow aimed at the tunnel simply drops a packet
-that came from it (ofproto/trace in the integration tests shows OVS doing so).
+The classifier writes the packet's source kind and its network's dense index into
+registers (openflow/registers.py); l2_forward decides (the output port in a register,
+and for a remote host tun_id/tun_dst, or flood) and output acts on the decision, so the
+stages to come (conntrack, policy) sit between deciding and acting.  A packet from the
+mesh is never sent back into it, with no flow for that: every peer sits behind the one
+tunnel port, and OpenFlow never outputs a packet to its own in_port, so a flood bucket
+or a remote-MAC decision aimed at the tunnel simply drops a packet that came from it
+(ofproto/trace in the integration tests shows OVS doing so).
 
 Every MAC is known proactively (from the cluster state), so unknown unicast is
 dropped rather than flooded, and ARP for a known address is answered in the
@@ -27,25 +30,37 @@ from openflow.model import (
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
     INTERN_SIZE,
-    METADATA_MASK,
     OFPP_IN_PORT,
     Bucket,
     Flow,
     Group,
     GroupAction,
+    Load,
     Move,
     Output,
+    OutputReg,
     SetField,
     match,
 )
+from openflow.registers import DEST_KIND, NETWORK, OUT_PORT, SOURCE_KIND, Dest, Source, matching
+from openflow.registers import load as _load
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
-from openflow.tables import ARP_RESPONDER, CANARY, CLASSIFIER, L2_LOOKUP, PORT_SECURITY
+from openflow.tables import (
+    ARP_RESPONDER,
+    CANARY,
+    CLASSIFIER,
+    L2_FORWARD,
+    OUTPUT,
+    PORT_SECURITY,
+)
 
 # Actions and cookies that many flows share are one object each (see model.INTERN_SIZE):
 # the ARP responder's fixed actions, and per network or peer the tunnel actions.
 cookie = functools.lru_cache(maxsize=INTERN_SIZE)(cookies.cookie)
 _shared_set_field = functools.lru_cache(maxsize=INTERN_SIZE)(SetField)
-_shared_output = functools.lru_cache(maxsize=INTERN_SIZE)(Output)
+_shared_load = functools.lru_cache(maxsize=INTERN_SIZE)(_load)
+_TO_PORT = _load(DEST_KIND, Dest.PORT)
+_TO_FLOOD = _load(DEST_KIND, Dest.FLOOD)
 _ARP_HEAD = (Move("eth_src", "eth_dst"),)
 _ARP_MIDDLE = (
     SetField("arp_op", ARP_REPLY),
@@ -67,14 +82,14 @@ def build(state: HostState, generation: int) -> tuple[list[Flow], list[Group]]:
     object at a time; this full build is its oracle and the (re)connect path)."""
     flows = list(defaults_flows(generation))
     for port in state.local:
-        flows += local_port_flows(port, state.network(port.network).vni, generation)
+        flows += local_port_flows(port, state.network(port.network), generation)
     for gw in state.gateways:
-        flows += gateway_flows(gw, state.network(gw.network).vni, generation)
+        flows += gateway_flows(gw, state.network(gw.network), generation)
     for peer in state.peers:
         for net in state.networks:
             flows += tunnel_flows(peer, net, state.tunnel_ofport, generation)
     for ep in state.remote:
-        flows += remote_flows(ep, state.network(ep.network).vni, state.tunnel_ofport, generation)
+        flows += remote_flows(ep, state.network(ep.network), state.tunnel_ofport, generation)
     for net in state.networks:
         flows += network_flows(net, generation)
     groups = []
@@ -96,18 +111,43 @@ def build(state: HostState, generation: int) -> tuple[list[Flow], list[Group]]:
 
 
 def defaults_flows(gen: int) -> tuple[Flow, ...]:
-    """Table misses and the canary: there whatever the state."""
+    """Table misses, acting on a port decision, and the canary: there whatever the state."""
     c = cookie(Feature.DEFAULTS, gen)
     return (
         Flow(CLASSIFIER, PRIO_DEFAULT, (), c),  # drop
         Flow(PORT_SECURITY, PRIO_DEFAULT, (), c),  # drop: a spoof
-        Flow(ARP_RESPONDER, PRIO_DEFAULT, (), c, goto=L2_LOOKUP),
-        Flow(L2_LOOKUP, PRIO_DEFAULT, (), c),  # drop: unknown unicast
+        Flow(ARP_RESPONDER, PRIO_DEFAULT, (), c, goto=L2_FORWARD),
+        Flow(L2_FORWARD, PRIO_DEFAULT, (), c),  # drop: unknown unicast
+        Flow(
+            OUTPUT,
+            PRIO_NORMAL,
+            match(reg0=matching(DEST_KIND, Dest.PORT)),
+            c,
+            actions=(OutputReg(OUT_PORT),),
+        ),
+        Flow(OUTPUT, PRIO_DEFAULT, (), c),  # drop: no decision
         Flow(CANARY, PRIO_DEFAULT, (), cookie(Feature.CANARY, gen)),
     )
 
 
-def local_port_flows(port: LocalPort, vni: int, gen: int) -> tuple[Flow, ...]:
+def _classify(source: Source, net: NetworkSpec) -> tuple[Load, Load]:
+    return (_shared_load(SOURCE_KIND, source), _shared_load(NETWORK, net.index))
+
+
+def _forward(net: NetworkSpec, mac: str, feature: Feature, gen: int, *actions) -> Flow:
+    """The decision for ``mac`` in ``net``: ``actions`` set the output port (and tunnel),
+    then on to the output stage."""
+    return Flow(
+        L2_FORWARD,
+        PRIO_NORMAL,
+        match(reg2=matching(NETWORK, net.index), eth_dst=mac),
+        cookie(feature, gen),
+        actions=(*actions, _TO_PORT),
+        goto=OUTPUT,
+    )
+
+
+def local_port_flows(port: LocalPort, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
     """A pod's port: classified into its network, then port security (its own MAC and IP
     only), its ARP answered, and its MAC delivered to it."""
     return (
@@ -116,22 +156,16 @@ def local_port_flows(port: LocalPort, vni: int, gen: int) -> tuple[Flow, ...]:
             PRIO_NORMAL,
             match(in_port=port.ofport),
             cookie(Feature.CLASSIFY_LOCAL, gen),
-            write_metadata=(vni, METADATA_MASK),
+            actions=_classify(Source.POD, net),
             goto=PORT_SECURITY,
         ),
         *_port_security(port, gen),
-        _arp_flow(vni, port.mac, port.ip, gen),
-        Flow(
-            L2_LOOKUP,
-            PRIO_NORMAL,
-            match(metadata=vni, eth_dst=port.mac),
-            cookie(Feature.L2_LOCAL, gen),
-            actions=(Output(port.ofport),),
-        ),
+        _arp_flow(net, port.mac, port.ip, gen),
+        _forward(net, port.mac, Feature.L2_LOCAL, gen, SetField("reg1", port.ofport)),
     )
 
 
-def gateway_flows(gw: Gateway, vni: int, gen: int) -> tuple[Flow, ...]:
+def gateway_flows(gw: Gateway, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
     """The host's own port into a network: trusted (no port security)."""
     c = cookie(Feature.GATEWAY, gen)
     return (
@@ -140,17 +174,11 @@ def gateway_flows(gw: Gateway, vni: int, gen: int) -> tuple[Flow, ...]:
             PRIO_NORMAL,
             match(in_port=gw.ofport),
             c,
-            write_metadata=(vni, METADATA_MASK),
+            actions=_classify(Source.GATEWAY, net),
             goto=ARP_RESPONDER,
         ),
-        _arp_flow(vni, gw.mac, gw.ip, gen),
-        Flow(
-            L2_LOOKUP,
-            PRIO_NORMAL,
-            match(metadata=vni, eth_dst=gw.mac),
-            c,
-            actions=(Output(gw.ofport),),
-        ),
+        _arp_flow(net, gw.mac, gw.ip, gen),
+        _forward(net, gw.mac, Feature.GATEWAY, gen, SetField("reg1", gw.ofport)),
     )
 
 
@@ -162,39 +190,49 @@ def tunnel_flows(peer: str, net: NetworkSpec, tunnel_ofport: int, gen: int) -> t
             PRIO_NORMAL,
             match(in_port=tunnel_ofport, tun_ipv4_src=peer, tunnel_id=net.vni),
             cookie(Feature.CLASSIFY_TUNNEL, gen),
-            write_metadata=(net.vni, METADATA_MASK),
-            goto=L2_LOOKUP,
+            actions=_classify(Source.TUNNEL, net),
+            goto=L2_FORWARD,
         ),
     )
 
 
-def remote_flows(ep: RemoteEndpoint, vni: int, tunnel_ofport: int, gen: int) -> tuple[Flow, ...]:
+def remote_flows(
+    ep: RemoteEndpoint, net: NetworkSpec, tunnel_ofport: int, gen: int
+) -> tuple[Flow, ...]:
     """A pod on another host: its ARP answered here, its MAC sent into the tunnel."""
     return (
-        _arp_flow(vni, ep.mac, ep.ip, gen),
-        Flow(
-            L2_LOOKUP,
-            PRIO_NORMAL,
-            match(metadata=vni, eth_dst=ep.mac),
-            cookie(Feature.L2_REMOTE, gen),
-            actions=(
-                _shared_set_field("tunnel_id", vni),
-                _shared_set_field("tun_ipv4_dst", ep.host_ip),
-                _shared_output(tunnel_ofport),
-            ),
+        _arp_flow(net, ep.mac, ep.ip, gen),
+        _forward(
+            net,
+            ep.mac,
+            Feature.L2_REMOTE,
+            gen,
+            _shared_set_field("tunnel_id", net.vni),
+            _shared_set_field("tun_ipv4_dst", ep.host_ip),
+            _shared_set_field("reg1", tunnel_ofport),
         ),
     )
 
 
 def network_flows(net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
-    """Broadcast and multicast of a network go to its flood group."""
+    """Broadcast and multicast of a network are decided to flood, and flooding is its
+    group."""
+    c = cookie(Feature.FLOOD, gen)
     return (
         Flow(
-            L2_LOOKUP,
+            L2_FORWARD,
             PRIO_FLOOD,
-            match(metadata=net.vni, eth_dst=MULTICAST),
-            cookie(Feature.FLOOD, gen),
-            actions=(GroupAction(net.vni),),
+            match(reg2=matching(NETWORK, net.index), eth_dst=MULTICAST),
+            c,
+            actions=(_TO_FLOOD,),
+            goto=OUTPUT,
+        ),
+        Flow(
+            OUTPUT,
+            PRIO_NORMAL,
+            match(reg0=matching(DEST_KIND, Dest.FLOOD), reg2=matching(NETWORK, net.index)),
+            c,
+            actions=(GroupAction(flood_group_id(net)),),
         ),
     )
 
@@ -211,7 +249,7 @@ def flood_group(
     it).  The caller gives the members in order (ports as the state lists them, peers
     sorted), so the full build and the incremental engine make equal groups."""
     return Group(
-        net.vni,
+        flood_group_id(net),
         (
             *(Bucket((Output(p),)) for p in (*local_ofports, *gateway_ofports)),
             *(
@@ -226,6 +264,12 @@ def flood_group(
             ),
         ),
     )
+
+
+def flood_group_id(net: NetworkSpec) -> int:
+    """A network's flood group id: its VNI (openflow/cookies.py ranges group ids per
+    feature; openflow/incremental.py keys flood groups by VNI for that reason)."""
+    return cookies.group_id(Feature.FLOOD, net.vni)
 
 
 def _port_security(port: LocalPort, gen: int) -> tuple[Flow, ...]:
@@ -254,13 +298,15 @@ def _port_security(port: LocalPort, gen: int) -> tuple[Flow, ...]:
     )
 
 
-def _arp_flow(vni: int, mac: str, ip: str, gen: int) -> Flow:
+def _arp_flow(net: NetworkSpec, mac: str, ip: str, gen: int) -> Flow:
     """An ARP request for ``ip`` in the network turned into the reply "``ip`` is at ``mac``",
     sent back out the way it came."""
     return Flow(
         ARP_RESPONDER,
         PRIO_NORMAL,
-        match(metadata=vni, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+        match(
+            reg2=matching(NETWORK, net.index), eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip
+        ),
         cookie(Feature.ARP_RESPONDER, gen),
         actions=(
             *_ARP_HEAD,

@@ -20,17 +20,22 @@ from openflow.diff import (
     GroupModify,
     Message,
 )
-from openflow.model import Action, Flow, GroupAction, Move, Output, SetField
-
-# Bit widths of the fields the pipeline moves (NXActionRegMove copies n bits).
-_FIELD_BITS = {
-    "eth_src": 48,
-    "eth_dst": 48,
-    "arp_sha": 48,
-    "arp_tha": 48,
-    "arp_spa": 32,
-    "arp_tpa": 32,
-}
+from openflow.model import (
+    FIELD_BITS,
+    Action,
+    Conjunction,
+    Ct,
+    DecTtl,
+    Flow,
+    GroupAction,
+    Load,
+    Move,
+    Nat,
+    Output,
+    OutputReg,
+    Resubmit,
+    SetField,
+)
 
 
 def to_ofmsg(dp, message: Message):
@@ -39,7 +44,10 @@ def to_ofmsg(dp, message: Message):
     if isinstance(message, FlowAdd):
         return _flow_mod(dp, message.flow, ofp.OFPFC_ADD)
     if isinstance(message, FlowDelete):
-        return _flow_mod(dp, message.flow, ofp.OFPFC_DELETE_STRICT)
+        # A strict delete names table, priority and match; its instructions are ignored,
+        # so none are sent (and os-ken's REG_LOAD2 grows a class-level list each time it
+        # serializes one).
+        return _flow_mod(dp, message.flow, ofp.OFPFC_DELETE_STRICT, instructions=False)
     if isinstance(message, GenerationDelete):
         return parser.OFPFlowMod(
             dp,
@@ -115,17 +123,9 @@ def _match(dp, flow: Flow):
     return dp.ofproto_parser.OFPMatch(**fields)
 
 
-def _flow_mod(dp, flow: Flow, command: int):
+def _flow_mod(dp, flow: Flow, command: int, instructions: bool = True):
     ofp, parser = dp.ofproto, dp.ofproto_parser
-    inst = []
-    if flow.actions:
-        inst.append(
-            parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(dp, flow.actions))
-        )
-    if flow.write_metadata is not None:
-        inst.append(parser.OFPInstructionWriteMetadata(*flow.write_metadata))
-    if flow.goto is not None:
-        inst.append(parser.OFPInstructionGotoTable(flow.goto.table_id))
+    inst = _instructions(dp, flow) if instructions else []
     return parser.OFPFlowMod(
         dp,
         cookie=flow.cookie,
@@ -139,6 +139,20 @@ def _flow_mod(dp, flow: Flow, command: int):
     )
 
 
+def _instructions(dp, flow: Flow) -> list:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    inst = []
+    if flow.actions:
+        inst.append(
+            parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(dp, flow.actions))
+        )
+    if flow.write_metadata is not None:
+        inst.append(parser.OFPInstructionWriteMetadata(*flow.write_metadata))
+    if flow.goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(flow.goto.table_id))
+    return inst
+
+
 def _actions(dp, actions: tuple[Action, ...]) -> list:
     parser = dp.ofproto_parser
     out = []
@@ -148,9 +162,51 @@ def _actions(dp, actions: tuple[Action, ...]) -> list:
         elif isinstance(a, SetField):
             out.append(parser.OFPActionSetField(**{a.name: a.value}))
         elif isinstance(a, Move):
-            out.append(parser.NXActionRegMove(a.src, a.dst, _FIELD_BITS[a.src]))
+            out.append(parser.NXActionRegMove(a.src, a.dst, FIELD_BITS[a.src]))
         elif isinstance(a, GroupAction):
             out.append(parser.OFPActionGroup(a.group_id))
+        elif isinstance(a, Load):
+            out.append(parser.NXActionRegLoad2(a.name, a.value, a.mask))
+        elif isinstance(a, OutputReg):
+            out.append(parser.NXActionOutputReg(a.src.ofs_nbits, a.src.name, 0xFFFF))
+        elif isinstance(a, Resubmit):
+            out.append(parser.NXActionResubmitTable(table_id=a.table.table_id))
+        elif isinstance(a, DecTtl):
+            out.append(parser.OFPActionDecNwTtl())
+        elif isinstance(a, Ct):
+            out.append(_ct(dp, a))
+        elif isinstance(a, Conjunction):
+            out.append(parser.NXActionConjunction(a.clause - 1, a.n_clauses, a.conj_id))
         else:
             raise TypeError(f"unknown action {a!r}")
     return out
+
+
+def _ct(dp, ct: Ct):
+    parser = dp.ofproto_parser
+    if isinstance(ct.zone, int):
+        zone_src, zone = "", ct.zone
+    else:
+        zone_src, zone = ct.zone.name, ct.zone.ofs_nbits
+    nested = ([_nat(dp, ct.nat)] if ct.nat is not None else []) + _actions(dp, ct.exec)
+    return parser.NXActionCT(
+        flags=1 if ct.commit else 0,
+        zone_src=zone_src,
+        zone_ofs_nbits=zone,
+        recirc_table=ct.table.table_id if ct.table is not None else 0xFF,
+        alg=0,
+        actions=nested,
+    )
+
+
+def _nat(dp, nat: Nat):
+    kwargs = {}
+    if nat.ip_min is not None:
+        kwargs["range_ipv4_min"] = nat.ip_min
+    if nat.ip_max is not None:
+        kwargs["range_ipv4_max"] = nat.ip_max
+    if nat.port_min is not None:
+        kwargs["range_proto_min"] = nat.port_min
+        kwargs["range_proto_max"] = nat.port_max
+    flags = {None: 0, "src": 1, "dst": 2}[nat.kind]
+    return dp.ofproto_parser.NXActionNAT(flags, **kwargs)

@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 # more); without, each carried a dict of its own.
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
+    """A network as the pipeline sees it: its VNI on the wire, and its dense index
+    (store.cluster: equal on every host) in a register and as its conntrack zone."""
+
     name: str
     vni: int
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +65,9 @@ class HostState:
     def __post_init__(self) -> None:
         names = [n.name for n in self.networks]
         vnis = [n.vni for n in self.networks]
-        if len(set(names)) != len(names) or len(set(vnis)) != len(vnis):
-            raise ValueError("networks must have distinct names and VNIs")
+        indexes = [n.index for n in self.networks]
+        if len({len(names), len(set(names)), len(set(vnis)), len(set(indexes))}) != 1:
+            raise ValueError("networks must have distinct names, VNIs and indexes")
         known = set(names)
         for ep in (*self.local, *self.remote, *self.gateways):
             if ep.network not in known:

@@ -1,8 +1,8 @@
 """The br-int tables: ids, names, and what each may match and where it may go.
 
 The names are written into OVSDB's Flow_Table rows so that
-``ovs-ofctl --names dump-flows br-int`` prints ``table=l2_lookup`` instead of
-``table=30``; a person debugging the pipeline reads what a table is for.
+``ovs-ofctl --names dump-flows br-int`` prints ``table=l2_forward`` instead of
+``table=50``; a person debugging the pipeline reads what a table is for.
 Ids leave gaps of ten so a table can be inserted later without renumbering.
 
 Each table declares the fields its flows may match and the tables they may go
@@ -26,40 +26,53 @@ class Table:
     next_tables: tuple[int, ...] = ()
 
     def check(self, flow) -> None:
-        """Raise if ``flow`` matches a field or goes to a table this table does not allow."""
+        """Raise if ``flow`` matches a field or goes to a table this table does not allow
+        (by goto, resubmit, or ct's recirculation)."""
         for field in flow.match:
             if field.name not in self.matches:
                 raise ValueError(f"table {self.name} does not match on {field.name}")
-        if flow.goto is not None and flow.goto.table_id not in self.next_tables:
-            raise ValueError(f"table {self.name} may not go to table {flow.goto.name}")
+        targets = [flow.goto] + [getattr(a, "table", None) for a in flow.actions]
+        for target in targets:
+            if target is not None and target.table_id not in self.next_tables:
+                raise ValueError(f"table {self.name} may not go to table {target.name}")
 
 
+# Table ids.  Ranges left free for the stages still to come (docs/pipeline.md):
+#   30-39 conntrack and service load balancing, 40-49 l3_forward (routing),
+#   60-89 egress and ingress policy and the conntrack commit, between deciding and acting.
 CLASSIFIER = Table(
     0,
     "classifier",
-    "which network a packet belongs to: by in_port, or by VNI from a known peer",
+    "source kind and network into registers: by in_port, or by VNI from a known peer",
     frozenset({"in_port", "tun_ipv4_src", "tunnel_id"}),
-    (10, 20, 30),
+    (10, 20, 50),
 )
 PORT_SECURITY = Table(
     10,
     "port_security",
     "a pod may send only from its own MAC and IP, and ARP only for its own IP",
     frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}),
-    (20, 30),
+    (20,),
 )
 ARP_RESPONDER = Table(
     20,
     "arp_responder",
     "ARP requests for known addresses answered in the switch",
-    frozenset({"metadata", "eth_type", "arp_op", "arp_tpa"}),
-    (30,),
+    frozenset({"reg2", "eth_type", "arp_op", "arp_tpa"}),
+    (50,),
 )
-L2_LOOKUP = Table(
-    30,
-    "l2_lookup",
-    "destination MAC to a local port or a peer host; broadcast to the network's group",
-    frozenset({"metadata", "eth_dst"}),
+L2_FORWARD = Table(
+    50,
+    "l2_forward",
+    "decide: (network, destination MAC) to a port (and tunnel destination), or flood",
+    frozenset({"reg2", "eth_dst"}),
+    (90,),
+)
+OUTPUT = Table(
+    90,
+    "output",
+    "act on the decision: output to the port in reg1, or to the network's flood group",
+    frozenset({"reg0", "reg2"}),
     (),
 )
 CANARY = Table(
@@ -70,7 +83,14 @@ CANARY = Table(
     (),
 )
 
-PIPELINE: tuple[Table, ...] = (CLASSIFIER, PORT_SECURITY, ARP_RESPONDER, L2_LOOKUP, CANARY)
+PIPELINE: tuple[Table, ...] = (
+    CLASSIFIER,
+    PORT_SECURITY,
+    ARP_RESPONDER,
+    L2_FORWARD,
+    OUTPUT,
+    CANARY,
+)
 
 
 def table_names() -> dict[int, str]:

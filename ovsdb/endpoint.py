@@ -22,6 +22,7 @@ IFNAME_KEY = "ovs-overlay-ifname"
 IP_KEY = "ovs-overlay-ip"
 MAC_KEY = "attached-mac"
 IFACE_ID_KEY = "iface-id"
+POD_KEY = "ovs-overlay-pod"  # "NAMESPACE/NAME" when the runtime named a Kubernetes pod
 
 MAX_VNI = 2**24 - 1
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -39,6 +40,7 @@ class EndpointPort:
     ifname: str
     mac: str
     ip: str
+    pod: str | None = None
 
     def __post_init__(self) -> None:
         if not _PORT_NAME_RE.match(self.port):
@@ -73,7 +75,7 @@ class EndpointPort:
 
     def external_ids(self) -> dict[str, str]:
         """The Interface.external_ids that tag this port."""
-        return {
+        ids = {
             OWNER_KEY: OWNER_ENDPOINT,
             NETWORK_KEY: self.network,
             VNI_KEY: str(self.vni),
@@ -83,6 +85,9 @@ class EndpointPort:
             MAC_KEY: self.mac,
             IFACE_ID_KEY: self.attachment,
         }
+        if self.pod:
+            ids[POD_KEY] = self.pod
+        return ids
 
     @classmethod
     def from_external_ids(cls, port: str, ids: dict[str, str]) -> EndpointPort | None:
@@ -97,6 +102,7 @@ class EndpointPort:
             ifname=ids[IFNAME_KEY],
             mac=ids[MAC_KEY],
             ip=ids[IP_KEY],
+            pod=ids.get(POD_KEY),
         )
 
 

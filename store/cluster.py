@@ -3,8 +3,9 @@
 Keys (ARCHITECTURE.md, "Cluster state")::
 
     hosts/HOST                         {"tunnel_ip"}              on the host's lease
-    networks/NETWORK                   {"vni", "cidr", "mtu", "gateway"}
+    networks/NETWORK                   {"vni", "index", "cidr", "mtu", "gateway"}
     vnis/VNI                           NETWORK                    one network per VNI
+    netindex/INDEX                     NETWORK                    one network per index
     blocks/NETWORK/CIDR                {"host"}                   e.g. blocks/default/100.64.0.64/26
     ipam/NETWORK/IP                    ATTACHMENT                 an address in use
     attachments/NETWORK/ATTACHMENT     IP                         the same, found by attachment
@@ -14,16 +15,25 @@ Keys (ARCHITECTURE.md, "Cluster state")::
 ATTACHMENT is the CNI attachment id ``CONTAINER_ID/IFNAME``.  Names never contain '/',
 so the last part of a key may.
 
+A network's index is dense (the lowest free, from 1) and the same on every host: the
+pipeline keeps it in a register and uses it as the network's conntrack zone, so a trace
+reads the same everywhere.  It is claimed with the name and VNI; a network created before
+indexes existed gets one from the first agent that sees it (assign_network_index, a
+compare-and-swap on the record), and until then has no flows.
+
 Every claim (a network name with its VNI, a block, an address) is a compare-and-create,
 so two hosts racing never get the same one and nothing is ever locked.  An address comes
-only from blocks its host owns: a pod start writes one transaction and reads the shared
-block list only when the host's blocks are full.  The address and its attachment index are
-written in one transaction, so a crash leaves either both or neither, and releasing by
-attachment (what CNI DEL knows) always finds the address.  An endpoint's MAC is claimed in
-the transaction that publishes the endpoint and released in the one that unpublishes it:
-two attachments of one network never share a MAC (their flows would collide on every host
-that sees both), even when two hosts publish at the same moment.  An agent claims the MAC
-before it makes the pod's port (claim_mac), and the endpoint record keeps the claim.
+only from blocks its host owns.  A pod start writes two transactions and reads nothing
+else but its network: claim_address writes the address, its attachment index and the MAC
+claim at once (the host's blocks and their used addresses come from memory after the
+first start, the transaction comparing them), then put_endpoint publishes the endpoint
+against that claim's revision.  The shared block list is read again only when the host's
+blocks are full.  The address and its attachment index are written together, so a crash
+leaves either both or neither, and releasing by attachment (what CNI DEL knows) always
+finds the address.  Two attachments of one network never share a MAC (their flows would
+collide on every host that sees both), even when two hosts claim it at the same moment:
+the claim is made before the pod's port exists, the endpoint record keeps it, and the
+transaction that unpublishes the endpoint releases it.
 """
 
 from __future__ import annotations
@@ -33,13 +43,14 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from store.kv import Compare, Delete, Event, KeyValue, KvStore, Put
 
 POD_SUPERNET = ipaddress.IPv4Network("100.64.0.0/10")
 MAX_VNI = 2**24 - 1
+MAX_NETWORK_INDEX = 2**16 - 1  # a conntrack zone; 0 is OVS's default zone, never used
 DEFAULT_BLOCK_PREFIX = 26
 MAX_NETWORK_PREFIX = 30  # network, gateway, one pod, broadcast
 MIN_MTU, MAX_MTU = 576, 9000
@@ -61,7 +72,13 @@ class AddressExhaustedError(StoreError):
 
 
 class AddressInUseError(StoreError):
-    """An address or MAC asked for is held by another attachment (named in the message)."""
+    """An address or MAC asked for is held by another attachment (named in the message, and
+    in ``holder`` for a caller that words its own refusal)."""
+
+    def __init__(self, msg: str, kind: str, holder: str = "another attachment"):
+        super().__init__(msg)
+        self.kind = kind  # "IP" or "MAC"
+        self.holder = holder
 
 
 def _check_name(kind: str, name: str, max_len: int = 63) -> None:
@@ -95,9 +112,18 @@ class Network:
     cidr: str
     mtu: int | None = None
     gateway: bool = True
+    index: int | None = None  # None: a record from before indexes (assign_network_index)
 
     def __post_init__(self) -> None:
         _check_name("network", self.name)
+        if self.index is not None and (
+            isinstance(self.index, bool)
+            or not isinstance(self.index, int)
+            or not 1 <= self.index <= MAX_NETWORK_INDEX
+        ):
+            raise StoreError(
+                f"network {self.name}: index {self.index!r} is outside 1..{MAX_NETWORK_INDEX}"
+            )
         if (
             isinstance(self.vni, bool)
             or not isinstance(self.vni, int)
@@ -150,6 +176,39 @@ class Endpoint:
     ip: str
     container_id: str
     ifname: str
+    pod: str | None = None  # "NAMESPACE/NAME" from the runtime's K8S_POD_* CNI_ARGS
+
+
+@dataclass(frozen=True)
+class AddressClaim:
+    """An attachment's address and MAC, claimed in one transaction at ``revision`` (0: the
+    claim was found, not made): put_endpoint compares the MAC claim against it instead of
+    reading it again."""
+
+    ip: str
+    mac: str
+    revision: int
+
+
+class _HostPool:
+    """One host's blocks of one network, (CIDR, mod_revision) lowest first, and the
+    addresses used in them, as this process last saw them: claim_address's hint."""
+
+    def __init__(self, blocks: list[tuple[str, int]], used: set[str]):
+        self.blocks = blocks
+        self.used = used
+
+    def pick(self) -> tuple[str, tuple[str, int]] | None:
+        """The lowest free address and its block, marked used; None when all are used."""
+        for block in self.blocks:
+            first = ipaddress.IPv4Network(block[0])
+            base = int(first.network_address)
+            for i in range(base, base + first.num_addresses):
+                addr = str(ipaddress.IPv4Address(i))
+                if addr not in self.used:
+                    self.used.add(addr)
+                    return addr, block
+        return None
 
 
 @dataclass(frozen=True)
@@ -162,6 +221,10 @@ class HostSummary:
     tunnel_ip: str | None
     endpoints: int
     blocks: int
+    # Seconds until the host drops out unless its agent renews the lease (None: not alive,
+    # or its key is on no lease): a live host's agent renews every third of its TTL, so a
+    # value well below two thirds of the TTL means the agent has stopped renewing.
+    lease_left: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +253,26 @@ def _network_key(name: str) -> str:
 
 def _vni_key(vni: int) -> str:
     return f"vnis/{vni}"
+
+
+def _index_key(index: int) -> str:
+    return f"netindex/{index}"
+
+
+def _network_record(net: Network) -> str:
+    return json.dumps(
+        {
+            "vni": net.vni,
+            "index": net.index,
+            "cidr": net.cidr,
+            "mtu": net.mtu,
+            "gateway": net.gateway,
+        }
+    )
+
+
+def _network_from(name: str, d: dict) -> Network:
+    return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True), d.get("index"))
 
 
 def _block_prefix(network: str) -> str:
@@ -227,6 +310,8 @@ class ClusterState:
             )
         self.kv = kv
         self.block_prefix = block_prefix
+        self._pools: dict[tuple[str, str], _HostPool] = {}  # (network, host): claim_address's
+        self._pools_lock = threading.Lock()
 
     def close(self) -> None:
         self.kv.close()
@@ -264,9 +349,13 @@ class ClusterState:
         ]
 
     def host_summaries(self) -> list[HostSummary]:
-        """Every host the store knows, alive or not, with its endpoint and block counts (a
-        full read: for the operator, never on an agent's path)."""
+        """Every host the store knows, alive or not, with its endpoint and block counts and
+        its lease's time left (a full read and one lease request per live host: for the
+        operator, never on an agent's path)."""
         alive = {h.name: h for h in self.list_hosts()}
+        lease_left = {
+            name: self.kv.lease_time_left(h.lease) for name, h in alive.items() if h.lease
+        }
         endpoints: dict[str, int] = {}
         for e in self.list_endpoints():
             endpoints[e.host] = endpoints.get(e.host, 0) + 1
@@ -281,6 +370,7 @@ class ClusterState:
                 alive[name].tunnel_ip if name in alive else None,
                 endpoints.get(name, 0),
                 blocks.get(name, 0),
+                lease_left.get(name),
             )
             for name in sorted(alive.keys() | endpoints.keys() | blocks.keys())
         ]
@@ -361,13 +451,22 @@ class ClusterState:
     def create_network(
         self, name: str, vni: int, cidr: str, mtu: int | None = None, gateway: bool = True
     ) -> Network:
-        """Create a network; its name and its VNI are claimed together, atomically."""
-        net = Network(name, vni, cidr, mtu, gateway)
-        record = json.dumps({"vni": net.vni, "cidr": net.cidr, "mtu": net.mtu, "gateway": gateway})
+        """Create a network; its name, its VNI and the lowest free index are claimed
+        together, atomically (another network taking that index first: the next one)."""
+        Network(name, vni, cidr, mtu, gateway)  # refused before anything is read
         while True:
+            net = Network(name, vni, cidr, mtu, gateway, self._free_index())
             result = self.kv.txn(
-                (Compare(_network_key(name), 0), Compare(_vni_key(vni), 0)),
-                (Put(_network_key(name), record), Put(_vni_key(vni), name)),
+                (
+                    Compare(_network_key(name), 0),
+                    Compare(_vni_key(vni), 0),
+                    Compare(_index_key(net.index), 0),
+                ),
+                (
+                    Put(_network_key(name), _network_record(net)),
+                    Put(_vni_key(vni), name),
+                    Put(_index_key(net.index), name),
+                ),
             )
             if result.succeeded:
                 return net
@@ -382,7 +481,42 @@ class ClusterState:
                 raise StoreError(
                     f"VNI {vni} is already used by network {owner.value}; pick another VNI"
                 )
-            # Both were freed between the attempt and the check: try again.
+            # The index was taken meanwhile (or both were freed): try again.
+
+    def assign_network_index(self, name: str) -> Network | None:
+        """Give a network created before indexes existed the lowest free index, by a
+        compare-and-swap on its record (any agent may race another: the loser reads the
+        winner's).  Returns the network as it is now, None if it is gone."""
+        while True:
+            kv = self.kv.get(_network_key(name))
+            if kv is None:
+                return None
+            net = self._network(name, kv.value)
+            if net.index is not None:
+                return net
+            indexed = Network(name, net.vni, net.cidr, net.mtu, net.gateway, self._free_index())
+            result = self.kv.txn(
+                (
+                    Compare(_network_key(name), kv.mod_revision),
+                    Compare(_index_key(indexed.index), 0),
+                ),
+                (
+                    Put(_network_key(name), _network_record(indexed)),
+                    Put(_index_key(indexed.index), name),
+                ),
+            )
+            if result.succeeded:
+                return indexed
+
+    def _free_index(self) -> int:
+        kvs, _ = self.kv.range("netindex/")
+        used = {kv.key[len("netindex/") :] for kv in kvs}  # text: a bad key is no index
+        free = next(i for i in range(1, MAX_NETWORK_INDEX + 2) if str(i) not in used)
+        if free > MAX_NETWORK_INDEX:
+            raise StoreError(
+                f"all {MAX_NETWORK_INDEX} network indexes are in use; delete a network"
+            )
+        return free
 
     def get_network(self, name: str) -> Network | None:
         kv = self.kv.get(_network_key(name))
@@ -394,8 +528,7 @@ class ClusterState:
 
     @staticmethod
     def _network(name: str, value: str) -> Network:
-        d = json.loads(value)
-        return Network(name, d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True))
+        return _network_from(name, json.loads(value))
 
     def delete_network(self, name: str) -> None:
         """Delete a network with its blocks and address records, refused while any endpoint
@@ -417,6 +550,7 @@ class ClusterState:
             (
                 Delete(_network_key(name)),
                 Delete(_vni_key(net.vni)),
+                *((Delete(_index_key(net.index)),) if net.index is not None else ()),
                 Delete(_block_prefix(name), prefix=True),
                 Delete(_ipam_prefix(name), prefix=True),
                 Delete(f"attachments/{name}/", prefix=True),
@@ -448,12 +582,12 @@ class ClusterState:
         blocks = [b for b in self.list_blocks(network) if b.host == host]
         return sorted(blocks, key=lambda b: ipaddress.IPv4Network(b.cidr))
 
-    def claim_block(self, network: str, host: str) -> Block:
+    def claim_block(self, network: str, host: str, known: Network | None = None) -> Block:
         """Claim the first free block of ``network`` for ``host``.  Each claim is a
         compare-and-create, so of two hosts racing for a block one gets it and the other
         moves on to the next free one."""
         _check_name("host", host, 253)
-        net = self._require(network)
+        net = self._require(network, known)
         cidr = ipaddress.IPv4Network(net.cidr)
         size = max(self.block_prefix, cidr.prefixlen)
         taken = {b.cidr for b in self.list_blocks(network)}
@@ -472,79 +606,174 @@ class ClusterState:
 
     # -- addresses ----------------------------------------------------------------------
 
+    def claim_address(
+        self,
+        network: str,
+        host: str | None,
+        attachment: str,
+        *,
+        ip: str | None = None,
+        mac: str | None = None,
+        derive_mac: Callable[[str], str] | None = None,
+        known: Network | None = None,
+    ) -> AddressClaim:
+        """Claim an address for ``attachment`` and, with it, its MAC (``mac``, or
+        ``derive_mac`` of the address; neither: no MAC claim), in one transaction: a pod
+        start's one write before any side effect, so a refusal leaves nothing behind.
+
+        ``ip`` asks for exactly that address (a static IP from CNI_ARGS); without it the
+        address comes from ``host``'s own blocks, a new block claimed when they are full.
+        The blocks and the addresses used in them come from this object's memory after the
+        first claim (a hint: the transaction compares the address and the block, so a stale
+        hint costs a retry, never a duplicate).  Asking again for an attachment that holds
+        an address returns that address (a retried CNI ADD).  Raises AddressInUseError
+        (its ``holder`` named) for an address or MAC another attachment holds."""
+        if host is not None:
+            _check_name("host", host, 253)
+        _check_attachment(attachment)
+        net = self._require(network, known)
+        if ip is not None:
+            ip = self._usable_address(net, ip)
+        elif host is None:
+            raise StoreError("an address from a host's blocks needs the host's name")
+        att_key, prefix = _attachment_key(network, attachment), _ipam_prefix(network)
+        mine = _mac_claim(attachment, host or "")
+        mac_revision = 0  # what the claim's key must be at: absent, or our own claim
+        if mac:  # a static MAC: refused before a block could be claimed for it
+            claim = self.kv.get(_mac_key(network, mac))
+            if claim is not None and claim.value != mine:
+                raise self._mac_in_use(network, mac, claim.value)
+            mac_revision = claim.mod_revision if claim else 0
+        while True:
+            block = None
+            if ip is None:
+                addr, block = self._pick_address(net, host)
+            else:
+                addr = ip
+            claim_mac = (mac or (derive_mac(addr) if derive_mac else "")).lower()
+            compares = [Compare(prefix + addr, 0), Compare(att_key, 0)]
+            ops: list = [Put(prefix + addr, attachment), Put(att_key, addr)]
+            if block is not None:
+                compares.append(Compare(_block_prefix(network) + block[0], block[1]))
+            if claim_mac:
+                compares.append(Compare(_mac_key(network, claim_mac), mac_revision))
+                ops.append(Put(_mac_key(network, claim_mac), mine))
+            result = self.kv.txn(compares, ops)
+            if result.succeeded:
+                return AddressClaim(addr, claim_mac, result.revision)
+            # Which compare failed?  Reads only on this path.
+            self._unpick(network, addr)
+            held = self.kv.get(att_key)
+            if held is not None and ip is not None and held.value != ip:
+                raise AddressInUseError(
+                    f"attachment {attachment} already holds IP {held.value} in network "
+                    f"{network}, not {ip}; DEL it before asking for another address",
+                    "IP",
+                    f"attachment {attachment}",
+                )
+            if held is not None:  # a retried ADD
+                if claim_mac and not mac:
+                    claim_mac = derive_mac(held.value).lower()
+                if claim_mac:
+                    self.claim_mac(network, claim_mac, attachment, host or "")
+                return AddressClaim(held.value, claim_mac, 0)
+            taken = self.kv.get(prefix + addr)
+            if taken is not None and ip is not None:
+                holder = self.describe_holder(network, taken.value)
+                raise AddressInUseError(
+                    f"IP {ip} in network {network} is already used by {holder}; pick a free "
+                    "address or leave IP= out",
+                    "IP",
+                    holder,
+                )
+            if taken is not None:  # a static IP in our block: skip it
+                with self._pools_lock:
+                    if (network, host) in self._pools:
+                        self._pools[(network, host)].used.add(addr)
+                continue
+            if claim_mac:
+                claim = self.kv.get(_mac_key(network, claim_mac))
+                if claim is not None and claim.value != mine:
+                    raise self._mac_in_use(network, claim_mac, claim.value)
+                mac_revision = claim.mod_revision if claim else 0
+            if block is not None:  # perhaps our block changed: read it again
+                with self._pools_lock:
+                    self._pools.pop((network, host), None)
+
     def allocate_ip(
         self, network: str, host: str, attachment: str, known: Network | None = None
     ) -> str:
-        """An address for ``attachment`` from ``host``'s own blocks, claiming a new block when
-        they are full.  Asking again for the same attachment returns the same address (a
-        retried CNI ADD)."""
-        _check_name("host", host, 253)
-        _check_attachment(attachment)
-        net = self._require(network, known)
-        att_key = _attachment_key(network, attachment)
-        existing = self.kv.get(att_key)
-        if existing is not None:
-            return existing.value
-        reserved = reserved_addresses(net.cidr)
-        prefix = _ipam_prefix(network)
-        while True:
-            used = {kv.key[len(prefix) :] for kv in self.kv.range(prefix)[0]} | reserved
-            for block in self.blocks_of(network, host):
-                first = ipaddress.IPv4Network(block.cidr)
-                base, count = int(first.network_address), first.num_addresses
-                for addr in (str(ipaddress.IPv4Address(i)) for i in range(base, base + count)):
-                    if addr in used:
-                        continue
-                    result = self.kv.txn(
-                        (Compare(prefix + addr, 0), Compare(att_key, 0)),
-                        (Put(prefix + addr, attachment), Put(att_key, addr)),
-                    )
-                    if result.succeeded:
-                        return addr
-                    raced = self.kv.get(att_key)
-                    if raced is not None:  # the same attachment, allocated concurrently
-                        return raced.value
-                    used.add(addr)
-            try:
-                self.claim_block(network, host)
-            except AddressExhaustedError:
-                raise AddressExhaustedError(
-                    f"network {network} ({net.cidr}) has no address left for host {host}: "
-                    "its blocks are full and no free block remains; release unused "
-                    "addresses or create a larger network"
-                ) from None
+        """An address for ``attachment`` from ``host``'s own blocks (claim_address, no MAC)."""
+        return self.claim_address(network, host, attachment, known=known).ip
 
     def reserve_ip(
         self, network: str, address: str, attachment: str, known: Network | None = None
     ) -> str:
-        """Give ``attachment`` exactly ``address`` (a static IP asked for in CNI_ARGS)."""
-        _check_attachment(attachment)
-        net = self._require(network, known)
+        """Give ``attachment`` exactly ``address`` (claim_address, no MAC)."""
+        return self.claim_address(network, None, attachment, ip=address, known=known).ip
+
+    @staticmethod
+    def _usable_address(net: Network, address: str) -> str:
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             raise StoreError(f"IP {address!r} is not an IPv4 address") from None
         if ip not in ipaddress.IPv4Network(net.cidr) or str(ip) in reserved_addresses(net.cidr):
             raise StoreError(
-                f"IP {address} is not a usable address of network {network} ({net.cidr})"
+                f"IP {address} is not a usable address of network {net.name} ({net.cidr})"
             )
-        att_key = _attachment_key(network, attachment)
-        prefix = _ipam_prefix(network)
-        result = self.kv.txn(
-            (Compare(prefix + str(ip), 0), Compare(att_key, 0)),
-            (Put(prefix + str(ip), attachment), Put(att_key, str(ip))),
+        return str(ip)
+
+    def _pick_address(self, net: Network, host: str) -> tuple[str, tuple[str, int]]:
+        """A free address of ``host``'s blocks (marked used at once, so concurrent ADDs of
+        this process pick different ones) and its block with the block's mod_revision."""
+        key = (net.name, host)
+        with self._pools_lock:
+            for attempt in ("memory", "store", "new block"):
+                pool = self._pools.get(key) if attempt == "memory" else None
+                if attempt == "new block":
+                    try:
+                        self.claim_block(net.name, host, known=net)
+                    except AddressExhaustedError:
+                        raise AddressExhaustedError(
+                            f"network {net.name} ({net.cidr}) has no address left for host "
+                            f"{host}: its blocks are full and no free block remains; release "
+                            "unused addresses or create a larger network"
+                        ) from None
+                if pool is None:
+                    pool = self._pools[key] = self._read_pool(net, host)
+                picked = pool.pick()
+                if picked is not None:
+                    return picked
+        raise AssertionError("a newly claimed block has free addresses")
+
+    def _read_pool(self, net: Network, host: str) -> _HostPool:
+        """``host``'s blocks and the addresses used in them, from the store: two range
+        reads, made once per network (and again only when the memory seems full or stale)."""
+        prefix = _block_prefix(net.name)
+        blocks = sorted(
+            (
+                (kv.key[len(prefix) :], kv.mod_revision)
+                for kv in self.kv.range(prefix)[0]
+                if json.loads(kv.value)["host"] == host
+            ),
+            key=lambda b: ipaddress.IPv4Network(b[0]),
         )
-        if result.succeeded:
-            return str(ip)
-        existing = self.kv.get(att_key)
-        if existing is not None and existing.value == str(ip):
-            return str(ip)  # a retried ADD
-        holder = self.kv.get(prefix + str(ip))
-        raise AddressInUseError(
-            f"IP {address} in network {network} is already used by "
-            f"{self.describe_holder(network, holder.value) if holder else 'another attachment'}"
-            "; pick a free address or leave IP= out"
-        )
+        ranges = [ipaddress.IPv4Network(cidr) for cidr, _ in blocks]
+        ipam = _ipam_prefix(net.name)
+        used = {
+            kv.key[len(ipam) :]
+            for kv in self.kv.range(ipam)[0]
+            if any(ipaddress.IPv4Address(kv.key[len(ipam) :]) in r for r in ranges)
+        }
+        return _HostPool(blocks, used | reserved_addresses(net.cidr))
+
+    def _unpick(self, network: str, addr: str) -> None:
+        """Return an address a failed claim did not take to every pool of ``network``."""
+        with self._pools_lock:
+            for (net, _), pool in self._pools.items():
+                if net == network:
+                    pool.used.discard(addr)
 
     def release_ip(self, network: str, attachment: str) -> str | None:
         """Free the address of ``attachment`` and return it; None if it had none (a repeated
@@ -559,6 +788,7 @@ class ClusterState:
                 (Delete(att_key), Delete(_ipam_prefix(network) + kv.value)),
             )
             if result.succeeded:
+                self._unpick(network, kv.value)
                 return kv.value
 
     def allocations(self, network: str) -> dict[str, str]:
@@ -579,10 +809,16 @@ class ClusterState:
         container_id: str,
         ifname: str,
         known: Network | None = None,
+        claimed: int = 0,
+        pod: str | None = None,
     ) -> Endpoint:
         """Publish (or update) an endpoint so every host can reach it, claiming its MAC in
         the same transaction: raises AddressInUseError, naming the holder, when another
-        attachment of ``network`` has that MAC (on any host)."""
+        attachment of ``network`` has that MAC (on any host).
+
+        ``claimed`` is the revision of the claim_address that claimed this MAC for a new
+        endpoint: then one transaction, no read, publishes it (and if either key moved
+        since, the general path below reads them)."""
         _check_name("host", host, 253)
         _check_attachment(attachment)
         self._require(network, known)
@@ -592,18 +828,23 @@ class ClusterState:
             raise StoreError(f"endpoint {attachment}: IP {ip!r} is not an IPv4 address") from None
         mac = mac.lower()
         ep_key = _endpoint_key(network, host, attachment)
-        value = json.dumps({"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname})
+        record = {"mac": mac, "ip": ip, "container_id": container_id, "ifname": ifname}
+        if pod:
+            record["pod"] = pod
+        value = json.dumps(record)
         mine = _mac_claim(attachment, host)
+        if claimed:
+            fast = self.kv.txn(
+                (Compare(ep_key, 0), Compare(_mac_key(network, mac), claimed)),
+                (Put(ep_key, value),),
+            )
+            if fast.succeeded:
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname, pod)
         while True:
             old = self.kv.get(ep_key)
             claim = self.kv.get(_mac_key(network, mac))
             if claim is not None and claim.value != mine:
-                held = json.loads(claim.value)
-                raise AddressInUseError(
-                    f"MAC {mac} in network {network} is already used by "
-                    f"{self.describe_holder(network, held['attachment'], held['host'])}; "
-                    "pick another MAC or leave MAC= out"
-                )
+                raise self._mac_in_use(network, mac, claim.value)
             compares = [
                 Compare(ep_key, old.mod_revision if old else 0),
                 Compare(_mac_key(network, mac), claim.mod_revision if claim else 0),
@@ -616,7 +857,7 @@ class ClusterState:
                     compares.append(Compare(old_claim.key, old_claim.mod_revision))
                     ops.append(Delete(old_claim.key))
             if self.kv.txn(compares, ops).succeeded:
-                return Endpoint(network, host, attachment, mac, ip, container_id, ifname)
+                return Endpoint(network, host, attachment, mac, ip, container_id, ifname, pod)
             # Someone wrote one of the keys between the reads and the transaction: look again.
 
     def delete_endpoint(self, network: str, host: str, attachment: str) -> bool:
@@ -637,6 +878,56 @@ class ClusterState:
             if self.kv.txn(compares, ops).succeeded:
                 return True
 
+    def release_attachment(
+        self,
+        network: str,
+        host: str,
+        attachment: str,
+        macs: Iterable[str] = (),
+        derive_mac: Callable[[str], str] | None = None,
+    ) -> str | None:
+        """Everything ``attachment`` of ``host`` holds in ``network``, gone in one
+        transaction: its endpoint record, its address and attachment index, and its claims
+        on the record's MAC, on ``macs`` and on ``derive_mac`` of its address (an ADD cut
+        short may hold a claim no record keeps).  Claims another attachment holds stay.
+        Returns the address freed, None if there was none; parts already gone are fine (a
+        repeated CNI DEL changes nothing)."""
+        ep_key = _endpoint_key(network, host, attachment)
+        att_key = _attachment_key(network, attachment)
+        mine = _mac_claim(attachment, host)
+        while True:
+            ep, att = self.kv.get(ep_key), self.kv.get(att_key)
+            candidates = {m.lower() for m in macs}
+            compares: list[Compare] = []
+            ops: list = []
+            if ep is not None:
+                compares.append(Compare(ep_key, ep.mod_revision))
+                ops.append(Delete(ep_key))
+                try:
+                    record_mac = _record(ep).get("mac")
+                except RecordError:  # a malformed record still goes
+                    record_mac = None
+                if isinstance(record_mac, str):
+                    candidates.add(record_mac.lower())
+            if att is not None:
+                compares.append(Compare(att_key, att.mod_revision))
+                ops += [Delete(att_key), Delete(_ipam_prefix(network) + att.value)]
+                if derive_mac is not None:
+                    candidates.add(derive_mac(att.value).lower())
+            for mac in sorted(candidates):
+                claim = self.kv.get(_mac_key(network, mac))
+                if claim is not None and claim.value == mine:
+                    compares.append(Compare(claim.key, claim.mod_revision))
+                    ops.append(Delete(claim.key))
+            if not ops:
+                return None
+            if self.kv.txn(compares, ops).succeeded:
+                if att is None:
+                    return None
+                self._unpick(network, att.value)
+                return att.value
+            # Something moved between the reads and the transaction: look again.
+
     def claim_mac(self, network: str, mac: str, attachment: str, host: str) -> None:
         """Claim ``mac`` in ``network`` for ``attachment`` on ``host`` (compare-and-create;
         claiming it again is fine), before anything carries the MAC: a host that loses a
@@ -651,12 +942,17 @@ class ClusterState:
                 continue  # released in between: try again
             if claim.value == mine:
                 return
-            held = json.loads(claim.value)
-            raise AddressInUseError(
-                f"MAC {mac.lower()} in network {network} is already used by "
-                f"{self.describe_holder(network, held['attachment'], held['host'])}; "
-                "pick another MAC or leave MAC= out"
-            )
+            raise self._mac_in_use(network, mac, claim.value)
+
+    def _mac_in_use(self, network: str, mac: str, claim: str) -> AddressInUseError:
+        held = json.loads(claim)
+        holder = self.describe_holder(network, held["attachment"], held["host"])
+        return AddressInUseError(
+            f"MAC {mac.lower()} in network {network} is already used by {holder}; pick "
+            "another MAC or leave MAC= out",
+            "MAC",
+            holder,
+        )
 
     def release_mac(self, network: str, mac: str, attachment: str, host: str) -> bool:
         """Release ``attachment``'s claim on ``mac``; False if it held none (not an error)."""
@@ -704,7 +1000,16 @@ class ClusterState:
             _, net, host, attachment = kv.key.split("/", 3)
             d = json.loads(kv.value)
             out.append(
-                Endpoint(net, host, attachment, d["mac"], d["ip"], d["container_id"], d["ifname"])
+                Endpoint(
+                    net,
+                    host,
+                    attachment,
+                    d["mac"],
+                    d["ip"],
+                    d["container_id"],
+                    d["ifname"],
+                    pod_name(d.get("pod")),
+                )
             )
         return out
 
@@ -753,9 +1058,7 @@ def decode_network(kv: KeyValue) -> Network:
     """A ``networks/NAME`` record; RecordError names what is wrong with it."""
     d = _record(kv)
     try:
-        return Network(
-            kv.key[len("networks/") :], d["vni"], d["cidr"], d.get("mtu"), d.get("gateway", True)
-        )
+        return _network_from(kv.key[len("networks/") :], d)
     except KeyError as exc:
         raise RecordError(f"{kv.key}: field {exc} is missing") from None
     except StoreError as exc:
@@ -784,7 +1087,26 @@ def decode_endpoint(kv: KeyValue) -> Endpoint:
     # A watcher holds every record: one copy of the names thousands of records repeat.
     if isinstance(ifname, str):
         ifname = sys.intern(ifname)
-    return Endpoint(sys.intern(net), sys.intern(host), attachment, mac, ip, container_id, ifname)
+    return Endpoint(
+        sys.intern(net),
+        sys.intern(host),
+        attachment,
+        mac,
+        ip,
+        container_id,
+        ifname,
+        pod_name(d.get("pod")),
+    )
+
+
+def pod_name(value: object) -> str | None:
+    """An endpoint record's optional ``pod`` ("NAMESPACE/NAME"), decoded tolerantly: it is
+    only shown to operators, so a value that is not such a string (another writer, a later
+    version) reads as no pod rather than making the endpoint unusable."""
+    if not isinstance(value, str) or len(value) > 512:
+        return None
+    namespace, sep, name = value.partition("/")
+    return value if sep and namespace and name and "/" not in name else None
 
 
 def _record(kv: KeyValue) -> dict:

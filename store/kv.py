@@ -226,6 +226,12 @@ class KvStore(abc.ABC):
     def revoke(self, lease: int) -> bool:
         """End ``lease`` now, deleting its keys; False if it was already gone."""
 
+    @abc.abstractmethod
+    def lease_time_left(self, lease: int) -> int | None:
+        """Whole seconds until ``lease`` expires unless renewed (rounded down, as etcd's
+        LeaseTimeToLive answers: 0 is under a second), or None once it has expired, was
+        revoked or never existed.  For the operator (``host list``); one request."""
+
     # -- history ----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -368,6 +368,13 @@ class SqliteKvStore(KvStore):
             self._drop_lease(lease)
             return True
 
+    def lease_time_left(self, lease: int) -> int | None:
+        with self._reading():
+            row = self._db.execute("SELECT expires_at FROM leases WHERE id=?", (lease,)).fetchone()
+        left = row[0] - self.clock() if row else 0.0
+        # Expired but not swept yet (no write since) is expired: its keys go at the next write.
+        return int(left) if left > 0 else None
+
     # -- history ----------------------------------------------------------------------
 
     def events_since(self, prefix: str, revision: int) -> list[Event]:

@@ -47,7 +47,7 @@ def test_integration_bridge_as_the_agent_needs_it(one_host_lab, client):
     features = ovs(
         one_host_lab.name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "dump-table-features", "br-itest"
     )
-    assert 'table 30 ("l2_lookup")' in features
+    assert 'table 50 ("l2_forward")' in features
     client.delete_bridge("br-itest")
     assert client.bridge_info("br-itest") is None
 

@@ -18,8 +18,10 @@ from openflow.model import (
     OFPP_IN_PORT,
     Flow,
     GroupAction,
+    Load,
     Move,
     Output,
+    OutputReg,
     SetField,
 )
 from openflow.simulate import Switch
@@ -89,7 +91,7 @@ _NXM = {
     "arp_spa": "NXM_OF_ARP_SPA",
     "arp_tpa": "NXM_OF_ARP_TPA",
 }
-_HEX = {"tunnel_id", "metadata"}
+_HEX = {"tunnel_id", "metadata", *(f"reg{i}" for i in range(16))}
 _PROTOCOL = {ETH_TYPE_IP: "ip", ETH_TYPE_ARP: "arp"}
 
 
@@ -122,6 +124,13 @@ def _ofctl_actions(actions) -> list[str]:
             out.append(f"move:{_NXM[a.src]}[]->{_NXM[a.dst]}[]")
         elif isinstance(a, GroupAction):
             out.append(f"group:{a.group_id}")
+        elif isinstance(a, Load):
+            mask = "" if a.mask == (1 << 32) - 1 else f"/{hex(a.mask)}"
+            out.append(f"set_field:{hex(a.value)}{mask}->{a.name}")
+        elif isinstance(a, OutputReg):
+            whole = (a.src.start, a.src.end) == (0, 31)
+            bits = "" if whole else f"{a.src.start}..{a.src.end}"
+            out.append(f"output:NXM_NX_{a.src.name.upper()}[{bits}]")
         else:
             raise AssertionError(f"no ovs-ofctl form for {a!r}")
     return out
@@ -215,7 +224,7 @@ def _trace(name: str, flow: str) -> tuple[set, set]:
     ports, tun_dsts = set(), set()
     for i, line in enumerate(lines):
         skipped = i + 1 < len(lines) and "skipping output to input port" in lines[i + 1]
-        if m := re.fullmatch(r"\s*output:(\d+)", line):
+        if m := re.fullmatch(r"\s*(?:output:|-> output port is )(\d+)", line):
             if not skipped:
                 ports.add(int(m.group(1)))
         elif line.strip() == "IN_PORT":

@@ -124,7 +124,7 @@ def test_check_notices_a_broken_attachment(host, broken):
         if argv is not None:
             netns.run_in_namespace(container, argv)
         else:  # a flow lost from br-int behind the agent's back
-            port = result["interfaces"][0]["name"]
+            mac = result["interfaces"][result["ips"][0]["interface"]]["mac"]
             ovs(
                 host,
                 "h1",
@@ -133,7 +133,7 @@ def test_check_notices_a_broken_attachment(host, broken):
                 "OpenFlow13",
                 "del-flows",
                 "br-int",
-                f"table=l2_lookup,out_port={port}",
+                f"table=l2_forward,dl_dst={mac}",
             )
         rc, err = cni(host, "CHECK", container, prevResult=result)
         assert rc == 1 and err["code"] == 3 and message in err["msg"], err

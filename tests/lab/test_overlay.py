@@ -182,7 +182,7 @@ def test_vxlan_from_a_non_peer_is_dropped(overlay):
 def test_flows_show_table_names(overlay):
     name, _ = overlay
     flows = "\n".join(lab.dump_flows(name, "h1"))
-    for table in ("classifier", "port_security", "arp_responder", "l2_lookup", "canary"):
+    for table in ("classifier", "port_security", "arp_responder", "l2_forward", "output", "canary"):
         assert re.search(rf'table="?{table}"?,', flows), table
 
 

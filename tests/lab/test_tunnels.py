@@ -35,3 +35,18 @@ def test_pods_reach_each_other_over_the_selected_tunnel(tunnel_type):
         # The datapath really encapsulated with this tunnel type, from h1's underlay IP.
         flows = ovs(name, "h1", "ovs-appctl", "dpctl/dump-flows")
         assert "ipv4(src=198.18.0.1,dst=198.18.0.2" in flows and header in flows, flows
+
+
+def test_the_pod_mtu_follows_the_underlays():
+    """A 9000-byte underlay gives 8950-byte pods over VXLAN (the agent reads br-phy's MTU,
+    never assumes 1500), and a full-size packet that may not be fragmented crosses hosts."""
+    with running_lab(2, underlay_mtu=9000) as name:
+        pods.pod_add(name, "h1", "p1")
+        b = pods.pod_add(name, "h2", "p1")
+        ns = pods.pod_namespace(name, "h1", "p1")
+        assert "mtu 8950 " in netns.run_in_namespace(ns, ["ip", "link", "show", "eth0"]).stdout
+        full = ["ping", "-c1", "-W5", "-M", "do", "-s", str(8950 - 28), b["ip"]]
+        assert netns.run_in_namespace(ns, full, check=False).returncode == 0
+        one_more = ["ping", "-c1", "-W1", "-M", "do", "-s", str(8950 - 27), b["ip"]]
+        refused = netns.run_in_namespace(ns, one_more, check=False)
+        assert refused.returncode != 0 and "mtu=8950" in refused.stdout + refused.stderr

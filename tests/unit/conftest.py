@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_store_contract import Watcher
+# ``backend``: the contract's store fixture (SQLite and a real etcd), for every store test.
+from tests.unit.test_store_contract import Watcher, backend  # noqa: F401
 
 
 @pytest.fixture

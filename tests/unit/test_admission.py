@@ -91,19 +91,6 @@ def test_a_fifo_as_netns_is_refused_without_blocking(manager, cluster, tmp_path)
     assert err.code == 4 and "is not a network namespace" in str(err)
 
 
-def test_a_static_mac_held_on_another_host_is_refused_naming_the_holder(manager, cluster):
-    cluster.put_endpoint(
-        "default", "h2", "c9/eth0", mac="02:00:00:00:00:09", ip="100.64.0.9",
-        container_id="c9", ifname="eth0",
-    )  # fmt: skip
-    err = refused(manager, cluster, mac="02:00:00:00:00:09")
-    assert err.code == 4
-    assert str(err) == (
-        "CNI_ARGS MAC=02:00:00:00:00:09 is already used in network default by attachment "
-        "c9/eth0 on host h2; pick another MAC or leave MAC= out"
-    )
-
-
 def test_an_unknown_network_is_bad_config(manager, cluster):
     err = refused(manager, cluster, network="nope")
     assert err.code == 7 and "network 'nope' does not exist" in str(err)

@@ -29,3 +29,13 @@ def test_underlay_cidr_is_read_as_ovs_prints_it(tmp_path):
 def test_a_bad_underlay_cidr_stops_the_agent_with_one_sentence(tmp_path):
     with pytest.raises(ValueError, match=r"underlay_cidr '198.18.0.0/33' is not a network"):
         load(tmp_path, underlay_cidr="198.18.0.0/33")
+
+
+def test_the_underlay_mtu_is_the_tunnel_ips_link_unless_configured(tmp_path):
+    from controller.agent import Agent
+
+    assert Agent(load(tmp_path, underlay_mtu=9000))._underlay_mtu() == 9000
+    assert load(tmp_path).underlay_mtu is None  # no assumed 1500
+    # 198.18.0.1 is on no interface of the machine running the tests: no MTU to read.
+    with pytest.raises(RuntimeError, match="tunnel_ip 198.18.0.1 is on no interface"):
+        Agent(load(tmp_path))._underlay_mtu()

@@ -69,7 +69,7 @@ def test_load_then_watch_serves_peers_and_their_endpoints(cluster):
     threads = watching(cache, stop)
     try:
         state = fed.engine.state()
-        assert state.networks == (NetworkSpec("default", 5001),)
+        assert state.networks == (NetworkSpec("default", 5001, 1),)
         assert state.peers == ("198.18.0.2",)
         assert state.remote == (
             RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:02", "100.64.0.2"),
@@ -120,7 +120,7 @@ def test_bad_and_conflicting_records_are_skipped_logged_once_and_the_rest_served
         cache.load()
         cache.load()  # the same bad records again: not logged again
     state = fed.engine.state()
-    assert state.networks == (NetworkSpec("default", 5001),)
+    assert state.networks == (NetworkSpec("default", 5001, 1),)
     assert state.peers == ("198.18.0.2", "198.18.0.3")
     assert state.remote == (
         RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:02", "100.64.0.2"),
@@ -219,3 +219,21 @@ def test_endpoints_follow_their_host_to_a_new_tunnel_ip_as_one_object(cluster):
     gc.collect()
     mine = [o for o in gc.get_objects() if isinstance(o, RemoteEndpoint) and o.mac == mac]
     assert len(mine) == 2  # ``moved``, and the one the cache and the engine hold
+
+
+def test_a_network_from_before_indexes_gets_one_then_flows(cluster, caplog):
+    """A record without an index is no network for the pipeline (logged once, never an
+    error); the agent gives it the lowest free index, and its watch brings it in."""
+    cluster.kv.put("networks/old", json.dumps({"vni": 5009, "cidr": "100.66.0.0/16"}))
+    fed, stop = Fed(), threading.Event()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    with caplog.at_level(logging.INFO):
+        threads = watching(cache, stop)
+    try:
+        assert "network old has no index yet" in caplog.text
+        assert cluster.get_network("old").index == 2
+        assert fed.wait(lambda s: NetworkSpec("old", 5009, 2) in s.networks)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()

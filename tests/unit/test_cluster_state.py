@@ -79,10 +79,28 @@ def test_invalid_networks_are_refused_naming_the_field(cluster, name, vni, cidr,
 def test_networks_round_trip(cluster):
     blue = cluster.create_network("blue", vni=5002, cidr="100.64.1.0/24", mtu=1400, gateway=False)
     cluster.create_network("default", vni=5001, cidr="100.64.0.0/24")
-    assert blue == Network("blue", 5002, "100.64.1.0/24", 1400, False)
+    assert blue == Network("blue", 5002, "100.64.1.0/24", 1400, False, index=1)
     assert cluster.get_network("blue") == blue
     assert cluster.get_network("nope") is None
     assert [n.name for n in cluster.list_networks()] == ["blue", "default"]
+
+
+def test_network_indexes_are_dense_reused_and_back_filled(cluster):
+    """The lowest free index from 1; a deleted network's index is reused; a record from
+    before indexes gets the lowest free one by compare-and-swap, once."""
+    a = cluster.create_network("a", vni=5001, cidr="100.64.0.0/24")
+    b = cluster.create_network("b", vni=5002, cidr="100.64.1.0/24")
+    assert (a.index, b.index) == (1, 2)
+    cluster.delete_network("a")
+    assert cluster.kv.get("netindex/1") is None
+    cluster.kv.put("networks/old", json.dumps({"vni": 5003, "cidr": "100.64.2.0/24"}))
+    assert cluster.get_network("old").index is None
+    old = cluster.assign_network_index("old")
+    assert old.index == 1 and cluster.get_network("old") == old
+    assert cluster.kv.get("netindex/1").value == "old"
+    assert cluster.assign_network_index("old") == old
+    assert cluster.assign_network_index("gone") is None
+    assert cluster.create_network("c", vni=5004, cidr="100.64.3.0/24").index == 3
 
 
 def test_a_duplicate_name_or_vni_is_refused_and_leaves_nothing_behind(cluster):
@@ -331,6 +349,128 @@ def test_a_static_address_is_reserved_once(tmp_path):
     c.close()
 
 
+class CountingKv:
+    """The real store, with its calls counted: what one ADD costs in store round trips."""
+
+    def __init__(self, kv):
+        self.kv = kv
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self.kv, name)
+        if name in ("get", "range", "txn"):
+
+            def counted(*args, **kwargs):
+                self.calls.append(name)
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+def derived(ip: str) -> str:
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+def test_an_add_is_two_writes_and_no_read_once_the_hosts_blocks_are_known(db, clock):
+    counting = CountingKv(SqliteKvStore(db, clock=clock))
+    cluster = ClusterState(counting)
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    cluster.claim_address("default", "h1", "warm/eth0", known=net)  # reads the blocks once
+    counting.calls.clear()
+    claim = cluster.claim_address("default", "h1", "a/eth0", derive_mac=derived, known=net)
+    assert counting.calls == ["txn"]
+    assert (claim.ip, claim.mac) == ("100.64.0.3", "0a:58:64:40:00:03")
+    assert cluster.mac_holder("default", claim.mac) == ("a/eth0", "h1")
+    counting.calls.clear()
+    cluster.put_endpoint(
+        "default", "h1", "a/eth0", mac=claim.mac, ip=claim.ip, container_id="a",
+        ifname="eth0", known=net, claimed=claim.revision,
+    )  # fmt: skip
+    assert counting.calls == ["txn"]
+    assert [e.ip for e in cluster.list_endpoints("default")] == ["100.64.0.3"]
+    cluster.close()
+
+
+def test_a_held_mac_refuses_the_claim_and_writes_nothing(cluster):
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    cluster.claim_mac("default", "02:00:00:00:00:09", "c9/eth0", "h2")
+    before = cluster.revision()
+    with pytest.raises(AddressInUseError, match="attachment c9/eth0 on host h2") as err:
+        cluster.claim_address("default", "h1", "a/eth0", mac="02:00:00:00:00:09", known=net)
+    assert (err.value.kind, err.value.holder) == ("MAC", "attachment c9/eth0 on host h2")
+    assert cluster.revision() == before
+    # The address the refused claim had picked is handed out next, not lost.
+    assert cluster.allocate_ip("default", "h1", "b/eth0") == "100.64.0.2"
+
+
+def test_a_stale_memory_of_the_hosts_blocks_costs_a_retry_never_a_duplicate(db, cluster):
+    net = cluster.create_network("default", 5001, "100.64.0.0/24")
+    assert cluster.allocate_ip("default", "h1", "a/eth0") == "100.64.0.2"
+    other = open_cluster(f"sqlite:///{db}")  # another writer: a static IP in h1's block
+    assert other.reserve_ip("default", "100.64.0.3", "s/eth0") == "100.64.0.3"
+    assert cluster.allocate_ip("default", "h1", "b/eth0", known=net) == "100.64.0.4"
+    # The block's record deleted behind h1's back (another writer): the next claim sees the
+    # block changed and claims it again instead of trusting what it remembers.
+    other.kv.delete("blocks/default/100.64.0.0/26")
+    assert cluster.allocate_ip("default", "h1", "c/eth0", known=net) == "100.64.0.5"
+    assert [b.cidr for b in cluster.blocks_of("default", "h1")] == ["100.64.0.0/26"]
+    other.close()
+
+
+def test_a_released_address_is_handed_out_again_from_memory(cluster):
+    cluster.create_network("default", 5001, "100.64.0.0/24")
+    first = cluster.allocate_ip("default", "h1", "a/eth0")
+    cluster.allocate_ip("default", "h1", "b/eth0")
+    assert cluster.release_ip("default", "a/eth0") == first
+    assert cluster.allocate_ip("default", "h1", "c/eth0") == first
+
+
+def test_threads_of_one_agent_claim_distinct_addresses(cluster):
+    cluster.create_network("default", 5001, "100.64.0.0/24")
+    got: list[str] = []
+
+    def claim(i: int) -> None:
+        for k in range(20):
+            got.append(cluster.allocate_ip("default", "h1", f"t{i}-{k}/eth0"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert len(got) == len(set(got)) == 80
+
+
+def test_a_del_releases_record_address_and_claims_in_one_write_and_again_changes_nothing(db, clock):
+    counting = CountingKv(SqliteKvStore(db, clock=clock))
+    cluster = ClusterState(counting)
+    net = cluster.create_network("default", 5001, "100.64.0.0/16")
+    claim = cluster.claim_address("default", "h1", "a/eth0", derive_mac=derived, known=net)
+    cluster.put_endpoint(
+        "default", "h1", "a/eth0", mac=claim.mac, ip=claim.ip, container_id="a",
+        ifname="eth0", claimed=claim.revision,
+    )  # fmt: skip
+    cluster.claim_mac("default", "02:00:00:00:00:07", "a/eth0", "h1")  # an interrupted ADD's
+    cluster.claim_mac("default", "02:00:00:00:00:08", "b/eth0", "h2")  # someone else's
+    counting.calls.clear()
+    assert (
+        cluster.release_attachment(
+            "default", "h1", "a/eth0", ["02:00:00:00:00:07", "02:00:00:00:00:08"], derived
+        )
+        == claim.ip
+    )
+    assert counting.calls.count("txn") == 1
+    assert cluster.list_endpoints() == [] and cluster.allocations("default") == {}
+    assert cluster.kv.get("attachments/default/a/eth0") is None
+    assert cluster.mac_claims_of("h1") == []
+    assert cluster.mac_holder("default", "02:00:00:00:00:08") == ("b/eth0", "h2")
+    before = cluster.revision()
+    assert cluster.release_attachment("default", "h1", "a/eth0", [], derived) is None
+    assert cluster.revision() == before
+    cluster.close()
+
+
 # -- MAC claims ----------------------------------------------------------------------------
 
 
@@ -451,6 +591,27 @@ def test_of_two_hosts_racing_for_one_mac_exactly_one_wins(db, cluster, how):
         else:
             cluster.release_mac("default", "02:00:00:00:00:0a", holder, winner)
         assert cluster.kv.range("macs/")[0] == []
+
+
+def test_an_endpoint_keeps_its_pod_and_a_bad_pod_reads_as_none(cluster):
+    from store.cluster import decode_endpoint
+    from store.kv import KeyValue
+
+    cluster.create_network("net", vni=5001, cidr="100.64.0.0/16")
+    ip = cluster.allocate_ip("net", "h1", "c1/eth0")
+    ep = cluster.put_endpoint(
+        "net", "h1", "c1/eth0", mac="02:00:00:00:00:01", ip=ip, container_id="c1",
+        ifname="eth0", pod="web/api-0",
+    )  # fmt: skip
+    assert ep.pod == "web/api-0"
+    assert [e.pod for e in cluster.list_endpoints("net")] == ["web/api-0"]
+    (kv,) = cluster.kv.range("endpoints/")[0]
+    assert decode_endpoint(kv) == ep
+    base = {"mac": "02:00:00:00:00:02", "ip": "100.64.0.9", "container_id": "c", "ifname": "e"}
+    for bad in (None, 7, "", "no-slash", "/name", "ns/", "a/b/c", ["web", "api"]):
+        value = json.dumps(base | {"pod": bad})
+        decoded = decode_endpoint(KeyValue("endpoints/net/h2/c/e", value, 5, 5))
+        assert decoded.pod is None and decoded.ip == "100.64.0.9"
 
 
 def test_decoded_endpoints_share_the_names_many_records_repeat():

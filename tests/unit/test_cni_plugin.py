@@ -203,6 +203,15 @@ def test_cni_args_give_a_static_ip_and_mac_and_refuse_unknown_keys():
     # A MAC of the derived range only as the one derived from the static IP itself.
     assert plugin.parse_args("IP=100.64.3.3;MAC=0a:58:64:40:03:03")["mac"] == "0a:58:64:40:03:03"
     assert plugin.parse_args("K8S_POD_NAME=x;IgnoreUnknown=1;FOO=1") == {}
+
+
+def test_cni_args_name_the_kubernetes_pod_when_both_its_namespace_and_name_are_there():
+    # what containerd 1.6's CRI plugin sends
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=api-0;K8S_POD_INFRA_CONTAINER_ID=ab"
+    assert plugin.parse_args(args) == {"pod": "web/api-0"}
+    assert plugin.parse_args(args + ";K8S_POD_UID=u1;IP=100.64.3.3")["pod"] == "web/api-0"
+    assert "pod" not in plugin.parse_args("K8S_POD_NAME=api-0")
+    assert "pod" not in plugin.parse_args("K8S_POD_NAMESPACE=web;K8S_POD_NAME=")
     with pytest.raises(plugin.CniError, match="unknown keys FOO"):
         plugin.parse_args("FOO=1")
     with pytest.raises(plugin.CniError, match="KEY=VALUE"):

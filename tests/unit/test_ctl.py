@@ -71,12 +71,19 @@ def test_networks_are_created_and_listed_with_the_options_before_or_after_the_co
     code, out, _ = ctl(capsys, "network", "list", "--store", url)
     assert code == 0
     assert out.splitlines() == [
-        "NAME  VNI  CIDR           MTU  GATEWAY",
-        "blue  7    100.64.1.0/24  -    yes",
+        "NAME  VNI  INDEX  CIDR           MTU  GATEWAY",
+        "blue  7    1      100.64.1.0/24  -    yes",
     ]
     code, out, _ = ctl(capsys, "network", "-o", "json", "--store", url, "list")
     assert json.loads(out) == [
-        {"name": "blue", "vni": 7, "cidr": "100.64.1.0/24", "mtu": None, "gateway": True}
+        {
+            "name": "blue",
+            "vni": 7,
+            "index": 1,
+            "cidr": "100.64.1.0/24",
+            "mtu": None,
+            "gateway": True,
+        }
     ]
     assert ctl(capsys, "network", "delete", "blue", "--store", url)[0] == 0
     assert json.loads(ctl(capsys, "network", "list", "-o", "json", "--store", url)[1]) == []
@@ -163,19 +170,42 @@ def test_host_list_shows_live_and_dead_hosts_with_their_endpoints(capsys, cluste
     cluster.unregister_host(gone)  # h2's agent is gone; its pods' state stays
     code, out, _ = ctl(capsys, "host", "list", "--store", url)
     assert code == 0
-    assert out.splitlines() == [
-        "NAME  ALIVE  TUNNEL IP   ENDPOINTS  BLOCKS",
-        "h1    yes    198.18.0.1  1          1",
-        "h2    no     -           2          1",
+    # A 30 s lease just granted has 29 or 30 whole seconds left.
+    assert re.sub(r"\b(29|30)s\b", "30s", out).splitlines() == [
+        "NAME  ALIVE  TUNNEL IP   LEASE LEFT  ENDPOINTS  BLOCKS",
+        "h1    yes    198.18.0.1  30s         1          1",
+        "h2    no     -           -           2          1",
     ]
     code, out, _ = ctl(capsys, "host", "list", "-o", "json", "--store", url)
     assert json.loads(out)[1] == {
         "name": "h2",
         "alive": False,
         "tunnel_ip": None,
+        "lease_left": None,
         "endpoints": 2,
         "blocks": 1,
     }
+
+
+def test_host_list_shows_a_live_hosts_lease_time_left_on_either_backend(capsys, backend):
+    """One lease request per live host, on SQLite (its lease's expiry) and on etcd
+    (LeaseTimeToLive); the store is opened with its real clock, as the CLI opens it."""
+    cluster = open_cluster(backend.url)
+    try:
+        cluster.create_network("default", vni=5001, cidr="100.64.0.0/16")
+        cluster.register_host("h1", "198.18.0.1", ttl=30)
+        cluster.register_host("h2", "198.18.0.2", ttl=3600)
+        gone = cluster.register_host("h3", "198.18.0.3", ttl=30)
+        attach(cluster, "h3", "c3/eth0")
+        cluster.unregister_host(gone)
+    finally:
+        cluster.close()
+    code, out, _ = ctl(capsys, "host", "list", "-o", "json", "--store", backend.url)
+    assert code == 0
+    left = {h["name"]: h["lease_left"] for h in json.loads(out)}
+    assert 0 < left["h1"] <= 30 and 30 < left["h2"] <= 3600 and left["h3"] is None
+    code, out, _ = ctl(capsys, "host", "list", "--store", backend.url)
+    assert f"198.18.0.2  {left['h2']}s" in out or f"198.18.0.2  {left['h2'] - 1}s" in out
 
 
 def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
@@ -191,8 +221,10 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
         ip="100.64.1.2",
         container_id="c1",
         ifname="net1",
+        pod="web/api-0",
     )
     rows = json.loads(ctl(capsys, "endpoint", "list", "-o", "json", "--store", url)[1])
+    assert [r["pod"] for r in rows] == ["web/api-0", None, None]
     assert [(r["network"], r["host"], r["attachment"]) for r in rows] == [
         ("blue", "h1", "c1/net1"),
         ("default", "h1", "c1/eth0"),
@@ -220,6 +252,7 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
             "attachment": "c1/eth0",
             "ip": ip1,
             "mac": "0a:58:64:40:00:02",
+            "pod": None,
         }
     ]
     code, out, _ = ctl(capsys, "endpoint", "list", "--host", "h2", "--store", url)
@@ -229,6 +262,7 @@ def test_endpoint_list_filters_by_network_and_host(capsys, cluster, url):
         "ATTACHMENT",
         "IP",
         "MAC",
+        "POD",
     ]
     assert len(out.splitlines()) == 2
 

@@ -19,7 +19,7 @@ from openflow.diff import (
 )
 from openflow.state import HostState, LocalPort, NetworkSpec, RemoteEndpoint
 
-NET = NetworkSpec("default", 5001)
+NET = NetworkSpec("default", 5001, 1)
 P1 = LocalPort("default", 2, "0a:58:64:40:00:02", "100.64.0.2")
 P2 = LocalPort("default", 3, "0a:58:64:40:00:03", "100.64.0.3")
 R1 = RemoteEndpoint("default", "198.18.0.2", "0a:58:64:40:00:42", "100.64.0.66")

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from os_ken.ofproto import ofproto_protocol, ofproto_v1_3
 
 from openflow import encode, pipeline, sender
+from tests.unit import l3_flows
 from tests.unit.test_pipeline import STATE, host_states
 
 DP = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
@@ -29,3 +30,14 @@ def test_every_flow_of_a_rich_state_encodes_as_os_ken_does():
 def test_any_state_encodes_as_os_ken_does(state):
     for flow in pipeline.build(state, generation=3)[0]:
         assert encode.flow_add(flow, 77) == osken_bytes(flow, 77), flow
+
+
+def test_every_l3_and_conntrack_action_and_field_encodes_as_os_ken_does():
+    """Registers, ct_state/ct_zone/ct_mark, L4 ports, conj_id; reg_load2, output:reg,
+    resubmit, ct (zone immediate and from a register, commit, table, nat src/dst/plain,
+    exec set_field and masked load of ct_mark), dec_ttl, conjunction."""
+    flows = l3_flows.flows()
+    kinds = {type(a).__name__ for f in flows for a in f.actions}
+    assert kinds >= {"Load", "OutputReg", "Resubmit", "DecTtl", "Ct", "Conjunction"}
+    for i, flow in enumerate(flows):
+        assert encode.flow_add(flow, i + 1) == osken_bytes(flow, i + 1), flow

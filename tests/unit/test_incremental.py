@@ -22,10 +22,11 @@ MACS = tuple(f"0a:58:00:00:00:0{i}" for i in range(1, 5))
 ADDRS = tuple(f"100.64.0.{i}" for i in range(2, 6))
 
 networks = st.builds(
-    lambda k, name, vni, r: Upsert(f"networks/{k}", NetworkSpec(name, vni), (r,)),
+    lambda k, name, vni, index, r: Upsert(f"networks/{k}", NetworkSpec(name, vni, index), (r,)),
     st.sampled_from("xyz"),
     st.sampled_from(NETS),
     st.sampled_from((5001, 5002)),
+    st.sampled_from((1, 2)),
     st.integers(0, 3),
 )
 peers = st.builds(
@@ -159,7 +160,7 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
     assert (set(engine.flows()), set(engine.groups())) == (set(want[0]), set(want[1]))
 
 
-NET = NetworkSpec("default", 5001)
+NET = NetworkSpec("default", 5001, 1)
 H2 = "198.18.0.2"
 
 
@@ -216,13 +217,13 @@ def test_a_network_with_a_taken_vni_has_no_flows_and_its_endpoints_wait():
     engine = _base()
     msgs, shadowed = engine.apply(
         [
-            Upsert("networks/blue", NetworkSpec("blue", 5001), (7,)),
+            Upsert("networks/blue", NetworkSpec("blue", 5001, 1), (7,)),
             Upsert("port/b", LocalPort("blue", 4, MACS[2], ADDRS[2]), (0,)),
         ]
     )
     assert msgs == [] and shadowed[0].claim == ("vni", 5001)
     msgs, _ = engine.apply([Remove("networks/default")])
-    assert engine.state().networks == (NetworkSpec("blue", 5001),)
+    assert engine.state().networks == (NetworkSpec("blue", 5001, 1),)
     assert engine.state().local == (LocalPort("blue", 4, MACS[2], ADDRS[2]),)
     assert any(isinstance(m, GroupModify) for m in msgs)
     assert not any(isinstance(m, GroupAdd | GroupDelete) for m in msgs)
@@ -244,7 +245,7 @@ def test_a_rebuild_for_the_generation_the_engine_has_builds_its_units_not_again(
     engine = Engine(tunnel_ofport=2, generation=8)
     engine.apply(
         [
-            Upsert("networks/n", NetworkSpec("n", 5), (1,)),
+            Upsert("networks/n", NetworkSpec("n", 5, 1), (1,)),
             Upsert("hosts/b", Peer("198.18.0.2"), (2,)),
             Upsert("e", RemoteEndpoint("n", "198.18.0.2", "0a:58:00:00:00:01", "100.64.0.1"), (3,)),
         ]

@@ -11,7 +11,7 @@ from openflow.cookies import Feature, feature_of, generation_of
 from openflow.model import ETH_TYPE_ARP, ETH_TYPE_IP, Flow, match
 from openflow.simulate import Switch
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
-from openflow.tables import CLASSIFIER, L2_LOOKUP
+from openflow.tables import CLASSIFIER, L2_FORWARD
 
 TUN = 1
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -28,7 +28,7 @@ RB = RemoteEndpoint("blue", H3, "0a:58:64:40:01:42", "100.64.0.66")
 
 STATE = HostState(
     tunnel_ofport=TUN,
-    networks=(NetworkSpec("default", 5001), NetworkSpec("blue", 5002)),
+    networks=(NetworkSpec("default", 5001, 1), NetworkSpec("blue", 5002, 2)),
     peers=(H2, H3),
     local=(P1, P2, B1, B2),
     remote=(R1, RB),
@@ -186,20 +186,20 @@ def test_a_flow_outside_its_table_declaration_fails_when_built():
     with pytest.raises(ValueError, match="does not match on eth_dst"):
         Flow(CLASSIFIER, 1, match(eth_dst=P1.mac), 0)
     with pytest.raises(ValueError, match="may not go to table classifier"):
-        Flow(L2_LOOKUP, 1, (), 0, goto=CLASSIFIER)
+        Flow(L2_FORWARD, 1, (), 0, goto=CLASSIFIER)
 
 
 def test_state_refuses_endpoints_of_unknown_networks_or_hosts():
     with pytest.raises(ValueError, match="unknown network"):
         HostState(tunnel_ofport=1, local=(P1,))
     with pytest.raises(ValueError, match="not a known peer"):
-        HostState(tunnel_ofport=1, networks=(NetworkSpec("default", 5001),), remote=(R1,))
+        HostState(tunnel_ofport=1, networks=(NetworkSpec("default", 5001, 1),), remote=(R1,))
 
 
 @st.composite
 def host_states(draw):
     nets = draw(st.integers(1, 3))
-    networks = tuple(NetworkSpec(f"n{i}", 100 + i) for i in range(nets))
+    networks = tuple(NetworkSpec(f"n{i}", 100 + i, 1 + i) for i in range(nets))
     n_local = draw(st.integers(1, 6))
     local = tuple(
         LocalPort(
@@ -242,10 +242,12 @@ def test_any_state_connects_within_networks_and_never_across(state):
 
 
 def test_remote_endpoints_flows_share_their_common_values():
-    """10,000 remote endpoints must not hold 10,000 copies of one network's metadata match,
+    """10,000 remote endpoints must not hold 10,000 copies of one network's register match,
     the ARP responder's fixed actions or a peer's tunnel actions (engine memory)."""
     a, b = (
-        pipeline.remote_flows(RemoteEndpoint("n", "198.18.0.2", mac, ip), 5, 2, 1)
+        pipeline.remote_flows(
+            RemoteEndpoint("n", "198.18.0.2", mac, ip), NetworkSpec("n", 5, 1), 2, 1
+        )
         for mac, ip in (("0a:58:00:00:00:01", "100.64.0.1"), ("0a:58:00:00:00:02", "100.64.0.2"))
     )
     for fa, fb in zip(a, b, strict=True):
@@ -254,3 +256,68 @@ def test_remote_endpoints_flows_share_their_common_values():
         assert shared and all(x is y for x, y in shared)
         same = [(x, y) for x, y in zip(fa.actions, fb.actions, strict=True) if x == y]
         assert same and all(x is y for x, y in same)
+
+
+def test_cookie_layout_selects_by_feature_object_and_generation():
+    from openflow import cookies
+
+    c = cookies.cookie(Feature.L2_REMOTE, 0xABCD, object_id=0x123456)
+    assert c == 0x07_123456_0000ABCD
+    assert (feature_of(c), cookies.object_of(c), generation_of(c)) == (
+        Feature.L2_REMOTE,
+        0x123456,
+        0xABCD,
+    )
+    value, mask = cookies.feature_mask(Feature.L2_REMOTE)
+    assert c & mask == value
+    assert cookies.cookie(Feature.L2_LOCAL, 0xABCD) & mask != value
+    value, mask = cookies.object_mask(Feature.L2_REMOTE, 0x123456)
+    assert c & mask == value
+    assert cookies.cookie(Feature.L2_REMOTE, 1, object_id=7) & mask != value
+    with pytest.raises(ValueError):
+        cookies.cookie(Feature.L2_REMOTE, 1, object_id=1 << 24)
+
+
+def test_group_ids_are_ranged_per_feature():
+    from openflow import cookies
+
+    assert cookies.group_id(Feature.FLOOD, 5001) == 5001
+    assert cookies.group_id(Feature.FLOOD, (1 << 24) - 1) < cookies.group_id(Feature.GATEWAY, 1)
+    flows, groups = pipeline.build(STATE, generation=1)
+    assert {g.group_id for g in groups} == {n.vni for n in STATE.networks}
+
+
+def test_the_decision_and_the_output_are_separate_stages(switch):
+    """Every kind of source reaches l2_forward, which only decides (no output of its
+    own), and output acts on the decision: policy will sit between the two."""
+    from openflow.model import GroupAction, Output, OutputReg
+
+    to_remote = switch.process(ip_packet(P1, R1.mac, R1.ip))
+    assert [p.split(":")[0] for p in to_remote.path] == [
+        "classifier",
+        "port_security",
+        "arp_responder",
+        "l2_forward",
+        "output",
+    ]
+    from_gw = switch.process(ip_packet(GW, P1.mac, P1.ip))
+    assert from_gw.ports == {P1.ofport} and from_gw.path[-2:] == ("l2_forward:100", "output:100")
+    from_peer = switch.process(
+        from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=P2.mac, eth_type=ETH_TYPE_IP)
+    )
+    assert from_peer.ports == {P2.ofport} and from_peer.path[0] == "classifier:100"
+    flows, _ = pipeline.build(STATE, generation=1)
+    outputs = (Output, OutputReg, GroupAction)
+    deciding = [f for f in flows if f.table is L2_FORWARD]
+    assert deciding and not any(isinstance(a, outputs) for f in deciding for a in f.actions)
+
+
+def test_the_network_index_not_the_vni_tells_networks_apart():
+    """Two networks, the same addresses: the classifier's register, not metadata, keeps
+    a pod's ARP and traffic in its own network."""
+    flows, _ = pipeline.build(STATE, generation=1)
+    assert not any(f.write_metadata for f in flows)
+    assert not any(m.name == "metadata" for f in flows for m in f.match)
+    sw = Switch(flows, pipeline.build(STATE, generation=1)[1])
+    assert sw.process(ip_packet(B1, B2.mac, B2.ip)).ports == {B2.ofport}
+    assert sw.process(ip_packet(B1, P2.mac, P2.ip)).ports == set()

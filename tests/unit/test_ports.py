@@ -24,6 +24,13 @@ def test_endpoint_round_trips_through_external_ids():
     assert EndpointPort.from_external_ids(ep.port, ids) == ep
 
 
+def test_the_pod_rides_along_in_external_ids_only_when_known():
+    assert "ovs-overlay-pod" not in EndpointPort(**GOOD).external_ids()
+    ep = EndpointPort(**GOOD, pod="kube-system/coredns-1")
+    assert ep.external_ids()["ovs-overlay-pod"] == "kube-system/coredns-1"
+    assert EndpointPort.from_external_ids(ep.port, ep.external_ids()) == ep
+
+
 def test_ports_we_do_not_own_are_not_endpoints():
     assert EndpointPort.from_external_ids("eth0", {}) is None
     assert EndpointPort.from_external_ids("x", {"attached-mac": "0a:58:64:40:00:05"}) is None

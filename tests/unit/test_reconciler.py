@@ -20,7 +20,7 @@ def test_a_change_that_raises_leaves_the_worker_alive_and_serving(caplog):
     try:
         with caplog.at_level(logging.ERROR):
             rec.submit([Upsert("junk", "not an object")])
-            rec.submit([Upsert("networks/default", NetworkSpec("default", 5001), (1,))])
+            rec.submit([Upsert("networks/default", NetworkSpec("default", 5001, 1), (1,))])
             rec.submit([Upsert("hosts/h2", Peer("198.18.0.2"), (2,))])
             deadline = time.monotonic() + WAIT
             while not rec.is_active("hosts/h2") and time.monotonic() < deadline:

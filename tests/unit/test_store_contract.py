@@ -426,6 +426,29 @@ def test_keepalive_extends_a_lease_by_its_ttl(clock_backend):
     assert kv.get("ka") is None
 
 
+def test_lease_time_left_is_whole_seconds_until_expiry_and_none_once_gone(kv):
+    lease = kv.grant_lease(60)
+    assert 0 < kv.lease_time_left(lease) <= 60  # etcd's clock runs meanwhile: 59 or 60
+    assert kv.revoke(lease)
+    assert kv.lease_time_left(lease) is None
+    assert kv.lease_time_left(7) is None  # never granted (etcd's ids are large)
+
+
+def test_lease_time_left_counts_down_and_keepalive_restores_it(clock_backend):
+    backend = clock_backend
+    kv = backend.client()
+    lease = kv.grant_lease(10)
+    assert kv.lease_time_left(lease) == 10
+    backend.advance(3.5)
+    assert kv.lease_time_left(lease) == 6  # rounded down, as etcd answers
+    assert kv.keepalive(lease)
+    assert kv.lease_time_left(lease) == 10
+    backend.advance(9.5)
+    assert kv.lease_time_left(lease) == 0  # under a second, still alive
+    backend.advance(0.5)
+    assert kv.lease_time_left(lease) is None  # expired, though not swept: nothing wrote yet
+
+
 def test_revoke_deletes_the_keys_now_and_a_put_without_lease_detaches(kv):
     lease = kv.grant_lease(60)
     kv.put("rv/a", "A", lease=lease)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import uuid
 
 import pytest
@@ -206,6 +207,35 @@ def test_a_store_that_lost_its_quorum_is_reported_unavailable(etcd_cluster3, pre
         etcd_cluster3.restart(0)
         etcd_cluster3.restart(1)
     assert kv.get(prefix + "k").value in ("v", "w")  # the write's outcome was unknown
+
+
+def test_a_member_without_a_leader_refuses_at_once_and_a_refused_write_is_never_applied(
+    etcd_cluster3, prefix
+):
+    """Every request asks for a leader, so a member that lost its quorum answers "no
+    leader" (and the call moves on) instead of holding the request until the client's
+    timeout; a write it refuses is known not applied, so the error does not call its
+    outcome unknown."""
+    kv = open_kv(etcd_cluster3.url(timeout=1))
+    kv.put(prefix + "k", "v")
+    etcd_cluster3.kill(0)
+    etcd_cluster3.kill(1)
+    try:
+        deadline = time.monotonic() + QUORUM_LOSS_NOTICED_WITHIN
+        while True:  # the survivor notices after an election timeout
+            with pytest.raises(StoreUnavailableError) as caught:
+                kv.get(prefix + "k")
+            if "no leader" in str(caught.value):
+                break
+            assert time.monotonic() < deadline, f"never said 'no leader': {caught.value}"
+        with pytest.raises(StoreUnavailableError) as caught:
+            kv.put(prefix + "k", "w")
+        assert "no leader" in str(caught.value)
+        assert "outcome is unknown" not in str(caught.value)
+    finally:
+        etcd_cluster3.restart(0)
+        etcd_cluster3.restart(1)
+    assert kv.get(prefix + "k").value == "v"
 
 
 def test_no_endpoint_answering_is_store_unavailable_naming_every_endpoint():
