@@ -25,7 +25,7 @@ Every mode builds its own lab with ``--store etcd`` and one etcd member, and rem
   and started with all of it in the store; the time until its first full sync is in
   place.  The agent's RSS (VmRSS) after each.  Then CHANGES more endpoints, one at a
   time: from just before the store write until vswitchd has the endpoint's L2 flow
-  (table 30, ``dl_dst=MAC``; ``SwitchLog``).
+  (l2_forward, ``dl_dst=MAC``; ``SwitchLog``).
 - ``soak``: one lab host; CYCLES CNI ADD + DEL pairs through the installed plugin (as a
   runtime execs it; a new container ID every cycle, WORKERS at a time, each worker in a
   namespace of its own), the agent's RSS sampled every EVERY cycles.
@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from controller.netns import namespace_path  # noqa: E402
 from lab import agent_proc, lab, naming, netns, pods, running  # noqa: E402
 from lab import etcd_members as etcd  # noqa: E402
+from openflow.tables import L2_FORWARD  # noqa: E402
 from store import open_kv  # noqa: E402
 from store.kv import Put  # noqa: E402
 
@@ -327,7 +328,7 @@ def scale(args: argparse.Namespace) -> None:
             cold_rss = rss_mb(agent_pid(name))
 
             # One more endpoint at a time.
-            log = SwitchLog(name, "h1", r"table:30 .*dl_dst=([0-9a-f:]{17})")
+            log = SwitchLog(name, "h1", rf"table:{L2_FORWARD.table_id} .*dl_dst=([0-9a-f:]{{17}})")
             lat = []
             for n in range(args.changes):
                 key, value, mac = endpoint(args.endpoints + n, args.peers)

@@ -21,10 +21,12 @@ re-listed as after a compaction.  The agent never exits for a store outage.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from openflow.incremental import Change, Peer, Remove, Upsert
 from openflow.state import NetworkSpec, RemoteEndpoint
@@ -47,6 +49,17 @@ LOG = logging.getLogger(__name__)
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 REMOTE_RANK = 1  # remote endpoints lose to local ports (rank 0) whatever their age
+
+
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    """What the cache keeps of an endpoint record: its host, and the engine's object and
+    rank for it, which the engine holds too while the host is a peer (one copy of each
+    for both; the record's other fields are not the pipeline's business)."""
+
+    host: str
+    rank: tuple
+    obj: RemoteEndpoint  # host_ip as last submitted; "" before its host had one
 
 
 class ClusterCache:
@@ -73,8 +86,9 @@ class ClusterCache:
         self._lock = threading.Lock()
         self._hosts: dict[str, tuple[Host, int]] = {}  # valid host records: (host, create_rev)
         self._networks: dict[str, Network] = {}
-        self._endpoints: dict[str, tuple[Endpoint, int]] = {}  # by store key
-        self._by_host: dict[str, set[str]] = defaultdict(set)  # host -> endpoint keys
+        self._endpoints: dict[str, _Remote] = {}  # by store key
+        # host -> its endpoint keys (a dict to None: a fifth of a set's size at 20 keys)
+        self._by_host: dict[str, dict[str, None]] = defaultdict(dict)
         self._peer_of: dict[str, str] = {}  # host -> tunnel IP, for hosts that won their IP
         self._bad: dict[str, int] = {}  # bad record key -> the mod_revision logged
         self._lost: dict[str, str] = {}  # host -> the tunnel IP it lost (logged)
@@ -364,13 +378,17 @@ class ClusterCache:
     def _set_endpoint(self, key: str, ep: Endpoint | None, kv: KeyValue | None) -> list[Change]:
         old = self._endpoints.pop(key, None)
         if old is not None:
-            hosted = self._by_host[old[0].host]
-            hosted.discard(key)
+            hosted = self._by_host[old.host]
+            hosted.pop(key, None)
             if not hosted:
-                del self._by_host[old[0].host]
+                del self._by_host[old.host]
         if ep is not None and ep.host != self._me:  # ours come from OVSDB
-            self._endpoints[key] = (ep, kv.create_revision)
-            self._by_host[ep.host].add(key)
+            obj = RemoteEndpoint(ep.network, self._peer_of.get(ep.host, ""), ep.mac, ep.ip)
+            rank = (REMOTE_RANK, kv.create_revision)
+            if old is not None and (old.obj, old.rank) == (obj, rank):
+                obj, rank = old.obj, old.rank  # what the engine holds (a re-list): one copy
+            self._endpoints[key] = _Remote(ep.host, rank, obj)
+            self._by_host[ep.host][key] = None
             if ep.network not in self._networks and self._orphans.get(key) != kv.mod_revision:
                 LOG.warning(
                     "endpoint %s names network %s, which does not exist; it has no flows "
@@ -389,11 +407,13 @@ class ClusterCache:
         entry = self._endpoints.get(key)
         if entry is None:
             return [Remove(key)]
-        ep, rev = entry
-        ip = self._peer_of.get(ep.host)
+        ip = self._peer_of.get(entry.host)
         if ip is None:  # its host is gone (or lost its IP): it counts only with a live host
             return [Remove(key)]
-        return [Upsert(key, RemoteEndpoint(ep.network, ip, ep.mac, ep.ip), (REMOTE_RANK, rev))]
+        if entry.obj.host_ip != ip:
+            entry = _Remote(entry.host, entry.rank, dataclasses.replace(entry.obj, host_ip=ip))
+            self._endpoints[key] = entry
+        return [Upsert(key, entry.obj, entry.rank)]
 
     def held(self) -> int:
         """How many entries the cache holds in all: bounded by the records alive in the

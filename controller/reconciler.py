@@ -20,11 +20,12 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
+from controller import heap
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
-from openflow.diff import GenerationDelete
+from openflow.diff import GenerationDelete, replace_generation
 from openflow.incremental import Change, Engine, Shadowed
 from openflow.model import Output, SetField
 from openflow.tables import CANARY, table_names
@@ -33,6 +34,12 @@ LOG = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+# A burst of this many changes (a listing of the store, a host with its endpoints) leaves
+# tens of MB freed behind it: once it is over (no change for SETTLE seconds), and after
+# every full sync, the heap goes back to the OS (controller/heap.py; its gc.collect costs
+# ~0.1 s at 10,000 endpoints, so not after every batch of a burst).
+BURST = 1000
+SETTLE = 0.5
 
 
 class Reconciler:
@@ -140,15 +147,27 @@ class Reconciler:
     def _loop(self) -> None:
         next_canary = time.monotonic() + self._canary_interval
         backoff = 0.0
+        since_release = 0  # changes applied since the heap last went back
+        release_at: float | None = None  # when to give it back, if nothing comes until then
         while True:
             with self._cond:
-                while not self._stopped and not self._pending() and time.monotonic() < next_canary:
-                    self._cond.wait(max(0.0, next_canary - time.monotonic()))
+                while not self._stopped and not self._pending():
+                    wake = next_canary if release_at is None else min(next_canary, release_at)
+                    if time.monotonic() >= wake:
+                        break
+                    self._cond.wait(wake - time.monotonic())
                 if self._stopped:
                     return
+                quiet = not self._pending()
                 batch, self._queue = self._queue, []
                 link, version, in_sync = self._link, self._version, self._in_sync
+            if quiet and release_at is not None and time.monotonic() >= release_at:
+                heap.release()
+                since_release, release_at = 0, None
+                if time.monotonic() < next_canary:
+                    continue
             doing = f"applying {len(batch)} change(s)"
+            since_release += len(batch)
             try:
                 messages, shadowed, lost = self._take(batch, in_sync and link is not None)
                 if lost:
@@ -192,6 +211,12 @@ class Reconciler:
                     self._in_sync = True
                     self._applied = max(self._applied, version)
                 self._cond.notify_all()
+            if not in_sync:  # a full sync
+                del batch, messages
+                heap.release()
+                since_release, release_at = 0, None
+            elif since_release >= BURST:
+                release_at = time.monotonic() + SETTLE
 
     def _take(self, batch: list[Change], want: bool) -> tuple[list, list[Shadowed], bool]:
         """The batch into the engine; if it raises, its changes one at a time, each one
@@ -236,12 +261,15 @@ class Reconciler:
             if self._suspect:  # after a failure: every index again, from the objects
                 self._engine.recompute()
                 self._suspect = False
-            flows, groups = self._engine.rebuild(generation)
-            count = len(flows)
-            messages = self._engine.full_messages(self._group_ids(link))
+            self._engine.rebuild(generation)
+            groups = self._engine.groups()
+        # Each flow is built as it is sent (Engine.iter_flows, outside the lock: only this
+        # thread changes the engine), so 20,000 of them are never alive at once; the time
+        # logged includes building them.
         start = time.monotonic()
-        link.apply(messages)
-        del messages
+        flows = _Counted(self._engine.iter_flows())
+        link.apply(replace_generation(self._group_ids(link), flows, groups, None))
+        count = flows.count
         link.apply([GenerationDelete(saved)])
         stale = []
         if self._flow_count(link) != count:
@@ -296,7 +324,7 @@ class Reconciler:
         if link is None or not in_sync:
             raise SwitchError("br-int is not connected to the agent")
         with self._engine_lock:
-            flows = self._engine.flows()
+            flows = self._engine.local_flows()
         parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
 
         def on_switch(**filters) -> Counter:
@@ -338,6 +366,19 @@ class Reconciler:
             link.dp, 0, CANARY.table_id, cookie=want, cookie_mask=0xFFFFFFFFFFFFFFFF
         )
         return bool(link.request(req))
+
+
+class _Counted:
+    """An iterator's items, counted as they pass."""
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator:
+        for item in self._items:
+            self.count += 1
+            yield item
 
 
 def _log_shadowed(s: Shadowed) -> None:

@@ -395,7 +395,7 @@ def restart_vswitchd(name: str, host: str, state_root: str = naming.DEFAULT_STAT
     # the host's network configuration would.
     with OvsdbClient(host_paths.db_sock) as client:
         client.ensure_bridge(naming.PHYS_BRIDGE, NETDEV)
-    mtu = int(read_manifest(LabPaths(state_root, name)).get("underlay_mtu", naming.UNDERLAY_MTU))
+    mtu = read_manifest(LabPaths(state_root, name)).get("underlay_mtu", naming.UNDERLAY_MTU)
     _configure_underlay_ip(ns, naming.host_index(host), mtu)
 
 

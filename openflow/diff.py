@@ -9,7 +9,7 @@ reorder messages between barriers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from openflow.model import Flow, Group
@@ -86,30 +86,37 @@ def replace_generation(
     desired_flows: Iterable[Flow],
     desired_groups: Iterable[Group],
     old_generation: int | None,
-) -> list[Message]:
+) -> Iterator[Message]:
     """Install everything anew over whatever the switch has, then drop the old generation.
 
     Used when the agent does not know what is installed (its own restart, a
     switch reconnect, a lost canary).  Every desired flow is added with the new
     generation's cookie, replacing a same-match flow in place; only then are the
     old generation's leftovers deleted by cookie, so no packet meets an empty table.
+
+    The messages come one at a time, the flow adds in ``desired_flows``' order as it
+    yields them: a full sync of 20,000 flows then never holds them all (their peak
+    stayed in the agent's heap, ~10 MB).  Their order does not matter: until the
+    barrier after them, each match has its old flow or its new one, both right, and the
+    switch may reorder messages between barriers anyway.
     """
     existing = set(existing_group_ids)
+    desired_groups = sorted(desired_groups, key=lambda g: g.group_id)
     groups: list[Message] = [
-        GroupModify(g) if g.group_id in existing else GroupAdd(g)
-        for g in sorted(desired_groups, key=lambda g: g.group_id)
+        GroupModify(g) if g.group_id in existing else GroupAdd(g) for g in desired_groups
     ]
-    # By table and priority only: the order within one doesn't matter to the switch, and
-    # ordering 20,000 flows by their match's text cost a third of a second.
-    adds: list[Message] = [
-        FlowAdd(f) for f in sorted(desired_flows, key=lambda f: (f.table.table_id, -f.priority))
-    ]
-    cleanup: list[Message] = (
-        [GenerationDelete(old_generation)] if old_generation is not None else []
-    )
+    yield from _phased(groups)
+    added = False
+    for flow in desired_flows:
+        added = True
+        yield FlowAdd(flow)
+    if old_generation is not None:
+        added = True
+        yield GenerationDelete(old_generation)
+    if added:
+        yield Barrier()
     wanted = {g.group_id for g in desired_groups}
-    group_deletes = [GroupDelete(gid) for gid in sorted(existing - wanted)]
-    return _phased(groups, adds + cleanup, group_deletes)
+    yield from _phased([GroupDelete(gid) for gid in sorted(existing - wanted)])
 
 
 def index_flows(flows: Iterable[Flow]) -> dict[tuple, Flow]:

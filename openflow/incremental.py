@@ -23,16 +23,16 @@ keeps a change from cascading through chains of colliding records.)
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from openflow import pipeline
-from openflow.diff import Message, diff, replace_generation
+from openflow.diff import Message, diff
 from openflow.model import Flow, Group
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """Another host, by its tunnel IP."""
 
@@ -43,7 +43,7 @@ Object = NetworkSpec | Peer | LocalPort | Gateway | RemoteEndpoint
 OBJECT_TYPES = (NetworkSpec, Peer, LocalPort, Gateway, RemoteEndpoint)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Upsert:
     """``key`` now holds ``obj`` (added, or changed from what it held).  A lower ``rank``
     wins a conflict (the agent gives local ports rank (0,), store records (1, their
@@ -54,14 +54,14 @@ class Upsert:
     rank: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Remove:
     """``key`` is gone (a key never added is fine)."""
 
     key: Hashable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetTunnel:
     """The tunnel port's OpenFlow port number changed: every tunnel flow changes."""
 
@@ -110,27 +110,35 @@ class Engine:
         self.tunnel_ofport = tunnel_ofport
         self.generation = generation
         self._objects: dict[Hashable, tuple[Object, tuple]] = {}  # key -> (obj, rank)
-        self._eligible: set[Hashable] = set()
-        self._active: set[Hashable] = set()
-        # claim -> (key, rank) while one key contends for it (nearly every claim: a dict
-        # each was 4 MB at 10,000 endpoints), {key: rank} while several do.
-        self._contenders: dict[tuple, tuple | dict[Hashable, tuple]] = {}
-        self._by_network: dict[str, set[Hashable]] = defaultdict(set)  # endpoints, ports
-        self._by_peer: dict[str, set[Hashable]] = defaultdict(set)  # remote endpoints
+        # A claim's kind (its head, e.g. ("mac", network)) -> its value -> the key that
+        # contends for it while one does (nearly every claim; its rank is the one it
+        # registered with), {key: rank} while several do.  Neither the claims' tuples nor
+        # a (key, rank) pair per claim are held: 2.4 MB at 10,000 endpoints.
+        self._contenders: dict[tuple, dict[Hashable, Hashable | dict[Hashable, tuple]]] = {}
+        # Keys by network (endpoints, ports) and by peer (remote endpoints), as dicts to
+        # None: a dict of 20 keys is a fifth of a set's size (500 peers: 1.8 MB less).
+        self._by_network: dict[str, dict[Hashable, None]] = defaultdict(dict)
+        self._by_peer: dict[str, dict[Hashable, None]] = defaultdict(dict)
         self._networks: dict[str, NetworkSpec] = {}  # active, by name
         self._peers: set[str] = set()  # active
         # Flood membership, counted: active ports and gateways, and per peer how many
         # active remote endpoints it has in the network.
         self._local_members: dict[str, set[tuple[int, int]]] = defaultdict(set)
         self._remote_hosts: dict[str, Counter] = defaultdict(Counter)
-        # What the engine says is installed: each unit's flows, and the groups.
+        # What the engine says is installed: the groups, and the flows of the defaults,
+        # networks and tunnels (a few per network and peer) by unit.  The flows of an
+        # endpoint, port or gateway are not held but built from ``_active_as`` when they
+        # are sent, diffed or listed: holding them cost ~9 MB at 10,000 remote endpoints,
+        # and one is needed only when its object changes or in a full sync.
         self._units: dict[Hashable, tuple[Flow, ...]] = {}
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
-        # The object each eligible key registered its claims with, and the (object,
-        # network) each active key has flows for: both may differ from the key's object
-        # now, in the middle of a batch.
-        self._registered: dict[Hashable, Object] = {}
+        # The (object, rank) each eligible key registered its claims with (the tuple
+        # ``_objects`` held then), and the (object, network) each active key has flows
+        # for: both may differ from the key's object now, in the middle of a batch.  Their
+        # keys are the eligible and the active keys (no separate sets: 0.5 MB each at
+        # 10,000 endpoints).
+        self._registered: dict[Hashable, tuple[Object, tuple]] = {}
         self._active_as: dict[Hashable, tuple[Object, NetworkSpec | None]] = {}
         self._dependents: set[Hashable] = set()  # to re-examine after a layer
         self._lost_flows: set[Hashable] = set()  # keys that lost their flows in this batch
@@ -140,7 +148,7 @@ class Engine:
     def state(self) -> HostState:
         """The active objects as the full build's input."""
         local, remote, gateways = [], [], []
-        for key in self._active:
+        for key in self._active_as:
             obj = self._objects[key][0]
             if isinstance(obj, LocalPort):
                 local.append(obj)
@@ -158,19 +166,39 @@ class Engine:
         )
 
     def flows(self) -> list[Flow]:
-        return [f for unit in self._units.values() for f in unit]
+        """Every flow the engine says is installed (the objects' built now)."""
+        return list(self.iter_flows())
+
+    def iter_flows(self) -> Iterator[Flow]:
+        """The same, one object's flows built at a time: a full sync sends each as it
+        comes, so its 20,000 flows are never all alive at once.  Not while the engine
+        changes (the owner's thread iterates it)."""
+        for unit in self._units.values():
+            yield from unit
+        for obj, net in self._active_as.values():
+            if net is not None:
+                yield from self._object_flows(obj, net)
+
+    def local_flows(self) -> list[Flow]:
+        """Every flow but those about other hosts (remote endpoints, tunnel ingress): a
+        local port's flows are all among these, without building every remote one."""
+        out = [f for unit, flows in self._units.items() if unit[0] != "tunnel" for f in flows]
+        for obj, net in self._active_as.values():
+            if net is not None and not isinstance(obj, RemoteEndpoint):
+                out += self._object_flows(obj, net)
+        return out
 
     def groups(self) -> list[Group]:
         return list(self._groups.values())
 
     def is_active(self, key: Hashable) -> bool:
-        return key in self._active
+        return key in self._active_as
 
     def shadowed(self, key: Hashable) -> Shadowed | None:
         """Why the eligible object under ``key`` has no flows, or None."""
-        if key not in self._eligible or key in self._active:
+        if key not in self._registered or key in self._active_as:
             return None
-        obj = self._registered[key]
+        obj = self._registered[key][0]
         for claim in _claims(obj):
             best = self._best(claim)
             if best != key:
@@ -212,13 +240,14 @@ class Engine:
             return [], []
         return self._settle(touched, messages)
 
-    def rebuild(self, generation: int) -> tuple[list[Flow], list[Group]]:
-        """Every flow for ``generation`` (a full sync after a (re)connect): the active
-        objects' flows with the new cookies; groups carry no generation.  The flows the
-        engine holds are already those when it has that generation (the first full sync
-        of an agent, or one retried after a failed send): they are kept, not rebuilt."""
+    def rebuild(self, generation: int) -> None:
+        """Every flow for ``generation`` (a full sync after a (re)connect; read them with
+        ``iter_flows``): the active objects' flows with the new cookies; groups carry no
+        generation.  The units the engine holds are already those when it has that
+        generation (the first full sync of an agent, or one retried after a failed send):
+        they are kept, not rebuilt."""
         if generation == self.generation:
-            return self.flows(), self.groups()
+            return
         self.generation = generation
         gen, tun = generation, self.tunnel_ofport
         # The old generation's flows go first, so a full sync never holds two copies
@@ -228,27 +257,19 @@ class Engine:
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
                 units[("tunnel", peer, net.name)] = pipeline.tunnel_flows(peer, net, tun, gen)
-        for key, (obj, net) in self._active_as.items():
-            if net is not None:
-                units[("object", key)] = self._object_flows(obj, net)
-        return self.flows(), self.groups()
 
     def recompute(self) -> None:
         """Every index again from the objects alone: after a failure may have left them
         half-updated (the always-right fallback)."""
         self._recompute_all()
 
-    def full_messages(self, existing_group_ids: Sequence[int]) -> list[Message]:
-        """Everything, over whatever the switch has (openflow.diff.replace_generation)."""
-        return replace_generation(existing_group_ids, self.flows(), self.groups(), None)
-
     # -- internals ------------------------------------------------------------------------
 
     def _index(self, key: Hashable, obj: Object) -> None:
         if isinstance(obj, LocalPort | Gateway | RemoteEndpoint):
-            self._by_network[obj.network].add(key)
+            self._by_network[obj.network][key] = None
         if isinstance(obj, RemoteEndpoint):
-            self._by_peer[obj.host_ip].add(key)
+            self._by_peer[obj.host_ip][key] = None
 
     def _forget(self, key: Hashable, obj: Object) -> None:
         if isinstance(obj, LocalPort | Gateway | RemoteEndpoint):
@@ -257,36 +278,39 @@ class Engine:
             _discard(self._by_peer, obj.host_ip, key)
 
     def _best(self, claim: tuple) -> Hashable | None:
-        contenders = self._contenders.get(claim)
-        if contenders is None:
-            return None
-        if isinstance(contenders, tuple):  # one contender: no ranking to do
-            return contenders[0]
-        return min(contenders.items(), key=lambda kv: (kv[1], repr(kv[0])))[0]
+        values = self._contenders.get(claim[:-1])
+        held = None if values is None else values.get(claim[-1])
+        if not isinstance(held, dict):  # one contender (no ranking to do), or none
+            return held
+        return min(held.items(), key=lambda kv: (kv[1], repr(kv[0])))[0]
 
     def _register(self, key: Hashable, obj: Object, rank: tuple | None) -> set[Hashable]:
         """(Un)register ``key`` as a contender for its claims; returns every key whose
         activeness may have changed with it."""
         affected = {key}
         for claim in _claims(obj):
-            held = self._contenders.get(claim)
+            kind, value = claim[:-1], claim[-1]
+            values = self._contenders.setdefault(kind, {})
+            held = values.get(value)
             if held is None:
                 contenders = {}
-            elif isinstance(held, tuple):
-                contenders = {held[0]: held[1]}
-            else:
+            elif isinstance(held, dict):
                 contenders = held
+            else:
+                contenders = {held: self._registered[held][1]}
             if rank is None:
                 contenders.pop(key, None)
             else:
                 contenders[key] = rank
             affected.update(contenders)
             if not contenders:
-                self._contenders.pop(claim, None)
+                values.pop(value, None)
+                if not values:
+                    del self._contenders[kind]
             elif len(contenders) == 1:
-                self._contenders[claim] = next(iter(contenders.items()))
+                values[value] = next(iter(contenders))
             else:
-                self._contenders[claim] = contenders
+                values[value] = contenders
         return affected
 
     def _settle(
@@ -327,23 +351,21 @@ class Engine:
         if entry is not None:
             return type(entry[0])
         if key in self._registered:
-            return type(self._registered[key])
+            return type(self._registered[key][0])
         return None
 
     def _update_eligibility(self, key: Hashable) -> set[Hashable]:
         entry = self._objects.get(key)
         eligible = entry is not None and self._deps_met(entry[0])
-        if key in self._eligible:
-            obj = self._registered[key]
-            self._eligible.discard(key)
+        if key in self._registered:
+            obj = self._registered[key][0]
             affected = self._register(key, obj, None)
             del self._registered[key]
         else:
             affected = {key}
         if eligible:
             obj, rank = entry
-            self._eligible.add(key)
-            self._registered[key] = obj
+            self._registered[key] = entry  # before _register, which reads its rank there
             affected |= self._register(key, obj, rank)
         return affected
 
@@ -362,7 +384,7 @@ class Engine:
         for key in keys:
             entry = self._objects.get(key)
             active = (
-                key in self._eligible
+                key in self._registered
                 and entry is not None
                 and all(self._best(c) == key for c in _claims(entry[0]))
             )
@@ -393,8 +415,18 @@ class Engine:
         else:
             self._units.pop(unit, None)
 
+    def _unit_flows(self, unit: Hashable) -> tuple[Flow, ...]:
+        """The flows ``unit`` has now: held, or an active object's built from it."""
+        if unit[0] != "object":
+            return self._units.get(unit, ())
+        active = self._active_as.get(unit[1])
+        if active is None or active[1] is None:
+            return ()
+        return self._object_flows(*active)
+
     def _deactivate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
-        self._active.discard(key)
+        if not isinstance(obj, NetworkSpec | Peer):  # its flows as installed, for the diff
+            old_units.setdefault(("object", key), self._unit_flows(("object", key)))
         del self._active_as[key]
         if isinstance(obj, NetworkSpec):
             del self._networks[obj.name]
@@ -402,15 +434,14 @@ class Engine:
             for peer in self._peers:
                 self._set_unit(("tunnel", peer, obj.name), None, old_units)
             old_groups.setdefault(obj.vni, self._groups.pop(obj.vni, None))
-            self._dependents |= self._by_network.get(obj.name, set())
+            self._dependents.update(self._by_network.get(obj.name, ()))
             return
         if isinstance(obj, Peer):
             self._peers.discard(obj.ip)
             for name in self._networks:
                 self._set_unit(("tunnel", obj.ip, name), None, old_units)
-            self._dependents |= self._by_peer.get(obj.ip, set())
+            self._dependents.update(self._by_peer.get(obj.ip, ()))
             return
-        self._set_unit(("object", key), None, old_units)
         if isinstance(obj, RemoteEndpoint):
             hosts = self._remote_hosts[obj.network]
             hosts[obj.host_ip] -= 1
@@ -427,7 +458,8 @@ class Engine:
                 del self._local_members[obj.network]
 
     def _activate(self, key, obj, old_units, old_groups, dirty_nets) -> None:
-        self._active.add(key)
+        if not isinstance(obj, NetworkSpec | Peer):  # inactive until now: it had no flows
+            old_units.setdefault(("object", key), ())
         self._active_as[key] = (obj, self._network_of(obj))
         gen, tun = self.generation, self.tunnel_ofport
         if isinstance(obj, NetworkSpec):
@@ -441,7 +473,7 @@ class Engine:
                 )
             old_groups.setdefault(obj.vni, self._groups.get(obj.vni))
             dirty_nets.add(obj.name)
-            self._dependents |= self._by_network.get(obj.name, set())
+            self._dependents.update(self._by_network.get(obj.name, ()))
             return
         if isinstance(obj, Peer):
             self._peers.add(obj.ip)
@@ -451,10 +483,8 @@ class Engine:
                     pipeline.tunnel_flows(obj.ip, net, tun, gen),
                     old_units,
                 )
-            self._dependents |= self._by_peer.get(obj.ip, set())
+            self._dependents.update(self._by_peer.get(obj.ip, ()))
             return
-        net = self._networks[obj.network]
-        self._set_unit(("object", key), self._object_flows(obj, net), old_units)
         if isinstance(obj, RemoteEndpoint):
             hosts = self._remote_hosts[obj.network]
             hosts[obj.host_ip] += 1
@@ -488,7 +518,7 @@ class Engine:
 
     def _messages(self, old_units, old_groups) -> list[Message]:
         installed = [f for flows in old_units.values() for f in flows]
-        desired = [f for unit in old_units for f in self._units.get(unit, ())]
+        desired = [f for unit in old_units for f in self._unit_flows(unit)]
         have_groups = [g for g in old_groups.values() if g is not None]
         want_groups = [self._groups[v] for v in old_groups if v in self._groups]
         return diff(installed, have_groups, desired, want_groups)
@@ -528,6 +558,6 @@ def _member(obj: LocalPort | Gateway) -> tuple[int, int]:
 def _discard(index: dict, name, key) -> None:
     keys = index.get(name)
     if keys is not None:
-        keys.discard(key)
+        keys.pop(key, None)
         if not keys:
             del index[name]

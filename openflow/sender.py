@@ -7,6 +7,8 @@ the xids to match errors and barrier replies.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from openflow import cookies, encode
 from openflow.diff import (
     Barrier,
@@ -74,13 +76,15 @@ def to_ofmsg(dp, message: Message):
 CHUNK = 64 * 1024
 
 
-def send(dp, messages: list[Message]) -> list[tuple[int, Message]]:
-    """Send ``messages`` in order; returns (xid, message) for each, for error reports.
+def send(dp, messages: Iterable[Message], sent: Callable[[int, Message], None]) -> int | None:
+    """Send ``messages`` in order, calling ``sent(xid, message)`` for each (for error
+    reports); returns the last xid (None: nothing sent).  ``messages`` may be a
+    generator: each is dropped once encoded, so a full sync never holds its flows.
 
     Flow adds, the bulk of a full sync, are encoded by openflow/encode.py (byte for
     byte what os-ken would send, tested) and written in chunks (CHUNK); everything
     else goes through os-ken, after the flow adds before it."""
-    sent = []
+    xid = None
     chunk = bytearray()
     for message in messages:
         if isinstance(message, FlowAdd):
@@ -97,10 +101,10 @@ def send(dp, messages: list[Message]) -> list[tuple[int, Message]]:
             dp.set_xid(msg)
             dp.send_msg(msg)
             xid = msg.xid
-        sent.append((xid, message))
+        sent(xid, message)
     if chunk:
         dp.send(bytes(chunk))
-    return sent
+    return xid
 
 
 class _Xid:

@@ -11,7 +11,9 @@ import ipaddress
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+# The pipeline's objects have slots: the agent holds one per remote endpoint (10,000 and
+# more); without, each carried a dict of its own.
+@dataclass(frozen=True, slots=True)
 class NetworkSpec:
     """A network as the pipeline sees it: its VNI on the wire, and its dense index
     (store.cluster: equal on every host) in a register and as its conntrack zone."""
@@ -21,7 +23,7 @@ class NetworkSpec:
     index: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalPort:
     """An endpoint on this host: its port on br-int and its addresses."""
 
@@ -31,7 +33,7 @@ class LocalPort:
     ip: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteEndpoint:
     """An endpoint on another host, reached through the tunnel to ``host_ip``."""
 
@@ -41,7 +43,7 @@ class RemoteEndpoint:
     ip: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gateway:
     """The host's own port into a network: ``ip`` is this host's unique address in it (so
     the host reaches every pod, and their replies come back to this host), ``anycast`` the

@@ -54,9 +54,9 @@ class StoreUnavailableError(KvError):
     unknown."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
-    """A key as stored at one revision."""
+    """A key as stored at one revision.  (Slots: an agent lists 10,000 and more at once.)"""
 
     key: str
     value: str
@@ -65,7 +65,7 @@ class KeyValue:
     lease: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One change.  For a delete, ``kv`` holds the key's last value and ``kv.mod_revision``
     is the revision of the delete (as etcd reports it with ``prev_kv``)."""

@@ -3,6 +3,7 @@ and conflicting records skipped and logged once, compaction and host expiry hand
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -201,6 +202,23 @@ def test_nothing_is_left_of_records_that_went(cluster):
     assert cache.held() == 0
     assert fed.engine.state() == Engine(tunnel_ofport=1, generation=1).state()
     assert set(fed.engine.flows()) == set(Engine(tunnel_ofport=1, generation=1).flows())
+
+
+def test_endpoints_follow_their_host_to_a_new_tunnel_ip_as_one_object(cluster):
+    """The cache and the engine share each endpoint's object (one copy of 10,000)."""
+    mac = "0a:58:64:40:00:77"  # no other test's: objects are counted
+    cluster.register_host("h2", "198.18.0.2", ttl=30)
+    ep(cluster, "h2", "a/eth0", mac, "100.64.0.2")
+    fed = Fed()
+    cache = ClusterCache(cluster, ME, MY_IP, fed.submit)
+    cache.load()
+    cluster.register_host("h2", "198.18.0.4", ttl=30)
+    cache.load()
+    moved = RemoteEndpoint("default", "198.18.0.4", mac, "100.64.0.2")
+    assert fed.engine.state().remote == (moved,)
+    gc.collect()
+    mine = [o for o in gc.get_objects() if isinstance(o, RemoteEndpoint) and o.mac == mac]
+    assert len(mine) == 2  # ``moved``, and the one the cache and the engine hold
 
 
 def test_a_network_from_before_indexes_gets_one_then_flows(cluster, caplog):

@@ -80,7 +80,7 @@ def test_no_change_no_messages():
 def test_replacing_a_generation_never_removes_a_flow_that_stays():
     old = pipeline.build(state(P1, P2), 1)
     new = pipeline.build(state(P1), 2)
-    msgs = replace_generation([g.group_id for g in old[1]], *new, old_generation=1)
+    msgs = list(replace_generation([g.group_id for g in old[1]], *new, old_generation=1))
     # Every desired flow is added before the old generation is deleted ...
     first_delete = next(i for i, m in enumerate(msgs) if isinstance(m, GenerationDelete))
     assert all(
