@@ -117,11 +117,19 @@ class Host:
     gateways: tuple[HostGateway, ...] = ()
 
 
+GATEWAY_ATTACHMENT_PREFIX = "gateway:"
+
+
 def gateway_attachment(host: str, port: str) -> str:
     """The attachment id a host's gateway holds its address under: no CNI container can
     have it (a container id may not contain ':'), and it is the same after every agent
     restart, so the host keeps its address."""
-    return f"gateway:{host}/{port}"
+    return f"{GATEWAY_ATTACHMENT_PREFIX}{host}/{port}"
+
+
+def is_gateway_attachment(attachment: str) -> bool:
+    """Whether an attachment id is a host gateway's (gateway_attachment), not a pod's."""
+    return attachment.startswith(GATEWAY_ATTACHMENT_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from cni.plugin import SUPPORTED_VERSIONS
 from lab import agent_proc, lab, netns, pods
 from store import open_cluster
+from store.cluster import is_gateway_attachment
 from tests.helpers import host_paths, ovs, running_lab
 
 pytestmark = pytest.mark.lab
@@ -31,14 +32,19 @@ def cni(name, command, container, version="1.0.0", netns_path=None, **extra):
 
 
 def leftovers(name):
-    """Host-side veths, OVS endpoint ports and address allocations on the host."""
+    """Host-side veths, OVS endpoint ports and the pods' address allocations on the host
+    (not the host gateway's: it is no pod's and stays)."""
     links = netns.run_in_namespace(f"{name}-h1", ["ip", "-br", "link"]).stdout
     ports = netns.run_in_namespace(
         f"{name}-h1", ["ovs-vsctl", "list-ports", "br-int"], env=lab.host_env(name, "h1")
     ).stdout
     cluster = open_cluster(lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, name).store_url)
     try:
-        allocations = cluster.allocations("default")
+        allocations = {
+            ip: att
+            for ip, att in cluster.allocations("default").items()
+            if not is_gateway_attachment(att)
+        }
     finally:
         cluster.close()
     return (
