@@ -1,9 +1,12 @@
-"""Pod-to-pod TCP across two lab hosts: our pipeline against a one-NORMAL-flow baseline,
-and how many flows a host carries as pods and hosts grow.
+"""Pod-to-pod TCP across two lab hosts, and pod to the outside through egress: our pipeline
+against a one-NORMAL-flow baseline, and how many flows a host carries as pods and hosts grow.
 
 Run as root from the repo root:  .venv/bin/python bench/dataplane.py [--seconds 5] [--repeat 3]
 
-Throughput: a 2-host lab, one pod per host, ``iperf3 -t SECONDS`` from h1's pod to h2's.
+Throughput: a 2-host lab, one pod per host, ``iperf3 -t SECONDS`` from h1's pod to h2's, and
+from h1's pod to the lab's outside (L-ext, 198.18.255.254) through h1's gateway and egress
+SNAT (the host's nftables table stays in place for the baseline: only br-int differs; with
+one NORMAL flow the pod's ARP for 100.64.0.1 is answered by the host's gateway port).
 "pipeline" is the agents' br-int.  "NORMAL" is the same lab with the agents stopped, their
 flows deleted, a fixed VXLAN port (remote_ip = the other host, key 5001) on each br-int and
 the single flow ``actions=NORMAL``: the cheapest way OVS can carry the same packets.  The
@@ -26,12 +29,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lab import agent_proc, lab, naming, netns, pods  # noqa: E402
 from openflow import pipeline  # noqa: E402
-from openflow.state import HostState, LocalPort, NetworkSpec, RemoteEndpoint  # noqa: E402
+from openflow.state import (  # noqa: E402
+    Gateway,
+    HostState,
+    LocalPort,
+    NetworkSpec,
+    RemoteEndpoint,
+)
 
 
 def iperf(lab_name: str, src: dict, dst: dict, seconds: int) -> float:
-    """Gbit/s received, from src's pod to dst's pod."""
-    dst_ns = pods.pod_namespace(lab_name, dst["host"], dst["pod"])
+    """Gbit/s received, from src's pod to dst's pod (or to a ``dst`` with ``ns``: any
+    namespace's address)."""
+    dst_ns = dst.get("ns") or pods.pod_namespace(lab_name, dst["host"], dst["pod"])
     server = subprocess.Popen(
         ["iperf3", "-s", "-1", "-B", dst["ip"]],
         stdout=subprocess.DEVNULL,
@@ -85,15 +95,19 @@ def throughput(seconds: int, repeat: int) -> None:
         lab.up(name, 2)
         a = {**pods.pod_add(name, "h1", "p1"), "host": "h1", "pod": "p1"}
         b = {**pods.pod_add(name, "h2", "p1"), "host": "h2", "pod": "p1"}
+        ext = {"ns": naming.ext_namespace(name), "ip": naming.EXT_IP}
         ours = [iperf(name, a, b, seconds) for _ in range(repeat)]
+        ours_out = [iperf(name, a, ext, seconds) for _ in range(repeat)]
         to_normal(name)
         base = [iperf(name, a, b, seconds) for _ in range(repeat)]
+        base_out = [iperf(name, a, ext, seconds) for _ in range(repeat)]
     finally:
         lab.down(name)
-    mo, mb = statistics.median(ours), statistics.median(base)
-    print(f"| pipeline | {mo:.2f} | {', '.join(f'{x:.2f}' for x in ours)} |")
-    print(f"| one NORMAL flow | {mb:.2f} | {', '.join(f'{x:.2f}' for x in base)} |")
-    print(f"\nratio pipeline / NORMAL (medians): {mo / mb:.3f}")
+    for what, mine, normal in (("pod to pod", ours, base), ("pod to outside", ours_out, base_out)):
+        mo, mb = statistics.median(mine), statistics.median(normal)
+        print(f"| {what}: pipeline | {mo:.2f} | {', '.join(f'{x:.2f}' for x in mine)} |")
+        print(f"| {what}: one NORMAL flow | {mb:.2f} | {', '.join(f'{x:.2f}' for x in normal)} |")
+        print(f"\n{what}: ratio pipeline / NORMAL (medians): {mo / mb:.3f}\n")
 
 
 def flow_counts() -> None:
@@ -110,6 +124,7 @@ def flow_counts() -> None:
     ]:
         networks = tuple(NetworkSpec(f"n{i}", 5001 + i, 1 + i) for i in range(nets))
         peers = tuple(f"198.18.{1 + i // 250}.{1 + i % 250}" for i in range(hosts - 1))
+        # Every host has a gateway in the first network; other hosts' are remote endpoints.
         state = HostState(
             tunnel_ofport=1,
             networks=networks,
@@ -120,7 +135,9 @@ def flow_counts() -> None:
             remote=tuple(
                 RemoteEndpoint(f"n{i % nets}", peers[i % len(peers)], _mac(1, i), _ip(1, i))
                 for i in range(remote)
-            ),
+            )
+            + tuple(RemoteEndpoint("n0", p, _mac(2, i), _ip(2, i)) for i, p in enumerate(peers)),
+            gateways=(Gateway("n0", 2, _mac(3, 0), _ip(3, 0), "100.64.0.1"),),
         )
         flows, groups = pipeline.build(state, 1)
         print(f"| {local} | {remote} | {hosts} | {nets} | {len(flows)} | {len(groups)} |")

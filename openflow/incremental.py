@@ -86,12 +86,14 @@ def _claims(obj: Object) -> tuple[tuple, ...]:
         return (("network", obj.name), ("vni", obj.vni), ("index", obj.index))
     if isinstance(obj, Peer):
         return (("peer", obj.ip),)
-    if isinstance(obj, Gateway) and obj.anycast is not None:
+    if isinstance(obj, Gateway):  # one per network: its host_conntrack flows are too
+        anycast = () if obj.anycast is None else (("ip", obj.network, obj.anycast),)
         return (
             ("ofport", obj.ofport),
             ("mac", obj.network, obj.mac),
             ("ip", obj.network, obj.ip),
-            ("ip", obj.network, obj.anycast),
+            ("gateway", obj.network),
+            *anycast,
         )
     if isinstance(obj, LocalPort | Gateway):
         return (

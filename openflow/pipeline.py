@@ -27,11 +27,16 @@ from openflow.cookies import Feature
 from openflow.model import (
     ARP_REPLY,
     ARP_REQUEST,
+    CT_EST,
+    CT_INV,
+    CT_RPL,
+    CT_TRK,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
     INTERN_SIZE,
     OFPP_IN_PORT,
     Bucket,
+    Ct,
     Flow,
     Group,
     GroupAction,
@@ -42,13 +47,24 @@ from openflow.model import (
     SetField,
     match,
 )
-from openflow.registers import DEST_KIND, NETWORK, OUT_PORT, SOURCE_KIND, Dest, Source, matching
+from openflow.registers import (
+    DEST_KIND,
+    FROM_GATEWAY,
+    NETWORK,
+    OUT_PORT,
+    SOURCE_KIND,
+    Dest,
+    Source,
+    matching,
+)
 from openflow.registers import load as _load
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
 from openflow.tables import (
     ARP_RESPONDER,
     CANARY,
     CLASSIFIER,
+    HOST_CONNTRACK,
+    HOST_RETURN,
     L2_FORWARD,
     OUTPUT,
     PORT_SECURITY,
@@ -60,7 +76,12 @@ cookie = functools.lru_cache(maxsize=INTERN_SIZE)(cookies.cookie)
 _shared_set_field = functools.lru_cache(maxsize=INTERN_SIZE)(SetField)
 _shared_load = functools.lru_cache(maxsize=INTERN_SIZE)(_load)
 _TO_PORT = _load(DEST_KIND, Dest.PORT)
+_TO_POD = _load(DEST_KIND, Dest.POD)
 _TO_FLOOD = _load(DEST_KIND, Dest.FLOOD)
+_MARK_FROM_GATEWAY = _load(FROM_GATEWAY, 1)
+# A reply (either direction's later packets are +est; +rpl only the reply's) of a
+# connection conntrack could follow.
+_REPLY = (CT_TRK | CT_EST | CT_RPL, CT_TRK | CT_EST | CT_RPL | CT_INV)
 _ARP_HEAD = (Move("eth_src", "eth_dst"),)
 _ARP_MIDDLE = (
     SetField("arp_op", ARP_REPLY),
@@ -74,6 +95,7 @@ MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 PRIO_DEFAULT = 0
 PRIO_FLOOD = 50
 PRIO_NORMAL = 100
+PRIO_COMMIT = 200
 
 
 def build(state: HostState, generation: int) -> tuple[list[Flow], list[Group]]:
@@ -118,12 +140,17 @@ def defaults_flows(gen: int) -> tuple[Flow, ...]:
         Flow(PORT_SECURITY, PRIO_DEFAULT, (), c),  # drop: a spoof
         Flow(ARP_RESPONDER, PRIO_DEFAULT, (), c, goto=L2_FORWARD),
         Flow(L2_FORWARD, PRIO_DEFAULT, (), c),  # drop: unknown unicast
-        Flow(
-            OUTPUT,
-            PRIO_NORMAL,
-            match(reg0=matching(DEST_KIND, Dest.PORT)),
-            c,
-            actions=(OutputReg(OUT_PORT),),
+        Flow(HOST_CONNTRACK, PRIO_DEFAULT, (), c, goto=OUTPUT),
+        Flow(HOST_RETURN, PRIO_DEFAULT, (), c, goto=OUTPUT),
+        *(
+            Flow(
+                OUTPUT,
+                PRIO_NORMAL,
+                match(reg0=matching(DEST_KIND, dest)),
+                c,
+                actions=(OutputReg(OUT_PORT),),
+            )
+            for dest in (Dest.PORT, Dest.POD)
         ),
         Flow(OUTPUT, PRIO_DEFAULT, (), c),  # drop: no decision
         Flow(CANARY, PRIO_DEFAULT, (), cookie(Feature.CANARY, gen)),
@@ -134,16 +161,21 @@ def _classify(source: Source, net: NetworkSpec) -> tuple[Load, Load]:
     return (_shared_load(SOURCE_KIND, source), _shared_load(NETWORK, net.index))
 
 
-def _forward(net: NetworkSpec, mac: str, feature: Feature, gen: int, *actions) -> Flow:
+def _forward(
+    net: NetworkSpec, mac: str, feature: Feature, gen: int, *actions, dest: Dest = Dest.PORT
+) -> Flow:
     """The decision for ``mac`` in ``net``: ``actions`` set the output port (and tunnel),
-    then on to the output stage."""
+    then on to the output stage; a pod's (``dest`` POD, or a remote one's through the
+    tunnel) by way of host_conntrack, where a connection from the gateway is committed
+    and a reply to one is sent back to the gateway."""
+    pod = dest == Dest.POD or feature == Feature.L2_REMOTE
     return Flow(
         L2_FORWARD,
         PRIO_NORMAL,
         match(reg2=matching(NETWORK, net.index), eth_dst=mac),
         cookie(feature, gen),
-        actions=(*actions, _TO_PORT),
-        goto=OUTPUT,
+        actions=(*actions, _TO_POD if dest == Dest.POD else _TO_PORT),
+        goto=HOST_CONNTRACK if pod else OUTPUT,
     )
 
 
@@ -161,7 +193,9 @@ def local_port_flows(port: LocalPort, net: NetworkSpec, gen: int) -> tuple[Flow,
         ),
         *_port_security(port, gen),
         _arp_flow(net, port.mac, port.ip, gen),
-        _forward(net, port.mac, Feature.L2_LOCAL, gen, SetField("reg1", port.ofport)),
+        _forward(
+            net, port.mac, Feature.L2_LOCAL, gen, SetField("reg1", port.ofport), dest=Dest.POD
+        ),
     )
 
 
@@ -183,6 +217,62 @@ def gateway_flows(gw: Gateway, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
         _arp_flow(net, gw.mac, gw.ip, gen),
         *anycast_arp,
         _forward(net, gw.mac, Feature.GATEWAY, gen, SetField("reg1", gw.ofport)),
+        *_host_conntrack(gw, net, c),
+    )
+
+
+def _host_conntrack(gw: Gateway, net: NetworkSpec, c: int) -> tuple[Flow, ...]:
+    """Connections the host's stack sends into the network are committed in the network's
+    zone with ct_mark FROM_GATEWAY; a packet decided to a local pod is looked up there,
+    and a reply of such a connection goes to the gateway instead (its MAC as destination),
+    whatever address it is for.  That is what makes kube-proxy's DNAT work without
+    masquerade (Antrea's gateway ct_mark): pod A's packet to a ClusterIP reaches the host
+    through the gateway, is DNATed there to pod B (on any host) and comes back into br-int
+    through the gateway; B's reply is addressed to A, and without this would reach A with
+    B's address, not the ClusterIP's.  Only this network's local pods pay the lookup (one
+    recirculation); packets to remote pods are committed only when they come from the
+    gateway."""
+    zone = NETWORK  # the network's index is its zone (written by the classifier)
+    return (
+        Flow(
+            HOST_CONNTRACK,
+            PRIO_COMMIT,
+            match(
+                reg0=matching(SOURCE_KIND, Source.GATEWAY),
+                reg2=matching(NETWORK, net.index),
+                eth_type=ETH_TYPE_IP,
+            ),
+            c,
+            actions=(Ct(zone=zone, commit=True, exec=(_MARK_FROM_GATEWAY,)),),
+            goto=OUTPUT,
+        ),
+        Flow(
+            HOST_CONNTRACK,
+            PRIO_NORMAL,
+            match(
+                reg0=matching(DEST_KIND, Dest.POD),
+                reg2=matching(NETWORK, net.index),
+                eth_type=ETH_TYPE_IP,
+            ),
+            c,
+            actions=(Ct(zone=zone, table=HOST_RETURN),),
+        ),
+        Flow(
+            HOST_RETURN,
+            PRIO_NORMAL,
+            match(
+                reg2=matching(NETWORK, net.index),
+                ct_state=_REPLY,
+                ct_mark=matching(FROM_GATEWAY, 1),
+            ),
+            c,
+            actions=(
+                SetField("eth_dst", gw.mac),
+                SetField("reg1", gw.ofport),
+                _TO_PORT,
+            ),
+            goto=OUTPUT,
+        ),
     )
 
 

@@ -5,9 +5,12 @@ stages that come later (conntrack, policy) sit between deciding and acting witho
 either knowing:
 
     reg0[0..3]    source kind: pod, gateway (the host), tunnel        classifier writes
-    reg0[4..7]    destination kind: a port (reg1) or the flood group  l2_forward writes
+    reg0[4..7]    destination kind: a port (reg1), a local pod's port     l2_forward writes
+                  (reg1), or the flood group
     reg1          the output port                                     l2_forward writes
     reg2[0..15]   the network's dense index, also its conntrack zone  classifier writes
+
+    ct_mark[0]    the connection came from the host's gateway port     host_conntrack commits
 
 Registers are zero when a packet enters the bridge.  reg0[8..31], reg2[16..31] and
 reg3..reg15 are free for the stages to come.
@@ -23,6 +26,7 @@ SOURCE_KIND = Bits("reg0", 0, 3)
 DEST_KIND = Bits("reg0", 4, 7)
 OUT_PORT = Bits("reg1", 0, 31)
 NETWORK = Bits("reg2", 0, 15)
+FROM_GATEWAY = Bits("ct_mark", 0, 0)
 
 
 class Source(IntEnum):
@@ -34,6 +38,7 @@ class Source(IntEnum):
 class Dest(IntEnum):
     PORT = 1  # output to the port in OUT_PORT
     FLOOD = 2  # the network's flood group
+    POD = 3  # output to the local pod's port in OUT_PORT (a reply may go to the gateway)
 
 
 def mask(bits: Bits) -> int:

@@ -39,7 +39,8 @@ class Table:
 
 # Table ids.  Ranges left free for the stages still to come (docs/pipeline.md):
 #   30-39 conntrack and service load balancing, 40-49 l3_forward (routing),
-#   60-89 egress and ingress policy and the conntrack commit, between deciding and acting.
+#   60-79 egress and ingress policy, between deciding and acting; 80-89 conntrack for the
+#   host's connections (host_conntrack, host_return).
 CLASSIFIER = Table(
     0,
     "classifier",
@@ -66,6 +67,21 @@ L2_FORWARD = Table(
     "l2_forward",
     "decide: (network, destination MAC) to a port (and tunnel destination), or flood",
     frozenset({"reg2", "eth_dst"}),
+    (80, 90),
+)
+HOST_CONNTRACK = Table(
+    80,
+    "host_conntrack",
+    "connections from the host's gateway committed with a mark; a local pod's packets looked up",
+    frozenset({"reg0", "reg2", "eth_type"}),
+    (81, 90),
+)
+HOST_RETURN = Table(
+    81,
+    "host_return",
+    "replies of connections the gateway sent go back to the gateway, not to the pod "
+    "(kube-proxy's DNAT is undone there)",
+    frozenset({"reg2", "ct_state", "ct_mark"}),
     (90,),
 )
 OUTPUT = Table(
@@ -88,6 +104,8 @@ PIPELINE: tuple[Table, ...] = (
     PORT_SECURITY,
     ARP_RESPONDER,
     L2_FORWARD,
+    HOST_CONNTRACK,
+    HOST_RETURN,
     OUTPUT,
     CANARY,
 )

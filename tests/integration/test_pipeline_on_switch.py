@@ -16,6 +16,7 @@ from openflow.model import (
     ETH_TYPE_IP,
     METADATA_MASK,
     OFPP_IN_PORT,
+    Ct,
     Flow,
     GroupAction,
     Load,
@@ -94,7 +95,8 @@ _NXM = {
     "arp_spa": "NXM_OF_ARP_SPA",
     "arp_tpa": "NXM_OF_ARP_TPA",
 }
-_HEX = {"tunnel_id", "metadata", *(f"reg{i}" for i in range(16))}
+_HEX = {"tunnel_id", "metadata", "ct_mark", *(f"reg{i}" for i in range(16))}
+_CT_FLAGS = ("new", "est", "rel", "rpl", "inv", "trk")  # bit 0 up, as ovs-ofctl prints them
 _PROTOCOL = {ETH_TYPE_IP: "ip", ETH_TYPE_ARP: "arp"}
 
 
@@ -107,6 +109,14 @@ def _ofctl_match(flow: Flow) -> frozenset[str]:
     for m in flow.match:
         if m.name == "eth_type":
             out.add(_PROTOCOL[m.value])
+            continue
+        if m.name == "ct_state":
+            flags = "".join(
+                ("+" if m.value >> bit & 1 else "-") + name
+                for bit, name in enumerate(_CT_FLAGS)
+                if m.mask >> bit & 1
+            )
+            out.add(f"ct_state={flags}")
             continue
         text = f"{_OFCTL_MATCH.get(m.name, m.name)}={_value(m.name, m.value)}"
         if m.mask is not None:
@@ -134,6 +144,19 @@ def _ofctl_actions(actions) -> list[str]:
             whole = (a.src.start, a.src.end) == (0, 31)
             bits = "" if whole else f"{a.src.start}..{a.src.end}"
             out.append(f"output:NXM_NX_{a.src.name.upper()}[{bits}]")
+        elif isinstance(a, Ct) and a.nat is None:
+            zone = (
+                a.zone
+                if isinstance(a.zone, int)
+                else f"NXM_NX_{a.zone.name.upper()}[{a.zone.start}..{a.zone.end}]"
+            )
+            parts = (["commit"] if a.commit else []) + (
+                [f"table={a.table.table_id}"] if a.table is not None else []
+            )
+            parts.append(f"zone={zone}")
+            if a.exec:
+                parts.append("exec(" + ",".join(_ofctl_actions(a.exec)) + ")")
+            out.append("ct(" + ",".join(parts) + ")")
         else:
             raise AssertionError(f"no ovs-ofctl form for {a!r}")
     return out

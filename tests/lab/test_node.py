@@ -57,9 +57,17 @@ def host_ns(name, host):
     return naming.host_namespace(name, host)
 
 
-def transfer(server_ns: str, server_ip: str, client_ns: str, port: int = PORT) -> str:
-    """2 MiB over TCP from ``client_ns`` to a server in ``server_ns``; returns what the
-    server saw as the client's address (and checks every byte arrived)."""
+def transfer(
+    server_ns: str,
+    server_ip: str,
+    client_ns: str,
+    port: int = PORT,
+    connect_to: tuple[str, int] | None = None,
+) -> str:
+    """2 MiB over TCP from ``client_ns`` to a server in ``server_ns`` (at ``connect_to``,
+    say a ClusterIP, when given); returns what the server saw as the client's address (and
+    checks every byte arrived)."""
+    to_ip, to_port = connect_to or (server_ip, port)
     server = subprocess.Popen(
         [sys.executable, "-c", ECHO_SERVER, server_ip, str(port)],
         stdout=subprocess.PIPE,
@@ -68,9 +76,12 @@ def transfer(server_ns: str, server_ip: str, client_ns: str, port: int = PORT) -
     )
     try:
         assert server.stdout.readline().strip() == "listening"
-        out = netns.run_in_namespace(
-            client_ns, [sys.executable, "-c", CLIENT, server_ip, str(port)], timeout=30
-        ).stdout.split()
+        client = netns.run_in_namespace(
+            client_ns, [sys.executable, "-c", CLIENT, to_ip, str(to_port)], timeout=30, check=False
+        )
+        if client.returncode != 0:
+            raise ConnectionError(f"{client_ns} -> {to_ip}:{to_port}: {client.stderr[-300:]}")
+        out = client.stdout.split()
         assert out[1] == SENT, out
         return out[0]
     finally:
@@ -207,7 +218,7 @@ def test_a_network_without_egress_reaches_nothing_outside(cluster3):
         ).stdout
         assert '"egress": false' in listed
         assert not lab.ping_from(pod_ns, naming.EXT_IP)
-        with pytest.raises(subprocess.CalledProcessError):
+        with pytest.raises(ConnectionError):
             transfer(naming.ext_namespace(name), naming.EXT_IP, pod_ns)
         # Everything inside the overlay is untouched.
         assert lab.ping_from(pod_ns, made["h1"]["ip"])
@@ -248,3 +259,66 @@ def test_the_outside_cannot_open_a_connection_to_a_pod(cluster3):
         assert lab.ping_from(pods.pod_namespace(name, "h1", "p1"), naming.EXT_IP)
     finally:
         netns.run_in_namespace(ext, ["ip", "route", "del", "100.64.0.0/10"], check=False)
+
+
+# -- kube-proxy: ClusterIPs as DNAT in the hosts' namespaces, no masquerade ---------------
+
+CLUSTER_IP, CLUSTER_PORT = "100.96.0.10", 80  # in the pod range, in no overlay network
+KUBE_PROXY_TABLE = "kubeproxy_test"
+
+
+def kube_proxy_rules(endpoint_ip: str, endpoint_port: int) -> str:
+    """What kube-proxy's nftables mode writes for a one-endpoint ClusterIP, reduced: DNAT in
+    prerouting (pods) and output (the host itself: unused here, lab hosts have no route
+    toward a ClusterIP, which a node's default route gives it), no masquerade."""
+    dnat = f"ip daddr {CLUSTER_IP} tcp dport {CLUSTER_PORT} dnat to {endpoint_ip}:{endpoint_port}"
+    return "\n".join(
+        [
+            f"table ip {KUBE_PROXY_TABLE} {{",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            f"    {dnat}",
+            "  }",
+            "  chain output {",
+            "    type nat hook output priority -100; policy accept;",
+            f"    {dnat}",
+            "  }",
+            "}",
+        ]
+    )
+
+
+def test_a_kube_proxy_cluster_ip_works_from_pods_on_every_host(cluster3):
+    """The ClusterIP's endpoint is the pod on h2; clients are pods on h1 and h3 (the
+    endpoint on another host) and a second pod on h2 (on the same host).  The server sees
+    each client pod's own address (no masquerade), and the replies reach the clients from
+    the ClusterIP: br-int sends them back through the client's host (host_conntrack)."""
+    name, made = cluster3
+    endpoint = made["h2"]["ip"]
+    client2 = pods.pod_add(name, "h2", "p2", "default")
+    rules = kube_proxy_rules(endpoint, PORT)
+    try:
+        for host in HOSTS:
+            subprocess.run(
+                ["ip", "netns", "exec", host_ns(name, host), "nft", "-f", "-"],
+                input=rules,
+                text=True,
+                check=True,
+            )
+        server_ns = pods.pod_namespace(name, "h2", "p1")
+        for host, pod, ip in (
+            ("h1", "p1", made["h1"]["ip"]),
+            ("h3", "p1", made["h3"]["ip"]),
+            ("h2", "p2", client2["ip"]),
+        ):
+            client_ns = pods.pod_namespace(name, host, pod)
+            seen = transfer(server_ns, endpoint, client_ns, connect_to=(CLUSTER_IP, CLUSTER_PORT))
+            assert seen == ip, (host, pod)
+    finally:
+        for host in HOSTS:
+            netns.run_in_namespace(
+                host_ns(name, host),
+                ["nft", "delete", "table", "ip", KUBE_PROXY_TABLE],
+                check=False,
+            )
+        pods.pod_del(name, "h2", "p2")

@@ -202,6 +202,49 @@ def test_another_hosts_gateway_is_reached_through_the_tunnel_like_its_pods():
     assert sw.process(back).ports == {GW.ofport}
 
 
+def tcp(pkt, sport, dport, flags=0x02):
+    return {**pkt, "ip_proto": 6, "tcp_src": sport, "tcp_dst": dport, "tcp_flags": flags}
+
+
+@pytest.mark.parametrize("server", [R1, P2], ids=["remote-endpoint", "local-endpoint"])
+def test_replies_of_connections_from_the_gateway_go_back_to_the_gateway(server):
+    """kube-proxy: pod P1's connection to a ClusterIP enters the host through the gateway,
+    is DNATed there to a pod on any host and comes back into br-int from the gateway with
+    P1's address as source.  The server's reply, addressed to P1, must go to the gateway
+    (to be un-DNATed), with the gateway's MAC; P1's own connections are untouched."""
+    sw = Switch(*pipeline.build(STATE, generation=1))
+    gw = LocalPort(GW.network, GW.ofport, GW.mac, GW.ip)
+    dnated = ip_packet(gw, server.mac, server.ip, ipv4_src=P1.ip)
+    [out] = sw.process(tcp(dnated, 40000, 80)).emitted
+    assert out.port == (TUN if server is R1 else server.ofport)
+    reply = (
+        ip_packet(server, P1.mac, P1.ip)
+        if server is P2
+        else from_tunnel(
+            H2,
+            5001,
+            eth_src=R1.mac,
+            eth_dst=P1.mac,
+            eth_type=ETH_TYPE_IP,
+            ipv4_src=R1.ip,
+            ipv4_dst=P1.ip,
+        )
+    )
+    back = sw.process(tcp(reply, 80, 40000, flags=0x12))
+    [to_host] = back.emitted
+    assert (to_host.port, to_host.get("eth_dst")) == (GW.ofport, GW.mac), back.path
+    # The same server answering P1's own connection (not through the host): to P1.
+    direct = ip_packet(P1, server.mac, server.ip)
+    sw.process(tcp(direct, 40001, 80))
+    [to_pod] = sw.process(tcp(reply, 80, 40001, flags=0x12)).emitted
+    assert (to_pod.port, to_pod.get("eth_dst")) == (P1.ofport, P1.mac)
+
+
+def test_a_network_without_a_gateway_tracks_nothing(switch):
+    t = switch.process(tcp(ip_packet(B1, B2.mac, B2.ip), 40000, 80))
+    assert t.ports == {B2.ofport} and t.ct_states == ()
+
+
 def test_unknown_ports_are_dropped(switch):
     assert switch.process({"in_port": 77, "eth_dst": P1.mac}).emitted == ()
 
@@ -333,10 +376,15 @@ def test_the_decision_and_the_output_are_separate_stages(switch):
         "port_security",
         "arp_responder",
         "l2_forward",
+        "host_conntrack",
         "output",
     ]
     from_gw = switch.process(ip_packet(GW, P1.mac, P1.ip))
-    assert from_gw.ports == {P1.ofport} and from_gw.path[-2:] == ("l2_forward:100", "output:100")
+    assert from_gw.ports == {P1.ofport} and from_gw.path[-3:] == (
+        "l2_forward:100",
+        "host_conntrack:200",
+        "output:100",
+    )
     from_peer = switch.process(
         from_tunnel(H2, 5001, eth_src=R1.mac, eth_dst=P2.mac, eth_type=ETH_TYPE_IP)
     )
