@@ -237,6 +237,18 @@ def cmd_demo(args) -> int:
             ok = lab.ping_from(pods.pod_namespace(args.name, sh, sp), dip)
             failures += not ok
             print(f"  {sh}/{sp} -> {dh}/{dp} {dip}: {'ok' if ok else 'FAILED'}")
+        print("== every host pings every other host's pods (from its own gateway address)")
+        for h in status.hosts:
+            for dh, dp, dip in made:
+                if dh != h.name and dp == "p1":
+                    ok = lab.ping_from(naming.host_namespace(args.name, h.name), dip)
+                    failures += not ok
+                    print(f"  {h.name} -> {dh}/{dp} {dip}: {'ok' if ok else 'FAILED'}")
+        print(f"== every pod pings the outside ({naming.EXT_IP} in {args.name}-ext), SNATed")
+        for sh, sp, _ in made:
+            ok = lab.ping_from(pods.pod_namespace(args.name, sh, sp), naming.EXT_IP)
+            failures += not ok
+            print(f"  {sh}/{sp} -> outside {naming.EXT_IP}: {'ok' if ok else 'FAILED'}")
         print("== named flows on h1's br-int (excerpt)")
         for line in lab.dump_flows(args.name, "h1", args.state_dir)[:14]:
             print("  " + line)

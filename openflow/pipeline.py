@@ -91,6 +91,7 @@ _ARP_MIDDLE = (
 _ARP_TAIL = (Output(OFPP_IN_PORT),)
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+POD_ADDRESSES = ("100.64.0.0", "255.192.0.0")  # 100.64.0.0/10: every network's pods
 
 PRIO_DEFAULT = 0
 PRIO_FLOOD = 50
@@ -233,14 +234,31 @@ def _host_conntrack(gw: Gateway, net: NetworkSpec, c: int) -> tuple[Flow, ...]:
     recirculation); packets to remote pods are committed only when they come from the
     gateway."""
     zone = NETWORK  # the network's index is its zone (written by the classifier)
+    from_gateway = matching(SOURCE_KIND, Source.GATEWAY)
     return (
+        # The host's own connections (from its own address): replies come to its MAC.
+        Flow(
+            HOST_CONNTRACK,
+            PRIO_COMMIT + 10,
+            match(
+                reg0=from_gateway,
+                reg2=matching(NETWORK, net.index),
+                eth_type=ETH_TYPE_IP,
+                ipv4_src=gw.ip,
+            ),
+            c,
+            goto=OUTPUT,
+        ),
+        # A pod's packet forwarded by the host (DNATed): committed.  Replies of the pods'
+        # egress (from outside addresses) are not: nothing needs to find them again.
         Flow(
             HOST_CONNTRACK,
             PRIO_COMMIT,
             match(
-                reg0=matching(SOURCE_KIND, Source.GATEWAY),
+                reg0=from_gateway,
                 reg2=matching(NETWORK, net.index),
                 eth_type=ETH_TYPE_IP,
+                ipv4_src=POD_ADDRESSES,
             ),
             c,
             actions=(Ct(zone=zone, commit=True, exec=(_MARK_FROM_GATEWAY,)),),

@@ -73,7 +73,7 @@ HOST_CONNTRACK = Table(
     80,
     "host_conntrack",
     "connections from the host's gateway committed with a mark; a local pod's packets looked up",
-    frozenset({"reg0", "reg2", "eth_type"}),
+    frozenset({"reg0", "reg2", "eth_type", "ipv4_src"}),
     (81, 90),
 )
 HOST_RETURN = Table(

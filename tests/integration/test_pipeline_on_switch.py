@@ -4,6 +4,7 @@ and ofproto/trace forwards packets where openflow.simulate says they go."""
 from __future__ import annotations
 
 import collections
+import ipaddress
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from openflow import pipeline
 from openflow.model import (
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    IPV4_FIELDS,
     METADATA_MASK,
     OFPP_IN_PORT,
     Ct,
@@ -119,7 +121,9 @@ def _ofctl_match(flow: Flow) -> frozenset[str]:
             out.add(f"ct_state={flags}")
             continue
         text = f"{_OFCTL_MATCH.get(m.name, m.name)}={_value(m.name, m.value)}"
-        if m.mask is not None:
+        if m.mask is not None and m.name in IPV4_FIELDS:  # ovs-ofctl prints a prefix
+            text += f"/{ipaddress.IPv4Network(f'0.0.0.0/{m.mask}').prefixlen}"
+        elif m.mask is not None:
             text += f"/{_value(m.name, m.mask)}"
         out.add(text)
     return frozenset(out)

@@ -240,6 +240,14 @@ def test_replies_of_connections_from_the_gateway_go_back_to_the_gateway(server):
     assert (to_pod.port, to_pod.get("eth_dst")) == (P1.ofport, P1.mac)
 
 
+def test_the_hosts_own_connections_and_egress_replies_are_not_tracked(switch):
+    own = tcp(ip_packet(GW, P1.mac, P1.ip), 40000, 80)
+    outside = tcp(ip_packet(GW, P1.mac, P1.ip, ipv4_src="198.18.255.254"), 80, 40000, 0x12)
+    for pkt in (own, outside):
+        t = switch.process(pkt)
+        assert t.ports == {P1.ofport} and switch.conntrack.connections(1) == [], t.path
+
+
 def test_a_network_without_a_gateway_tracks_nothing(switch):
     t = switch.process(tcp(ip_packet(B1, B2.mac, B2.ip), 40000, 80))
     assert t.ports == {B2.ofport} and t.ct_states == ()
@@ -382,7 +390,7 @@ def test_the_decision_and_the_output_are_separate_stages(switch):
     from_gw = switch.process(ip_packet(GW, P1.mac, P1.ip))
     assert from_gw.ports == {P1.ofport} and from_gw.path[-3:] == (
         "l2_forward:100",
-        "host_conntrack:200",
+        "host_conntrack:210",
         "output:100",
     )
     from_peer = switch.process(
