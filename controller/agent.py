@@ -103,7 +103,7 @@ class Agent:
             cfg.tunnel_ip,
             self._submit_remote,
             self._store_back,
-            on_networks=self._keep_egress,
+            on_networks=self._networks_changed,
         )
         self.endpoints = EndpointManager(
             cfg.host,
@@ -428,6 +428,25 @@ class Agent:
                         raise
         self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, gw.mac, gw.ip, anycast)
         self._keep_egress(rewrite=True)
+
+    def _networks_changed(self) -> None:
+        """A network record changed (the cluster cache's watch): the default network made
+        after this agent started gets its gateway now (claimed, published with the host,
+        the port made, its flows submitted), and the egress table follows the network's
+        flag.  Failures are logged: the next change or full sync tries again."""
+        try:
+            if self._host_gateway is None:
+                gateway = self._claim_gateway()
+                if gateway is None:
+                    return
+                self._host_gateway = gateway
+                self.membership.publish([gateway])
+                self._ensure_gateway()
+                self.sync_local()
+            else:
+                self._keep_egress()
+        except Exception:
+            LOG.exception("could not follow the change of network %s", DEFAULT_NETWORK)
 
     def _keep_egress(self, rewrite: bool = False) -> None:
         """The host's nftables table for the gateway (controller/egress.py) as the default

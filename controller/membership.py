@@ -50,6 +50,14 @@ class Membership:
             self._host, self._tunnel_ip, self._ttl, self.gateways
         )
 
+    def publish(self, gateways: Sequence[HostGateway]) -> None:
+        """This host's record again, now with ``gateways``, on its lease (raises KvError
+        while the store is away; a lease that expired meanwhile is renewed by ``run``,
+        which registers with the gateways)."""
+        self.gateways = tuple(gateways)
+        if self.lease is not None:
+            self._cluster.update_host(self._host, self._tunnel_ip, self.lease, self.gateways)
+
     def run(self, stop: threading.Event) -> None:
         """Keep the lease alive until ``stop``; never returns for a store error."""
         interval = max(RETRY_MIN, self._ttl / 3)

@@ -380,13 +380,19 @@ class ClusterState:
             ipaddress.ip_address(tunnel_ip)
         except ValueError:
             raise StoreError(f"host {name}: tunnel IP {tunnel_ip!r} is not an IP address") from None
+        lease = self.kv.grant_lease(ttl)
+        self.update_host(name, tunnel_ip, lease, gateways)
+        return lease
+
+    def update_host(
+        self, name: str, tunnel_ip: str, lease: int, gateways: Iterable[HostGateway] = ()
+    ) -> None:
+        """Write this host's record (with its ``gateways``) again on its ``lease``."""
         record: dict = {"tunnel_ip": tunnel_ip}
         gateways = list(gateways)
         if gateways:
             record["gateways"] = {g.network: {"ip": g.ip, "mac": g.mac} for g in gateways}
-        lease = self.kv.grant_lease(ttl)
         self.kv.put(f"hosts/{name}", json.dumps(record), lease=lease)
-        return lease
 
     def keepalive(self, lease: int) -> bool:
         """Renew a host's lease; False once it has expired: register the host again."""
