@@ -23,7 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     host_commands.add_parser(sub)
     endpoint_commands.add_parser(sub)
     cni_install.add_parser(sub)
+    ref = sub.add_parser(
+        "config-reference", help="print the agent's options as markdown (docs/config.md)"
+    )
+    ref.set_defaults(func=cmd_config_reference)
     return parser
+
+
+def cmd_config_reference(args) -> int:
+    from controller import config
+
+    sys.stdout.write(config.reference())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
