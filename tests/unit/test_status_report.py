@@ -1,0 +1,106 @@
+"""``ovs-overlayctl status``' report: its JSON shape held by a typed round trip, and the
+terminal view."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctl.status_report import (
+    AgentCounts,
+    AgentStatus,
+    ClusterStatus,
+    HostRow,
+    NetworkRow,
+    ShapeError,
+    StatusReport,
+    StoreHealth,
+    from_json,
+    render,
+)
+
+NOW = 1_800_000_000.0
+AGENT = AgentStatus(
+    socket="/run/ovs-overlay/agent.sock",
+    host="h1",
+    ready=True,
+    version="0.1.0",
+    framework="os-ken",
+    generation=4,
+    full_syncs=2,
+    last_full_sync=NOW - 12,
+    bridge="br-int",
+    datapath_type="netdev",
+    tunnel_type="vxlan",
+    tunnel_ip="198.18.0.1",
+    store=StoreHealth("etcd://198.18.1.1:2379", False, NOW - 3),
+    counts=AgentCounts(2, 1, 1, 2, 4, 31, 1),
+)
+CLUSTER = ClusterStatus(
+    hosts=(
+        HostRow("h1", True, "198.18.0.1", 5, 2, 1),
+        HostRow("h9", False, None, None, 1, 1),
+    ),
+    networks=(NetworkRow("default", 5001, 1, "100.64.0.0/16", None, True, None, 2, 128, 3),),
+)
+
+
+def test_the_json_reads_back_into_the_same_report():
+    report = StatusReport(AGENT, None, CLUSTER, None)
+    data = json.loads(json.dumps(report.to_json()))
+    assert from_json(StatusReport, data) == report
+    down = StatusReport(None, "no agent socket at /x", None, None)
+    assert from_json(StatusReport, json.loads(json.dumps(down.to_json()))) == down
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("agent", "counts", "flows"), "31", "status.agent.counts.flows is '31', not a int"),
+        (("agent", "ready"), 1, "status.agent.ready is 1, not a bool"),
+        (("cluster", "hosts"), {}, "status.cluster.hosts is not a list"),
+        (("agent", "store", "extra"), 1, "status.agent.store lacks"),
+    ],
+)
+def test_a_json_of_another_shape_is_refused(path, value, message):
+    data = json.loads(json.dumps(StatusReport(AGENT, None, CLUSTER, None).to_json()))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ShapeError, match=message.replace("(", r"\(")):
+        from_json(StatusReport, data)
+    del target[path[-1]]
+    if path[-1] != "extra":
+        with pytest.raises(ShapeError, match="lacks"):
+            from_json(StatusReport, data)
+
+
+def test_an_agent_that_says_more_than_this_cli_knows_is_still_read():
+    data = json.loads(json.dumps(AGENT.__dict__, default=lambda o: o.__dict__))
+    data["gateway_of_the_future"] = {"anything": 1}
+    assert from_json(AgentStatus, data, strict=False) == AGENT
+
+
+def test_the_terminal_view():
+    lines = render(StatusReport(AGENT, None, CLUSTER, None), now=NOW)
+    assert lines[:5] == [
+        "agent h1: ready (ovs-overlay 0.1.0 under os-ken, socket /run/ovs-overlay/agent.sock)",
+        "  generation 4, 2 full sync(s), last 12 s ago (2027-01-15 07:59:48 UTC)",
+        "  bridge br-int (netdev), tunnel vxlan from 198.18.0.1",
+        "  store etcd://198.18.1.1:2379: UNREACHABLE since 3 s ago (2027-01-15 07:59:57 UTC)",
+        "  local endpoints 2, gateways 1, networks 1, peers 2, remote endpoints 4, flows 31, "
+        "groups 1",
+    ]
+    assert lines[5:] == [
+        "",
+        "hosts",
+        "NAME  ALIVE  TUNNEL IP   LEASE LEFT  ENDPOINTS  BLOCKS",
+        "h1    yes    198.18.0.1  5s          2          1",
+        "h9    no     -           -           1          1",
+        "",
+        "networks",
+        "NAME     VNI   INDEX  CIDR           MTU  GATEWAY  EGRESS  BLOCKS  ADDRESSES",
+        "default  5001  1      100.64.0.0/16  -    yes      -       2       3/128",
+    ]
