@@ -9,6 +9,7 @@ import sys
 from ctl import (
     cni_install,
     endpoint_commands,
+    flow_commands,
     host_commands,
     lab_commands,
     network_commands,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_commands.add_parser(sub)
     cni_install.add_parser(sub)
     status_commands.add_parser(sub)
+    flow_commands.add_parser(sub)
     ref = sub.add_parser(
         "config-reference", help="print the agent's options as markdown (docs/config.md)"
     )
