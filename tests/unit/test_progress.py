@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import select
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_on_a_terminal_each_step_is_a_line_with_its_time():
             clock.t += 0.8
             progress.since(started, "h3: agent ready")
             progress.step("lab L: underlay up")
-        out = os.read(primary, 4096).decode()
+        out = _read_lines(primary, 3)
     finally:
         os.close(primary)
         os.close(secondary)
@@ -42,6 +43,17 @@ def test_on_a_terminal_each_step_is_a_line_with_its_time():
         "h3: agent ready (0.8 s)",
         "lab L: underlay up",
     ]
+
+
+def _read_lines(fd: int, count: int) -> str:
+    """What the terminal got, up to ``count`` lines: the kernel hands a pty's output to its
+    reader asynchronously (a workqueue pushes it), so one read may return only part."""
+    out = b""
+    while out.count(b"\n") < count:
+        ready, _, _ = select.select([fd], [], [], 10)
+        assert ready, f"the terminal got only {out!r}"
+        out += os.read(fd, 4096)
+    return out.decode()
 
 
 def test_a_pipe_or_a_file_gets_nothing():
