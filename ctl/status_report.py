@@ -204,7 +204,17 @@ def render(report: StatusReport, now: float | None = None) -> list[str]:
         )
         lines += ["", "networks"]
         lines += format_table(
-            ("name", "vni", "index", "cidr", "mtu", "gateway", "egress", "blocks", "addresses"),
+            (
+                "name",
+                "vni",
+                "index",
+                "cidr",
+                "mtu",
+                "gateway",
+                "egress",
+                "blocks",
+                "addresses (used/in blocks)",
+            ),
             [
                 (
                     n.name,

@@ -101,6 +101,7 @@ def test_the_terminal_view():
         "h9    no     -           -           1          1",
         "",
         "networks",
-        "NAME     VNI   INDEX  CIDR           MTU  GATEWAY  EGRESS  BLOCKS  ADDRESSES",
+        "NAME     VNI   INDEX  CIDR           MTU  GATEWAY  EGRESS  BLOCKS  "
+        "ADDRESSES (USED/IN BLOCKS)",
         "default  5001  1      100.64.0.0/16  -    yes      -       2       3/128",
     ]
