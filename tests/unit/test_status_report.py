@@ -105,3 +105,10 @@ def test_the_terminal_view():
         "ADDRESSES (USED/IN BLOCKS)",
         "default  5001  1      100.64.0.0/16  -    yes      -       2       3/128",
     ]
+
+
+def test_status_asks_the_socket_the_agent_listens_on_by_default():
+    from controller.config import OPTS
+    from ctl.status_commands import DEFAULT_SOCKET
+
+    assert next(o.default for o in OPTS if o.dest == "socket") == DEFAULT_SOCKET
