@@ -112,7 +112,7 @@ def read_cluster(opener) -> tuple[ClusterStatus | None, str | None]:
         with opener() as cluster:
             return cluster_status(cluster), None
     except KvError as exc:  # a bad URL or option (ValueError) is the command's error
-        return None, f"the cluster store did not answer ({exc}); check that it runs"
+        return None, f"the cluster part could not be read: {exc}"  # it names the fix
 
 
 def cluster_status(cluster: ClusterState) -> ClusterStatus:
