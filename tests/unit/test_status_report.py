@@ -112,3 +112,39 @@ def test_status_asks_the_socket_the_agent_listens_on_by_default():
     from ctl.status_commands import DEFAULT_SOCKET
 
     assert next(o.default for o in OPTS if o.dest == "socket") == DEFAULT_SOCKET
+
+
+def test_an_agent_that_is_not_there_is_one_sentence_naming_the_socket_and_the_fix(tmp_path):
+    import socket
+
+    from ctl.status_commands import ask_agent
+
+    missing = str(tmp_path / "agent.sock")
+    assert ask_agent(missing, "start it") == (
+        None,
+        f"no agent socket at {missing}: the agent is not running there; start it",
+    )
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale)  # bound, never listening: what a killed agent leaves
+        assert ask_agent(stale, "start it") == (
+            None,
+            f"nothing listens on {stale}: the agent is not running; start it",
+        )
+
+
+def test_a_store_that_does_not_answer_leaves_the_cluster_part_out_with_its_reason():
+    from contextlib import contextmanager
+
+    from ctl.status_commands import read_cluster
+    from store.kv import StoreUnavailableError
+
+    @contextmanager
+    def opener():
+        raise StoreUnavailableError("no etcd endpoint of 198.18.1.1:2379 answered")
+        yield
+
+    assert read_cluster(opener) == (
+        None,
+        "the cluster part could not be read: no etcd endpoint of 198.18.1.1:2379 answered",
+    )
