@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
-from controller import egress, hoststate, nftables, underlay
+from controller import egress, hoststate, nftables, status, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
@@ -76,6 +76,7 @@ class Agent:
         self._egress_rules: str | None = None  # the nftables table last written
         self._forwarding_warned = False
         self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
+        self.datapath_type: str | None = None  # set at start
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Agent:
         self.ovsdb = OvsdbClient(cfg.ovsdb_sock)
         choice = choose_datapath_type(cfg.datapath_type)
         LOG.info("datapath_type %s: %s", choice.datapath_type, choice.reason)
+        self.datapath_type = choice.datapath_type
         self.ovsdb.ensure_integration_bridge(
             IntegrationBridge(cfg.bridge, choice, cfg.controller_port, table_names())
         )
@@ -528,12 +530,9 @@ class Agent:
     # -- API ----------------------------------------------------------------------------
 
     def _api_status(self) -> dict:
-        return {
-            "host": self.config.host,
-            "ready": self.ready.is_set(),
-            "generation": self.reconciler.generation,
-            "full_syncs": self.reconciler.full_syncs,
-        }
+        return status.agent_status(
+            self.config, self.ready.is_set(), self.datapath_type, self.reconciler, self.membership
+        )
 
     def _api_attach(
         self,

@@ -26,8 +26,14 @@ OPTS = [
         "etcd://HOST:PORT[,HOST:PORT...][?cacert=&cert=&key=&timeout=]",
     ),
     cfg.StrOpt("ovsdb_sock", default="/var/run/openvswitch/db.sock", help="ovsdb-server socket"),
-    cfg.StrOpt("bridge", default="br-int", help="the integration bridge"),
-    cfg.StrOpt("tunnel_type", default="vxlan", choices=list(TUNNEL_TYPES)),
+    cfg.StrOpt("bridge", default="br-int", help="the integration bridge the agent programs"),
+    cfg.StrOpt(
+        "tunnel_type",
+        default="vxlan",
+        choices=list(TUNNEL_TYPES),
+        help="the tunnel between hosts; pods lose its overhead from the underlay MTU "
+        "(50 bytes for VXLAN, 58 for Geneve, 38 for GRE); every host must use the same",
+    ),
     cfg.StrOpt(
         "datapath_type",
         choices=["system", "netdev"],
@@ -77,13 +83,49 @@ class AgentConfig:
     controller_port: int
 
 
+REQUIRED = ("host", "tunnel_ip")
+
+
+def reference() -> str:
+    """docs/config.md: every [agent] option, from OPTS itself (a test keeps the file equal
+    to this, so the reference cannot drift from the code)."""
+    lines = [
+        "# Agent configuration reference",
+        "",
+        "Generated from `controller/config.py` by `ovs-overlayctl config-reference`; do not",
+        "edit by hand.  Options go in the `[agent]` section of the file given to",
+        "`ovs-overlay-agent --config-file` (or `ryu-manager --config-file`), or in the",
+        "environment as `OS_AGENT__<OPTION>` (upper case), which wins over the file.",
+        "",
+        "| option | type | default | allowed | what |",
+        "|---|---|---|---|---|",
+    ]
+    for opt in OPTS:
+        allowed = []
+        if getattr(opt.type, "choices", None):
+            allowed.append(", ".join(f"`{c}`" for c in opt.type.choices))
+        low, high = getattr(opt.type, "min", None), getattr(opt.type, "max", None)
+        if low is not None or high is not None:
+            allowed.append(f"{'' if low is None else low}..{'' if high is None else high}")
+        if opt.dest in REQUIRED:
+            default = "required"
+        elif opt.default is None:
+            default = "unset"
+        else:
+            default = f"`{opt.default}`"
+        kind = type(opt).__name__.removesuffix("Opt").lower()
+        what = opt.help.replace("|", "\\|")
+        lines.append(f"| `{opt.dest}` | {kind} | {default} | {'; '.join(allowed)} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
 def register(conf) -> None:
     conf.register_opts(OPTS, group=GROUP)
 
 
 def from_conf(conf, controller_port: int) -> AgentConfig:
     group = conf[GROUP]
-    for required in ("host", "tunnel_ip"):
+    for required in REQUIRED:
         if not group[required]:
             raise ValueError(f"[agent] {required} is not set; set it in the agent's config file")
     values = {o.dest: group[o.dest] for o in OPTS}

@@ -26,7 +26,7 @@ from controller import heap
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
 from openflow.diff import GenerationDelete, replace_generation
-from openflow.incremental import Change, Engine, Shadowed
+from openflow.incremental import Change, Engine, EngineCounts, Shadowed
 from openflow.model import Output, SetField
 from openflow.tables import CANARY, table_names
 
@@ -40,6 +40,9 @@ BACKOFF_MAX = 30.0
 # ~0.1 s at 10,000 endpoints, so not after every batch of a burst).
 BURST = 1000
 SETTLE = 0.5
+# A full sync of more flows than this logs a line per PROGRESS_STEP flows sent, so a
+# resync of a large host shows in the log as it goes (one of a small host stays one line).
+PROGRESS_STEP = 5000
 
 
 class Reconciler:
@@ -70,6 +73,7 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self.full_syncs = 0
         self.failures = 0
+        self.last_full_sync: float | None = None  # wall-clock time the last one finished
 
     # -- inputs ---------------------------------------------------------------
 
@@ -128,6 +132,11 @@ class Reconciler:
     @property
     def generation(self) -> int:
         return self._generation
+
+    def counts(self) -> EngineCounts:
+        """What the engine has installed (controller/status.py)."""
+        with self._engine_lock:
+            return self._engine.counts()
 
     def is_active(self, key: Hashable) -> bool:
         """Whether the object under ``key`` has its flows (is not shadowed or waiting)."""
@@ -263,11 +272,12 @@ class Reconciler:
                 self._suspect = False
             self._engine.rebuild(generation)
             groups = self._engine.groups()
+            total = self._engine.counts().flows
         # Each flow is built as it is sent (Engine.iter_flows, outside the lock: only this
         # thread changes the engine), so 20,000 of them are never alive at once; the time
         # logged includes building them.
         start = time.monotonic()
-        flows = _Counted(self._engine.iter_flows())
+        flows = _Counted(self._engine.iter_flows(), _progress(generation, total, start))
         link.apply(replace_generation(self._group_ids(link), flows, groups, None))
         count = flows.count
         link.apply([GenerationDelete(saved)])
@@ -278,6 +288,7 @@ class Reconciler:
         self._save_generation(generation)
         self._generation = generation
         self.full_syncs += 1
+        self.last_full_sync = time.time()
         LOG.info(
             "br-int: generation %d in place (%d flows, %d groups, %.0f ms); removed generation "
             "%d%s",
@@ -369,16 +380,37 @@ class Reconciler:
 
 
 class _Counted:
-    """An iterator's items, counted as they pass."""
+    """An iterator's items, counted as they pass; ``every`` is called at each
+    PROGRESS_STEP-th item with the count so far."""
 
-    def __init__(self, items: Iterator):
+    def __init__(self, items: Iterator, every: Callable[[int], None] | None = None):
         self._items = items
+        self._every = every
         self.count = 0
 
     def __iter__(self) -> Iterator:
         for item in self._items:
             self.count += 1
+            if self._every is not None and self.count % PROGRESS_STEP == 0:
+                self._every(self.count)
             yield item
+
+
+def _progress(generation: int, total: int, start: float) -> Callable[[int], None] | None:
+    """The log line a large full sync writes as it goes; none for a small one."""
+    if total <= PROGRESS_STEP:
+        return None
+
+    def report(sent: int) -> None:
+        LOG.info(
+            "br-int: generation %d: %d of %d flows sent (%.1f s)",
+            generation,
+            sent,
+            total,
+            time.monotonic() - start,
+        )
+
+    return report
 
 
 def _log_shadowed(s: Shadowed) -> None:

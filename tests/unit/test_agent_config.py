@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from oslo_config import cfg
 
@@ -39,3 +41,11 @@ def test_the_underlay_mtu_is_the_tunnel_ips_link_unless_configured(tmp_path):
     # 198.18.0.1 is on no interface of the machine running the tests: no MTU to read.
     with pytest.raises(RuntimeError, match="tunnel_ip 198.18.0.1 is on no interface"):
         Agent(load(tmp_path))._underlay_mtu()
+
+
+def test_the_config_reference_in_docs_is_the_one_the_options_generate():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert docs.read_text() == config.reference(), (
+        "docs/config.md is stale: run 'ovs-overlayctl config-reference > docs/config.md'"
+    )
+    assert all(f"| `{opt.dest}` |" in docs.read_text() for opt in config.OPTS)
