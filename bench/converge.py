@@ -143,13 +143,12 @@ def agent_log_time(name: str, host: str, pattern: str) -> float | None:
     path = os.path.join(
         lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).host(host).logdir, "agent.log"
     )
-    wanted = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*" + pattern)
+    wanted = re.compile(r"^time=(\S+) .*" + pattern)  # controller/logformat.py, UTC
     with open(path, errors="replace") as f:
         for line in f:
             m = wanted.match(line)
             if m:
-                stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-                return stamp.timestamp()
+                return datetime.datetime.fromisoformat(m.group(1)).timestamp()
     return None
 
 

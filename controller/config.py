@@ -62,6 +62,12 @@ OPTS = [
         "enough that an agent restart or upgrade never cuts its pods off",
     ),
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
+    cfg.StrOpt(
+        "log_format",
+        default="kv",
+        choices=["kv", "json"],
+        help="the agent's log lines: key=value pairs, or one JSON object per line",
+    ),
 ]
 
 
@@ -80,6 +86,7 @@ class AgentConfig:
     underlay_bridge: str
     host_ttl: int
     canary_interval: float
+    log_format: str
     controller_port: int
 
 
