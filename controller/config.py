@@ -63,6 +63,18 @@ OPTS = [
     ),
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
     cfg.StrOpt(
+        "metrics_address",
+        default="127.0.0.1",
+        help="the address Prometheus metrics are served on (http://ADDRESS:PORT/metrics)",
+    ),
+    cfg.IntOpt(
+        "metrics_port",
+        default=9810,
+        min=0,
+        max=65535,
+        help="the port Prometheus metrics are served on; 0 turns metrics off",
+    ),
+    cfg.StrOpt(
         "log_format",
         default="kv",
         choices=["kv", "json"],
@@ -86,6 +98,8 @@ class AgentConfig:
     underlay_bridge: str
     host_ttl: int
     canary_interval: float
+    metrics_address: str
+    metrics_port: int
     log_format: str
     controller_port: int
 
