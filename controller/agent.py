@@ -467,7 +467,7 @@ class Agent:
                 AttachRequest(network, container_id, ifname, netns, ip, mac, mtu, pod_name(pod))
             ).to_json()
         except AttachError as exc:
-            raise ApiError(str(exc), exc.code) from None
+            raise ApiError(str(exc), exc.code, exc.reason) from None
 
     def _api_detach(self, network: str, container_id: str, ifname: str) -> dict:
         self.endpoints.detach(network, container_id, ifname)
@@ -484,7 +484,7 @@ class Agent:
         try:
             self.endpoints.check(network, container_id, ifname, netns, routes)
         except AttachError as exc:
-            raise ApiError(str(exc), exc.code) from None
+            raise ApiError(str(exc), exc.code, exc.reason) from None
         return {}
 
     def _api_gc(self, network: str, keep: list[str]) -> dict:

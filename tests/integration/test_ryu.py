@@ -11,8 +11,7 @@ import subprocess
 import pytest
 
 from lab import agent_proc, lab, naming, netns
-from tests.helpers import host_paths, ovs
-from tests.lab.test_metrics_lab import scrape
+from tests.helpers import host_paths, ovs, scrape
 
 pytestmark = pytest.mark.integration
 

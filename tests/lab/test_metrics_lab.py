@@ -8,31 +8,17 @@ from __future__ import annotations
 import collections
 import os
 import re
-import urllib.request
+import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from controller import logformat, netns
-from lab import agent_proc, naming, pods
-from tests.helpers import host_paths, ovs, running_lab
+from controller import logformat
+from lab import lab, pods
+from tests.helpers import host_paths, ovs, running_lab, scrape
 
 pytestmark = pytest.mark.lab
 
-
-def scrape(name: str, host: str) -> dict[tuple, float]:
-    """The host agent's metrics, fetched over the host namespace's own loopback."""
-    url = f"http://127.0.0.1:{agent_proc.METRICS_PORT}/metrics"
-    with (
-        netns.in_namespace(naming.host_namespace(name, host)),
-        urllib.request.urlopen(url, timeout=10) as r,
-    ):
-        text = r.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+RESYNCED_WITHIN = 30.0  # waits for the agents, not measures
 
 
 def requests(values: dict, command: str) -> float:
@@ -57,8 +43,12 @@ def test_metrics_count_adds_and_dels_and_br_ints_flows():
 
         a = pods.pod_add(name, "h1", "a")
         pods.pod_add(name, "h1", "b")
-        pods.pod_add(name, "h2", "c")
+        c = pods.pod_add(name, "h2", "c")
         pods.pod_del(name, "h1", "b")
+        # h1 learns of c by watch: once a reaches c, nothing is on its way to br-int.
+        deadline = time.monotonic() + RESYNCED_WITHIN
+        while not lab.ping_from(pods.pod_namespace(name, "h1", "a"), c["ip"]):
+            assert time.monotonic() < deadline, "h1 never got the flows to h2's pod"
 
         after = scrape(name, "h1")
         assert requests(after, "ADD") == 2
@@ -89,3 +79,20 @@ def test_metrics_count_adds_and_dels_and_br_ints_flows():
         assert add["msg"].startswith(f"attached {add['container']}/eth0 as {a['ip']} in ")
         assert float(add["duration_ms"]) > 0 and "ms_flows" in add
         assert lines[2]["ip"] and lines[2]["container"] == lines[1]["container"]
+
+        # ovs-vswitchd restarted: a reconnect, a full sync, and the counts start over from
+        # what that sync sent, still equal to br-int's.
+        lab.restart_vswitchd(name, "h1")
+        deadline = time.monotonic() + RESYNCED_WITHIN  # as test_restarts: traffic is back
+        while not lab.ping_from(pods.pod_namespace(name, "h1", "a"), c["ip"]):
+            assert time.monotonic() < deadline, "h1's pipeline did not come back"
+        again = scrape(name, "h1")
+        assert again[("ovs_overlay_full_syncs_total", ())] >= 2
+        assert again[("ovs_overlay_openflow_reconnects_total", ())] >= 1
+        assert again[("ovs_overlay_openflow_disconnects_total", ())] >= 1
+        counted = {
+            labels[0][1]: int(v)
+            for (metric, labels), v in scrape(name, "h1").items()
+            if metric == "ovs_overlay_flows" and v
+        }
+        assert counted == dict(flows_on_switch(name, "h1"))
