@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
-from controller import hoststate, metrics, underlay
+from controller import hoststate, metrics, status, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
@@ -66,6 +66,7 @@ class Agent:
         self._tunnel_ofport = 0
         self._gateway: hoststate.GatewayPort | None = None
         self.underlay_mtu = 0  # set at start: configured, or read from the tunnel IP's link
+        self.datapath_type: str | None = None  # set at start
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class Agent:
         self.ovsdb = OvsdbClient(cfg.ovsdb_sock)
         choice = choose_datapath_type(cfg.datapath_type)
         LOG.info("datapath_type %s: %s", choice.datapath_type, choice.reason)
+        self.datapath_type = choice.datapath_type
         self.ovsdb.ensure_integration_bridge(
             IntegrationBridge(cfg.bridge, choice, cfg.controller_port, table_names())
         )
@@ -444,12 +446,9 @@ class Agent:
     # -- API ----------------------------------------------------------------------------
 
     def _api_status(self) -> dict:
-        return {
-            "host": self.config.host,
-            "ready": self.ready.is_set(),
-            "generation": self.reconciler.generation,
-            "full_syncs": self.reconciler.full_syncs,
-        }
+        return status.agent_status(
+            self.config, self.ready.is_set(), self.datapath_type, self.reconciler, self.membership
+        )
 
     def _api_attach(
         self,

@@ -98,10 +98,11 @@ class AgentConfig:
     underlay_bridge: str
     host_ttl: int
     canary_interval: float
-    metrics_address: str
-    metrics_port: int
-    log_format: str
     controller_port: int
+    # Defaults (equal to the options') let code that builds a config by hand leave them out.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9810
+    log_format: str = "kv"
 
 
 REQUIRED = ("host", "tunnel_ip")

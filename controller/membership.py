@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from store.cluster import ClusterState
@@ -40,10 +41,19 @@ class Membership:
         self._ttl = ttl
         self._republish = republish  # puts this host's endpoints again; returns how many
         self.lease: int | None = None
+        # The store's health as the keepalive last found it, and since when (wall clock):
+        # what ``ovs-overlayctl status`` shows.
+        self.store_reachable = False
+        self.store_since = time.time()
 
     def register(self) -> None:
         """Put this host on a new lease (raises KvError while the store is away)."""
         self.lease = self._cluster.register_host(self._host, self._tunnel_ip, self._ttl)
+        self._reached(True)
+
+    def _reached(self, ok: bool) -> None:
+        if ok != self.store_reachable:
+            self.store_reachable, self.store_since = ok, time.time()
 
     def run(self, stop: threading.Event) -> None:
         """Keep the lease alive until ``stop``; never returns for a store error."""
@@ -58,7 +68,9 @@ class Membership:
                 if not failing:
                     LOG.warning("cannot renew host %s's lease (%s); retrying", self._host, exc)
                 failing = True
+                self._reached(False)
                 continue
+            self._reached(True)
             try:
                 if not alive:
                     LOG.warning("host %s's lease expired; registering it again", self._host)
@@ -72,6 +84,7 @@ class Membership:
                 if not failing:
                     LOG.warning("cannot register host %s again (%s); retrying", self._host, exc)
                 failing = True
+                self._reached(False)
                 continue
             if failing:
                 LOG.warning("host %s's lease is renewed again", self._host)

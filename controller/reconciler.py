@@ -34,7 +34,7 @@ from openflow.diff import (
     Message,
     replace_generation,
 )
-from openflow.incremental import Change, Engine, Shadowed
+from openflow.incremental import Change, Engine, EngineCounts, Shadowed
 from openflow.model import Output, SetField
 from openflow.tables import CANARY, table_names
 
@@ -51,6 +51,9 @@ SETTLE = 0.5
 # Store submits waiting for br-int whose arrival time is kept (for the watch lag metric);
 # while no switch is connected they pile up, and past this many the newest go unmeasured.
 LAG_PENDING_MAX = 10_000
+# A full sync of more flows than this logs a line per PROGRESS_STEP flows sent, so a
+# resync of a large host shows in the log as it goes (one of a small host stays one line).
+PROGRESS_STEP = 5000
 
 
 class Reconciler:
@@ -83,6 +86,7 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self.full_syncs = 0
         self.failures = 0
+        self.last_full_sync: float | None = None  # wall-clock time the last one finished
         self.connections = 0  # switch connections taken, the first one included
         # What br-int has, by table, and its groups: set by each full sync from the flows
         # it sends, then moved by each incremental apply's adds and deletes (the metrics).
@@ -161,6 +165,11 @@ class Reconciler:
         switch that lost them is found by the canary and gets a full sync)."""
         with self._counts_lock:
             return dict(self._flows_by_table), self._groups
+
+    def counts(self) -> EngineCounts:
+        """What the engine has installed (controller/status.py)."""
+        with self._engine_lock:
+            return self._engine.counts()
 
     def is_active(self, key: Hashable) -> bool:
         """Whether the object under ``key`` has its flows (is not shadowed or waiting)."""
@@ -312,15 +321,18 @@ class Reconciler:
                 self._suspect = False
             self._engine.rebuild(generation)
             groups = self._engine.groups()
+            total = self._engine.counts().flows
         # Each flow is built as it is sent (Engine.iter_flows, outside the lock: only this
         # thread changes the engine), so 20,000 of them are never alive at once; the time
         # logged includes building them.
         start = time.monotonic()
-        flows = _Counted(self._engine.iter_flows())
+        flows = _Counted(
+            self._engine.iter_flows(), _progress(generation, total, start), _table_name
+        )
         link.apply(replace_generation(self._group_ids(link), flows, groups, None))
         count = flows.count
         with self._counts_lock:
-            self._flows_by_table, self._groups = flows.by_table, len(groups)
+            self._flows_by_table, self._groups = flows.by_kind, len(groups)
         link.apply([GenerationDelete(saved)])
         stale = []
         if self._flow_count(link) != count:
@@ -329,6 +341,7 @@ class Reconciler:
         self._save_generation(generation)
         self._generation = generation
         self.full_syncs += 1
+        self.last_full_sync = time.time()
         LOG.info(
             "br-int: generation %d in place (%d flows, %d groups, %.0f ms); removed generation "
             "%d%s",
@@ -442,18 +455,51 @@ def count_messages(flows_by_table: Counter, messages: Iterable[Message]) -> int:
 
 
 class _Counted:
-    """Flows, counted (in all and by table name) as they pass."""
+    """An iterator's items, counted as they pass, in all and by ``kind`` (a full sync's
+    flows by table name); ``every`` is called at each PROGRESS_STEP-th item with the count
+    so far."""
 
-    def __init__(self, items: Iterator):
+    def __init__(
+        self,
+        items: Iterator,
+        every: Callable[[int], None] | None = None,
+        kind: Callable[[object], str] | None = None,
+    ):
         self._items = items
+        self._every = every
+        self._kind = kind
         self.count = 0
-        self.by_table: Counter[str] = Counter()
+        self.by_kind: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator:
         for item in self._items:
             self.count += 1
-            self.by_table[item.table.name] += 1
+            if self._kind is not None:
+                self.by_kind[self._kind(item)] += 1
+            if self._every is not None and self.count % PROGRESS_STEP == 0:
+                self._every(self.count)
             yield item
+
+
+def _table_name(flow) -> str:
+    return flow.table.name
+
+
+def _progress(generation: int, total: int, start: float) -> Callable[[int], None] | None:
+    """The log line a large full sync writes as it goes; none for a small one."""
+    if total <= PROGRESS_STEP:
+        return None
+
+    def report(sent: int) -> None:
+        LOG.info(
+            "br-int: generation %d: %d of %d flows sent (%.1f s)",
+            generation,
+            sent,
+            total,
+            time.monotonic() - start,
+        )
+
+    return report
 
 
 def _log_shadowed(s: Shadowed) -> None:

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from lab import containerd, lab, naming, pods, running
+from lab.progress import Progress
 
 
 def add_parser(subparsers) -> None:
@@ -132,6 +133,7 @@ def cmd_up(args) -> int:
             etcd_members=args.etcd_members,
             host_ttl=args.host_ttl,
             underlay_mtu=args.underlay_mtu,
+            progress=Progress(),
         )
     )
     return 0
@@ -217,7 +219,9 @@ def cmd_pod_list(args) -> int:
 def cmd_demo(args) -> int:
     print(f"== lab up --name {args.name} --hosts {args.hosts}")
     failures = 0
-    status = lab.up(args.name, args.hosts, args.state_dir)  # refuses a name in use, untouched
+    progress = Progress()  # on stderr, when it is a terminal
+    # refuses a name in use, untouched
+    status = lab.up(args.name, args.hosts, args.state_dir, progress=progress)
     try:
         print_status(status)
         print("== underlay reachability (every host pings every other host's br-phy IP)")
@@ -242,7 +246,8 @@ def cmd_demo(args) -> int:
             print("  " + line)
     finally:
         print(f"== lab down --name {args.name}")
-        removed = lab.down(args.name, args.state_dir)
+        with progress.timed(f"lab {args.name}: down"):
+            removed = lab.down(args.name, args.state_dir)
         print(f"  removed {len(removed)} items; no {args.name}-* namespace or daemon remains")
     if failures:
         print(f"demo failed: {failures} pings unanswered", file=sys.stderr)

@@ -6,7 +6,15 @@ import argparse
 import logging
 import sys
 
-from ctl import cni_install, endpoint_commands, host_commands, lab_commands, network_commands
+from ctl import (
+    cni_install,
+    endpoint_commands,
+    flow_commands,
+    host_commands,
+    lab_commands,
+    network_commands,
+    status_commands,
+)
 from lab.containerd import ContainerdError
 from lab.etcd_members import EtcdLabError
 from lab.lab import LabError
@@ -23,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     host_commands.add_parser(sub)
     endpoint_commands.add_parser(sub)
     cni_install.add_parser(sub)
+    status_commands.add_parser(sub)
+    flow_commands.add_parser(sub)
     ref = sub.add_parser(
         "config-reference", help="print the agent's options as markdown (docs/config.md)"
     )

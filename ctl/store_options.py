@@ -100,7 +100,7 @@ def read_config(path: str) -> dict[str, str]:
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
-def _options(args: argparse.Namespace) -> dict[str, str | None]:
+def resolved_options(args: argparse.Namespace) -> dict[str, str | None]:
     """The command line's store options over the config file's."""
     given = {k: getattr(args, k, None) for k in (k.replace("-", "_") for k in CONFIG_KEYS)}
     config = getattr(args, "config", None)
@@ -128,9 +128,12 @@ def store_url(store: str, tls: dict[str, str]) -> str:
 
 
 @contextmanager
-def open_store(args: argparse.Namespace) -> Iterator[ClusterState]:
-    """The cluster state the command's options name, open for the block."""
-    opts = _options(args)
+def open_store(args: argparse.Namespace, fallback: str | None = None) -> Iterator[ClusterState]:
+    """The cluster state the command's options name (else ``fallback``'s URL), open for
+    the block."""
+    opts = resolved_options(args)
+    if fallback and not opts["store"] and not opts["lab"]:
+        opts["store"] = fallback
     tls = {TLS_KEYS[k]: opts[k] for k in TLS_KEYS if opts[k]}
     if bool(opts["store"]) == bool(opts["lab"]):
         raise ValueError(

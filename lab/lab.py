@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ctl import cni_install
 from lab import agent_proc, containerd, naming, netns, ovs_host
 from lab import etcd_members as etcd
+from lab.progress import QUIET, Progress
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import NETDEV, DatapathChoice
@@ -129,6 +130,7 @@ def up(
     etcd_members: int | None = None,
     host_ttl: int = DEFAULT_HOST_TTL,
     underlay_mtu: int = naming.UNDERLAY_MTU,
+    progress: Progress = QUIET,
 ) -> LabStatus:
     """Build lab ``name`` with ``hosts`` hosts; on any failure, remove what was made.
 
@@ -137,6 +139,7 @@ def up(
     ``etcd_members`` etcd members and waits until they are healthy before any agent
     starts (default 1); ``host_ttl`` is the agents' ``host_ttl`` (seconds);
     ``underlay_mtu`` is every underlay link's MTU (the agents read it from br-phy).
+    ``progress`` gets a line per host and step as each is done (lab/progress.py).
     """
     naming.validate_lab_name(name)
     naming.validate_host_count(hosts)
@@ -186,24 +189,30 @@ def up(
             },
         )
         underlay = naming.underlay_namespace(name)
-        netns.create_namespace(underlay)
-        netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
+        with progress.timed(f"lab {name}: underlay {underlay} up"):
+            netns.create_namespace(underlay)
+            netns.create_bridge(underlay, naming.UNDERLAY_BRIDGE)
         etcd_procs = {}
         if store == "etcd":
             # The members start first and elect a leader while the hosts are built.
             etcd.add_operator_address(name)
             for k in range(1, etcd_members + 1):
-                etcd.build_member_namespace(name, k, underlay_mtu)
-                etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
+                with progress.timed(f"{naming.etcd_member_name(k)}: started"):
+                    etcd.build_member_namespace(name, k, underlay_mtu)
+                    etcd_procs[k] = etcd.start(name, paths.root, k, etcd_members)
         for index in range(1, hosts + 1):
-            build_host(paths, index, tunnel_type, underlay_mtu)
+            with progress.timed(f"{naming.host_name(index)}: OVS up"):
+                build_host(paths, index, tunnel_type, underlay_mtu)
         if etcd_procs:
-            etcd.wait_healthy(name, paths.root, list(etcd_procs), etcd_procs)
+            with progress.timed(f"etcd: {len(etcd_procs)} member(s) healthy"):
+                etcd.wait_healthy(name, paths.root, list(etcd_procs), etcd_procs)
         if agents:
             _seed_cluster(paths)
+            started = progress.now()
             procs = [start_agent(paths, index) for index in range(1, hosts + 1)]
             for index, proc in enumerate(procs, start=1):
                 agent_proc.wait_ready(paths.host(naming.host_name(index)), proc)
+                progress.since(started, f"{naming.host_name(index)}: agent ready")
     except BaseException:
         LOG.error("lab %s: build failed, tearing down what was made", name)
         down(name, state_root)

@@ -151,11 +151,16 @@ def run_in_namespace(
     timeout: float | None = 60,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run a program inside ``namespace`` and capture its output."""
+    """Run a program inside ``namespace`` and capture its output.
+
+    Through ``nsenter --net`` (util-linux), not a ``preexec_fn``: Python code between fork
+    and exec is unsafe in a process with other threads (a test holding a gRPC channel
+    open had its forked child abort mid-``setns``: ``ovs-vsctl … died with SIGABRT`` on a
+    fresh root), while nsenter is exec'ed straight away and only then enters the
+    namespace.  nsenter execs the program itself, so it keeps nsenter's PID."""
     return subprocess.run(
-        list(argv),
+        ["nsenter", f"--net={ns_helpers.namespace_path(namespace)}", "--", *argv],
         env=dict(env) if env is not None else None,
-        preexec_fn=lambda: enter_namespace(namespace),
         capture_output=True,
         text=True,
         timeout=timeout,

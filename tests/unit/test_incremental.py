@@ -144,6 +144,7 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
         index_flows(want_flows)  # no conflict reaches the switch
         assert switch == (set(want_flows), set(want_groups))
         assert (set(engine.flows()), set(engine.groups())) == switch
+        _assert_counts(engine, state)
     # A full rebuild (a reconnect) for another generation is the full build too.
     engine.rebuild(generation + 1)
     rebuilt = engine.flows(), engine.groups()
@@ -158,6 +159,20 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
     engine.recompute()
     assert engine.state() == state
     assert (set(engine.flows()), set(engine.groups())) == (set(want[0]), set(want[1]))
+    _assert_counts(engine, state)
+
+
+def _assert_counts(engine: Engine, state: HostState) -> None:
+    """The status's counts (not built flow by flow) equal what the full build has."""
+    counts = engine.counts()
+    flows, groups = pipeline.build(state, engine.generation)
+    assert (counts.flows, counts.groups) == (len(flows), len(groups))
+    assert (counts.networks, counts.peers) == (len(state.networks), len(state.peers))
+    assert (counts.local_ports, counts.gateways, counts.remote_endpoints) == (
+        len(state.local),
+        len(state.gateways),
+        len(state.remote),
+    )
 
 
 NET = NetworkSpec("default", 5001, 1)

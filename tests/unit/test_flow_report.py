@@ -1,0 +1,100 @@
+"""``ovs-overlayctl flows``' reading of ovs-ofctl's dump: cookies decoded into feature and
+generation, grouped by table and feature with totals, stale and unknown flows flagged."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctl import flow_report as fr
+from openflow import cookies
+from openflow.cookies import Feature
+
+# As ovs-ofctl -O OpenFlow13 --names dump-flows br-int prints them (from a lab host), plus a
+# flow of generation 3 and one with no feature of ours.
+# ruff: noqa: E501 (the lines are as ovs-ofctl prints them)
+DUMP = f"""\
+ cookie=0x200000000000001, duration=10.643s, table=classifier, n_packets=5, n_bytes=406, priority=100,in_port=ovo20ab97c0ed95 actions=set_field:0x1/0xf->reg0,goto_table:"port_security"
+ cookie=0x100000000000001, duration=13.461s, table=classifier, n_packets=1, n_bytes=90, priority=0 actions=drop
+ cookie=0x100000000000001, duration=13.461s, table="port_security", n_packets=5, n_bytes=406, priority=0 actions=drop
+ cookie=0x700000000000001, duration=8.937s, table="l2_forward", n_packets=2, n_bytes=196, priority=100,reg2=0x1/0xffff,dl_dst=0a:58:64:40:00:40 actions=set_field:198.18.0.2->tun_dst,goto_table:output
+ cookie={hex(cookies.cookie(Feature.L2_REMOTE, 3))}, duration=99.1s, table="l2_forward", n_packets=7, n_bytes=700, priority=100,reg2=0x1/0xffff,dl_dst=0a:58:64:40:00:41 actions=drop
+ cookie=0x0, duration=1.0s, table="l2_forward", n_packets=1, n_bytes=60, priority=10,ip actions=drop
+ cookie=0xf00000000000001, duration=13.461s, table=canary, n_packets=0, n_bytes=0, priority=0 actions=drop
+"""
+
+
+def test_each_flow_gets_its_table_feature_generation_and_counters():
+    flows = fr.parse_dump(DUMP, generation=1)
+    first = flows[0]
+    assert (first.table, first.table_id, first.feature, first.generation) == (
+        "classifier",
+        0,
+        "classify_local",
+        1,
+    )
+    assert (first.priority, first.match, first.packets, first.bytes) == (
+        100,
+        "in_port=ovo20ab97c0ed95",
+        5,
+        406,
+    )
+    assert first.actions.startswith("set_field:0x1/0xf->reg0")
+    assert flows[1].match == "" and flows[2].table == "port_security"
+    stale = [f for f in flows if f.stale]
+    unknown = [f for f in flows if f.unknown]
+    assert [(f.feature, f.generation) for f in stale] == [("l2_remote", 3), ("unknown", 0)]
+    assert [f.cookie for f in unknown] == ["0x0"]
+
+
+def test_flows_are_grouped_by_table_then_feature_with_totals():
+    rep = fr.report("br-int", 1, fr.parse_dump(DUMP, 1))
+    assert [t.table for t in rep.tables] == ["classifier", "port_security", "l2_forward", "canary"]
+    l2 = rep.tables[2]
+    assert [g.feature for g in l2.features] == ["l2_remote", "unknown"]
+    assert l2.totals == fr.Totals(flows=3, packets=10, bytes=956, stale=2, unknown=1)
+    assert rep.totals == fr.Totals(flows=7, packets=21, bytes=1858, stale=2, unknown=1)
+    per = {f.feature: f.totals for f in rep.by_feature}
+    assert per["defaults"] == fr.Totals(2, 6, 496, 0, 0)
+    assert per["l2_remote"] == fr.Totals(2, 9, 896, 1, 0)
+
+
+def test_filters_keep_one_table_or_one_feature():
+    flows = fr.parse_dump(DUMP, 1)
+    rep = fr.report("br-int", 1, flows, table=fr.table_filter("l2_forward"))
+    assert [t.table for t in rep.tables] == ["l2_forward"] and rep.totals.flows == 3
+    rep = fr.report("br-int", 1, flows, feature=fr.feature_filter("L2-Remote"))
+    assert rep.totals.flows == 2 and rep.feature == "l2_remote"
+    assert fr.feature_filter("7") == "l2_remote" and fr.table_filter("50") == "l2_forward"
+    assert fr.report("br-int", 1, flows, feature="unknown").totals.flows == 1
+
+
+def test_the_terminal_view_marks_stale_and_unknown_flows():
+    text = "\n".join(fr.render(fr.report("br-int", 1, fr.parse_dump(DUMP, 1))))
+    assert text.splitlines()[0] == (
+        "br-int (generation 1): 7 flows, 21 packets, 1858 bytes; 2 stale, 1 unknown"
+    )
+    assert "table l2_forward (50): 3 flows, 10 packets, 956 bytes, 2 stale, 1 unknown" in text
+    assert "dl_dst=0a:58:64:40:00:41 actions=drop [STALE generation 3]" in text
+    assert "priority=10,ip actions=drop [UNKNOWN cookie 0x0]" in text
+
+
+def test_a_bridge_no_agent_ever_ran_on_has_no_stale_flows():
+    assert not any(f.stale for f in fr.parse_dump(DUMP, generation=None))
+
+
+@pytest.mark.parametrize(
+    ("call", "value", "message"),
+    [
+        (fr.feature_filter, "bogus", "feature 'bogus' is not one of defaults,"),
+        (fr.table_filter, "nosuch", "table 'nosuch' is not one of classifier,"),
+        (fr.table_filter, "300", "table '300' is not one of"),
+    ],
+)
+def test_a_bad_filter_is_one_sentence_naming_the_choices(call, value, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        call(value)
+
+
+def test_a_line_it_cannot_read_is_an_error_not_a_guess():
+    with pytest.raises(ValueError, match="cannot read"):
+        fr.parse_dump(" cookie=0xzz, table=0, n_packets=1, n_bytes=1 actions=drop", 1)
