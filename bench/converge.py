@@ -385,9 +385,9 @@ def log_after(log: str, marker: str) -> dict[str, tuple[float, str]]:
         lines = f.read().split(marker, 1)[-1].splitlines()
     for line in lines:
         for what, pattern in wanted.items():
-            if what not in found and pattern.search(line):
-                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-                found[what] = (stamp.timestamp(), line.strip())
+            if what not in found and pattern.search(line) and line.startswith("time="):
+                stamp = datetime.datetime.fromisoformat(line[5:].split(" ", 1)[0])
+                found[what] = (stamp.timestamp(), line.strip())  # controller/logformat.py
     if "in_place" not in found:
         raise RuntimeError(f"{log} has no full sync after {marker!r}")
     return found
