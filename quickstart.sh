@@ -71,8 +71,8 @@ setup_venv() {
 # Ryu 4.34 (2020), for the test that runs the agent's app under ryu-manager: its own venv,
 # because Ryu pins old tools.  Its setup.py needs setuptools' removed easy_install API,
 # hence setuptools<66 and no build isolation.  The app itself comes from the repo
-# (PYTHONPATH), with the two libraries it needs.
-RYU_REQS=("ryu==4.34" "pyroute2>=0.9.7,<0.10" "ovsdbapp>=3.0,<4")
+# (PYTHONPATH), with the libraries it needs.
+RYU_REQS=("ryu==4.34" "pyroute2>=0.9.7,<0.10" "ovsdbapp>=3.0,<4" "prometheus-client>=0.20,<1")
 
 setup_ryu_venv() {
   local stamp=.venv-ryu/.installed want="${RYU_REQS[*]}"

@@ -143,13 +143,12 @@ def agent_log_time(name: str, host: str, pattern: str) -> float | None:
     path = os.path.join(
         lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).host(host).logdir, "agent.log"
     )
-    wanted = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*" + pattern)
+    wanted = re.compile(r"^time=(\S+) .*" + pattern)  # controller/logformat.py, UTC
     with open(path, errors="replace") as f:
         for line in f:
             m = wanted.match(line)
             if m:
-                stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-                return stamp.timestamp()
+                return datetime.datetime.fromisoformat(m.group(1)).timestamp()
     return None
 
 
@@ -386,9 +385,9 @@ def log_after(log: str, marker: str) -> dict[str, tuple[float, str]]:
         lines = f.read().split(marker, 1)[-1].splitlines()
     for line in lines:
         for what, pattern in wanted.items():
-            if what not in found and pattern.search(line):
-                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-                found[what] = (stamp.timestamp(), line.strip())
+            if what not in found and pattern.search(line) and line.startswith("time="):
+                stamp = datetime.datetime.fromisoformat(line[5:].split(" ", 1)[0])
+                found[what] = (stamp.timestamp(), line.strip())  # controller/logformat.py
     if "in_place" not in found:
         raise RuntimeError(f"{log} has no full sync after {marker!r}")
     return found

@@ -67,6 +67,7 @@ def require_netns(path: str, not_a_netns_code: int = ERR_INVALID_ENV) -> None:
             f"CNI_NETNS {path} is not a network namespace ({exc}); pass the container's "
             "netns, e.g. /run/netns/NAME or /proc/PID/ns/net",
             code=not_a_netns_code,
+            reason="not_a_netns" if not_a_netns_code == ERR_INVALID_ENV else "container_gone",
         ) from None
 
 
@@ -77,6 +78,7 @@ def store_unavailable(what: str, exc: KvError) -> AttachError:
         f"{what} failed: the cluster store did not answer ({exc}); try again when the store "
         "is back",
         code=ERR_TRY_AGAIN,
+        reason="store_unavailable",
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
-from controller import egress, hoststate, nftables, status, underlay
+from controller import egress, hoststate, metrics, nftables, status, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
@@ -64,6 +64,7 @@ class Agent:
         self.ovsdb: OvsdbClient | None = None
         self.reconciler: Reconciler | None = None
         self.api: ApiServer | None = None
+        self.metrics: metrics.MetricsServer | None = None
         self._threads: list[threading.Thread] = []
         self._solicited: set[str] = set()
         self._route_ok = True  # whether the last look found the underlay route in OVS
@@ -156,6 +157,7 @@ class Agent:
             },
         )
         self.api.start()
+        self.metrics = metrics.serve(cfg.metrics_address, cfg.metrics_port, self._metrics)
         LOG.info(
             "agent for host %s started (tunnel %s from %s)",
             cfg.host,
@@ -165,6 +167,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.api is not None:
             self.api.stop()
         if self.reconciler is not None:
@@ -233,7 +237,7 @@ class Agent:
             self._solicited &= set(self.cache.peer_ips())  # bounded by the live peers
         if peers:
             self._warm_neighbours(peers)
-        return self.reconciler.submit(changes)
+        return self.reconciler.submit(changes, from_store=True)
 
     def _warm_neighbours(self, peers) -> None:
         new = set(peers) - self._solicited
@@ -250,12 +254,15 @@ class Agent:
         try:
             version = self.sync_local()
         except Exception as exc:
-            raise AttachError(f"the agent could not read br-int's ports: {exc}", code=11) from exc
+            raise AttachError(
+                f"the agent could not read br-int's ports: {exc}", code=11, reason="agent_error"
+            ) from exc
         if not self.reconciler.wait_applied(version, PUBLISH_TIMEOUT):
             raise AttachError(
                 f"br-int did not take the new flows within {PUBLISH_TIMEOUT:.0f}s; "
                 "check that ovs-vswitchd is connected to the agent",
                 code=11,
+                reason="switch_not_applied",
             )
 
     def _republish(self) -> int:
@@ -527,6 +534,23 @@ class Agent:
             LOG.info("flows restored: cleared flow-restore-wait, ovs-vswitchd forwards again")
         self.ready.set()
 
+    def _metrics(self) -> metrics.Snapshot:
+        """The state part of a scrape, from counts kept anyway (controller/metrics.py)."""
+        flows, groups = self.reconciler.installed_counts()
+        local = sum(1 for key in self._local if key.startswith("port/"))  # replaced, not changed
+        return metrics.Snapshot(
+            local_endpoints=local,
+            peers=self.cache.peer_count(),
+            flows_by_table=flows,
+            groups=groups,
+            generation=self.reconciler.generation,
+            full_syncs=self.reconciler.full_syncs,
+            openflow_connected=self.reconciler.is_connected(),
+            ovsdb_reconnects=self.ovsdb.reconnects,
+            store_up=self.cache.store_reachable(),
+            ready=self.ready.is_set(),
+        )
+
     # -- API ----------------------------------------------------------------------------
 
     def _api_status(self) -> dict:
@@ -550,7 +574,7 @@ class Agent:
                 AttachRequest(network, container_id, ifname, netns, ip, mac, mtu, pod_name(pod))
             ).to_json()
         except AttachError as exc:
-            raise ApiError(str(exc), exc.code) from None
+            raise ApiError(str(exc), exc.code, exc.reason) from None
 
     def _api_detach(self, network: str, container_id: str, ifname: str) -> dict:
         self.endpoints.detach(network, container_id, ifname)
@@ -567,7 +591,7 @@ class Agent:
         try:
             self.endpoints.check(network, container_id, ifname, netns, routes)
         except AttachError as exc:
-            raise ApiError(str(exc), exc.code) from None
+            raise ApiError(str(exc), exc.code, exc.reason) from None
         return {}
 
     def _api_gc(self, network: str, keep: list[str]) -> dict:

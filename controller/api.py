@@ -10,8 +10,10 @@ import logging
 import os
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 
+from controller import requestlog
 from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
@@ -20,21 +22,27 @@ MAX_REQUEST = 1 << 20
 
 
 class ApiError(Exception):
-    """A request the agent refuses, with the CNI error code that fits."""
+    """A request the agent refuses, with the CNI error code that fits, and a short reason
+    for the refusal metric (one of controller.metrics.REASONS; None: the code's)."""
 
-    def __init__(self, msg: str, code: int = 7):
+    def __init__(self, msg: str, code: int = 7, reason: str | None = None):
         super().__init__(msg)
         self.code = code
+        self.reason = reason
 
 
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         raw = self.rfile.read(MAX_REQUEST)
+        started = time.monotonic()
+        reason = None
+        token = requestlog.begin()
         try:
             request = json.loads(raw)
             op = request.pop("op")
             handler = self.server.handlers[op]
         except (ValueError, KeyError, TypeError, AttributeError):
+            op, request, reason = "", {}, "bad_request"
             answer = {
                 "ok": False,
                 "code": 6,
@@ -45,7 +53,9 @@ class _Handler(socketserver.StreamRequestHandler):
                 answer = {"ok": True, "result": handler(**request)}
             except ApiError as exc:
                 answer = {"ok": False, "code": exc.code, "error": str(exc)}
+                reason = exc.reason
             except KvError as exc:
+                reason = "store_unavailable"
                 answer = {
                     "ok": False,
                     "code": 11,
@@ -53,15 +63,16 @@ class _Handler(socketserver.StreamRequestHandler):
                     "when the store is back",
                 }
             except TypeError as exc:
+                reason = "bad_arguments"
                 answer = {"ok": False, "code": 7, "error": f"bad arguments for {op}: {exc}"}
             except Exception as exc:
                 LOG.exception("api %s failed", op)
+                reason = "agent_error"
                 answer = {"ok": False, "code": 11, "error": f"{op} failed in the agent: {exc}"}
-            if not answer["ok"]:  # the runtime sees it; the agent's log must too
-                who = "/".join(str(request.get(k)) for k in ("container_id", "ifname"))
-                LOG.warning(
-                    "%s of %s refused (CNI error %d): %s", op, who, answer["code"], answer["error"]
-                )
+        finally:
+            noted = requestlog.end(token)
+        # One line per request, refusals included (the runtime sees them; the log must too).
+        requestlog.finished(op, request, answer, time.monotonic() - started, noted, reason)
         self.wfile.write(json.dumps(answer).encode())
 
 

@@ -14,6 +14,7 @@ import os
 import socket
 
 from controller import config as agent_config
+from controller import logformat
 from controller.agent import Agent
 from controller.compat import (
     CONFIG_DISPATCHER,
@@ -68,7 +69,10 @@ class OverlayAgentApp(App):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         port = cfg.CONF.ofp_tcp_listen_port or DEFAULT_OFP_PORT
-        self.agent = Agent(agent_config.from_conf(cfg.CONF, port), self.connect_unix)
+        config = agent_config.from_conf(cfg.CONF, port)
+        # ovs-overlay-agent installed it already; under ryu-manager this is the first time.
+        logformat.install(config.log_format)
+        self.agent = Agent(config, self.connect_unix)
         # One link per OpenFlow connection: br-int can be connected twice at once, over
         # its management socket (dialled by the agent) and over our listener (dialled by
         # ovs-vswitchd).  ``active`` is the one the reconciler uses.

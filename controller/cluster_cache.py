@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from controller import metrics
 from openflow.incremental import Change, Peer, Remove, Upsert
 from openflow.state import NetworkSpec, RemoteEndpoint
 from store.cluster import (
@@ -108,6 +109,15 @@ class ClusterCache:
         with self._lock:
             return sorted(self._peer_of.values())
 
+    def peer_count(self) -> int:
+        with self._lock:
+            return len(self._peer_of)
+
+    def store_reachable(self) -> bool:
+        """False from a watch's first store error until the store answers again."""
+        with self._lock:
+            return not self._outage_logged
+
     # -- running ------------------------------------------------------------------------
 
     def load(self) -> dict[str, int]:
@@ -144,13 +154,16 @@ class ClusterCache:
                 continue  # from the last revision seen: nothing is missed
             except CompactedError as exc:
                 LOG.info("watching %s: %s; listing it again", prefix, exc)
+                metrics.STORE_RELISTS.labels("compacted").inc()
             except KvError as exc:
                 self._store_away(prefix, exc)
+                metrics.STORE_RELISTS.labels("outage").inc()
                 backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
                 if stop.wait(backoff):
                     return
             except Exception:  # a bug: say what we were doing, then list again
                 LOG.exception("watching %s failed; listing it again", prefix)
+                metrics.STORE_RELISTS.labels("error").inc()
                 backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
                 if stop.wait(backoff):
                     return
@@ -185,6 +198,7 @@ class ClusterCache:
         with self._lock:
             first, self._outage_logged = not self._outage_logged, True
         if first:
+            metrics.STORE_OUTAGES.inc()
             LOG.warning(
                 "the cluster state is unreachable (%s); br-int keeps its flows, retrying", exc
             )
@@ -195,6 +209,7 @@ class ClusterCache:
         with self._lock:
             was, self._outage_logged = self._outage_logged, False
         if was:
+            metrics.STORE_RECONNECTS.inc()
             LOG.warning("the cluster state is reachable again")
             if self._on_store_back is not None:
                 threading.Thread(target=self._on_store_back, name="store-back", daemon=True).start()

@@ -62,6 +62,24 @@ OPTS = [
         "enough that an agent restart or upgrade never cuts its pods off",
     ),
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
+    cfg.StrOpt(
+        "metrics_address",
+        default="127.0.0.1",
+        help="the address Prometheus metrics are served on (http://ADDRESS:PORT/metrics)",
+    ),
+    cfg.IntOpt(
+        "metrics_port",
+        default=9810,
+        min=0,
+        max=65535,
+        help="the port Prometheus metrics are served on; 0 turns metrics off",
+    ),
+    cfg.StrOpt(
+        "log_format",
+        default="kv",
+        choices=["kv", "json"],
+        help="the agent's log lines: key=value pairs, or one JSON object per line",
+    ),
 ]
 
 
@@ -81,6 +99,10 @@ class AgentConfig:
     host_ttl: int
     canary_interval: float
     controller_port: int
+    # Defaults (equal to the options') let code that builds a config by hand leave them out.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9810
+    log_format: str = "kv"
 
 
 REQUIRED = ("host", "tunnel_ip")

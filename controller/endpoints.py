@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni import admission as request_checks
-from controller import netns
+from controller import netns, requestlog
 from controller.admission import (
     ERR_INVALID_ENV,
     ERR_TRY_AGAIN,
@@ -34,7 +34,7 @@ from controller.admission import (
     store_unavailable,
 )
 from ovsdb.client import OvsdbClient
-from ovsdb.endpoint import MAC_KEY, EndpointPort
+from ovsdb.endpoint import IP_KEY, MAC_KEY, POD_KEY, EndpointPort
 from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
 from store.kv import KvError
 
@@ -85,20 +85,18 @@ mac_for = request_checks.derived_mac
 
 
 class _Steps:
-    """Milliseconds per step of an ADD, for the log: where a slow pod start went."""
+    """Milliseconds per step of an ADD or DEL, noted for the request's log line
+    (controller/requestlog.py): where a slow pod start went."""
 
     def __init__(self):
-        self._last = self._start = time.perf_counter()
-        self._ms: list[str] = []
+        self._last = time.perf_counter()
+        self._ms: dict[str, float] = {}
 
     def done(self, step: str) -> None:
         now = time.perf_counter()
-        self._ms.append(f"{step} {(now - self._last) * 1000:.0f}")
+        self._ms[step] = (now - self._last) * 1000
         self._last = now
-
-    def __str__(self) -> str:
-        total = (self._last - self._start) * 1000
-        return f"{total:.0f} ms ({', '.join(self._ms)})"
+        requestlog.note(steps=dict(self._ms))
 
 
 def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
@@ -193,19 +191,24 @@ class EndpointManager:
         if network is None:
             raise AttachError(
                 f"network {req.network!r} does not exist; create it with "
-                f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'"
+                f"'ovs-overlayctl network create {req.network} --cidr CIDR --vni VNI'",
+                reason="unknown_network",
             )
         require_netns(req.netns)
         mtu = self.mtu_for(network)
         if req.mtu is not None and req.mtu > mtu:
             raise AttachError(
                 f"mtu {req.mtu} is larger than network {req.network} carries ({mtu}); "
-                f"use {mtu} or less"
+                f"use {mtu} or less",
+                reason="mtu_too_large",
             )
         if self.ovsdb.interface(self.bridge, host_port_name(req.container_id, req.ifname)):
             # Without this, the ADD would fail at the veth and its rollback would release
             # the address the live attachment holds.
-            raise AttachError(f"{attachment_id} is attached already; DEL it before adding it again")
+            raise AttachError(
+                f"{attachment_id} is attached already; DEL it before adding it again",
+                reason="attached_already",
+            )
         undo: list[tuple[str, Callable[[], None]]] = []
         steps = _Steps()
         claimed_mac: str | None = None
@@ -222,9 +225,13 @@ class EndpointManager:
                 )
             except AddressExhaustedError as exc:
                 # Not the runtime's fault and not permanent: deleting pods frees addresses.
-                raise AttachError(str(exc), code=ERR_TRY_AGAIN) from None
+                raise AttachError(
+                    str(exc), code=ERR_TRY_AGAIN, reason="addresses_exhausted"
+                ) from None
             except AddressInUseError as exc:
-                raise AttachError(_in_use(req, exc), code=ERR_INVALID_ENV) from None
+                raise AttachError(
+                    _in_use(req, exc), code=ERR_INVALID_ENV, reason="address_in_use"
+                ) from None
             except KvError:  # its outcome may be unknown: if it landed, release it later
                 self._unfinished.add((req.network, attachment_id, req.mac))
                 raise
@@ -287,7 +294,7 @@ class EndpointManager:
                     pod=req.pod,
                 )
             except AddressInUseError as exc:  # the claim was taken from us (another writer)
-                raise AttachError(str(exc), code=ERR_INVALID_ENV) from None
+                raise AttachError(str(exc), code=ERR_INVALID_ENV, reason="address_in_use") from None
             steps.done("store")
             undo.append(
                 (
@@ -297,7 +304,6 @@ class EndpointManager:
             )
             self.publish()
             steps.done("flows")
-            LOG.info("attached %s as %s in %s", attachment_id, att.ip, steps)
             return att
         except Exception:
             for what, step in reversed(undo):
@@ -325,7 +331,6 @@ class EndpointManager:
             self._forget_unfinished(network, attachment_id)
             self.publish()
             steps.done("flows")
-        LOG.info("detached %s in %s", attachment_id, steps)
 
     def _remove(self, network: str, container_id: str, ifname: str, steps=None) -> None:
         steps = steps or _Steps()
@@ -344,9 +349,9 @@ class EndpointManager:
 
         # The port's MAC, for its claim: an ADD killed after the port but before the
         # endpoint record left a claim no record releases.
-        port_mac = ((self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}).get(
-            MAC_KEY
-        )
+        ids = (self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}
+        port_mac = ids.get(MAC_KEY)
+        requestlog.note(ip=ids.get(IP_KEY), pod=ids.get(POD_KEY))  # for the DEL's log line
         veth = threading.Thread(target=delete_veth, name="delete-veth")
         veth.start()
         try:
@@ -452,6 +457,8 @@ class EndpointManager:
             if ep.host == self.host and ep.attachment not in keep and ep.attachment not in removed:
                 self.detach(network, ep.container_id, ep.ifname)
                 removed.append(ep.attachment)
+        for attachment in removed:
+            LOG.info("GC detached %s of network %s", attachment, network)
         return removed
 
     def reconcile(self, keep: Iterable[tuple[str, str]] = ()) -> list[str]:
@@ -570,6 +577,7 @@ class EndpointManager:
                         f"CNI_IFNAME {att.ifname} exists already in {pod_netns}; pick another "
                         "interface name for this attachment",
                         code=ERR_INVALID_ENV,
+                        reason="ifname_exists",
                     ) from None
                 raise
             idx = ipr.link_lookup(ifname=att.host_port)[0]

@@ -34,13 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     from os_ken.base import app_manager
     from os_ken.controller import controller  # noqa: F401
 
+    from controller import config as agent_config
+    from controller import logformat
+
+    agent_config.register(cfg.CONF)  # log_format, before the app is loaded
     cfg.CONF.set_default("ofp_listen_host", "127.0.0.1")
     cfg.CONF(
         args=sys.argv[1:] if argv is None else argv, project="ovs-overlay", prog="ovs-overlay-agent"
     )
-    logging.basicConfig(
-        level=logging.DEBUG if cfg.CONF.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logformat.install(
+        cfg.CONF[agent_config.GROUP].log_format,
+        logging.DEBUG if cfg.CONF.verbose else logging.INFO,
     )
     for noisy in ("os_ken.base.app_manager", "os_ken.controller.controller", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

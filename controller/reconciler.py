@@ -20,12 +20,20 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
-from controller import heap
+from controller import heap, metrics
 from controller.switch import SwitchError, SwitchLink
 from openflow import cookies
-from openflow.diff import GenerationDelete, replace_generation
+from openflow.diff import (
+    FlowAdd,
+    FlowDelete,
+    GenerationDelete,
+    GroupAdd,
+    GroupDelete,
+    Message,
+    replace_generation,
+)
 from openflow.incremental import Change, Engine, EngineCounts, Shadowed
 from openflow.model import Output, SetField
 from openflow.tables import CANARY, table_names
@@ -40,6 +48,9 @@ BACKOFF_MAX = 30.0
 # ~0.1 s at 10,000 endpoints, so not after every batch of a burst).
 BURST = 1000
 SETTLE = 0.5
+# Store submits waiting for br-int whose arrival time is kept (for the watch lag metric);
+# while no switch is connected they pile up, and past this many the newest go unmeasured.
+LAG_PENDING_MAX = 10_000
 # A full sync of more flows than this logs a line per PROGRESS_STEP flows sent, so a
 # resync of a large host shows in the log as it goes (one of a small host stays one line).
 PROGRESS_STEP = 5000
@@ -62,6 +73,8 @@ class Reconciler:
         self._cond = threading.Condition()
         self._queue: list[Change] = []  # submitted, not yet in the engine
         self._version = 0  # bumped by every submit
+        # (version, when) of the store's submits not yet on br-int: the watch lag metric
+        self._from_store: list[tuple[int, float]] = []
         self._applied = 0  # the version br-int has
         self._link: SwitchLink | None = None
         self._in_sync = False  # the engine's flows are what the switch has
@@ -74,6 +87,12 @@ class Reconciler:
         self.full_syncs = 0
         self.failures = 0
         self.last_full_sync: float | None = None  # wall-clock time the last one finished
+        self.connections = 0  # switch connections taken, the first one included
+        # What br-int has, by table, and its groups: set by each full sync from the flows
+        # it sends, then moved by each incremental apply's adds and deletes (the metrics).
+        self._counts_lock = threading.Lock()
+        self._flows_by_table: Counter[str] = Counter()
+        self._groups = 0
 
     # -- inputs ---------------------------------------------------------------
 
@@ -91,11 +110,15 @@ class Reconciler:
             self._cond.notify_all()
         self._thread.join(timeout=10)
 
-    def submit(self, changes: Sequence[Change]) -> int:
-        """Queue ``changes``; returns the version to pass to ``wait_applied``."""
+    def submit(self, changes: Sequence[Change], from_store: bool = False) -> int:
+        """Queue ``changes``; returns the version to pass to ``wait_applied``.
+        ``from_store``: they are the cluster state's (their time to br-int is the store
+        watch lag metric)."""
         with self._cond:
             self._queue.extend(changes)
             self._version += 1
+            if from_store and len(self._from_store) < LAG_PENDING_MAX:
+                self._from_store.append((self._version, time.monotonic()))
             self._cond.notify_all()
             return self._version
 
@@ -103,6 +126,9 @@ class Reconciler:
         with self._cond:
             self._link = link
             self._in_sync = False
+            if self.connections:
+                metrics.OPENFLOW_RECONNECTS.inc()
+            self.connections += 1
             self._cond.notify_all()
 
     def disconnected(self, link: SwitchLink) -> None:
@@ -110,6 +136,7 @@ class Reconciler:
             if self._link is link:
                 self._link = None
                 self._in_sync = False
+                metrics.OPENFLOW_DISCONNECTS.inc()
 
     def is_connected(self) -> bool:
         with self._cond:
@@ -132,6 +159,12 @@ class Reconciler:
     @property
     def generation(self) -> int:
         return self._generation
+
+    def installed_counts(self) -> tuple[dict[str, int], int]:
+        """What br-int has from the agent: flows by table name, and groups (as sent; a
+        switch that lost them is found by the canary and gets a full sync)."""
+        with self._counts_lock:
+            return dict(self._flows_by_table), self._groups
 
     def counts(self) -> EngineCounts:
         """What the engine has installed (controller/status.py)."""
@@ -192,15 +225,23 @@ class Reconciler:
                     if not self._canary_present(link):
                         LOG.warning("canary flow gone: ovs-vswitchd lost its flows; replaying")
                         in_sync = False
+                started = time.monotonic()
                 if in_sync:
                     doing = f"sending {len(messages)} message(s) for {len(batch)} change(s)"
                     link.apply(messages)
+                    self._count(messages)
+                    kind = "incremental"
                 else:
                     doing = "installing a new generation (full sync)"
                     self._full_sync(link)
+                    kind = "full_sync"
+                metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
                 backoff = 0.0
             except Exception as exc:
                 self.failures += 1
+                metrics.RECONCILE_ERRORS.labels(
+                    "switch" if isinstance(exc, SwitchError) else "agent"
+                ).inc()
                 backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
                 if isinstance(exc, SwitchError):
                     LOG.error("%s on br-int failed (%s); full replay in %.1fs", doing, exc, backoff)
@@ -219,7 +260,14 @@ class Reconciler:
                 if self._link is link:
                     self._in_sync = True
                     self._applied = max(self._applied, version)
+                    arrived = [t for v, t in self._from_store if v <= version]
+                    self._from_store = [(v, t) for v, t in self._from_store if v > version]
+                else:
+                    arrived = []
                 self._cond.notify_all()
+            now = time.monotonic()
+            for t in arrived:
+                metrics.STORE_WATCH_LAG_SECONDS.observe(now - t)
             if not in_sync:  # a full sync
                 del batch, messages
                 heap.release()
@@ -238,6 +286,7 @@ class Reconciler:
                 return messages, shadowed, False
             except Exception:
                 self.failures += 1
+                metrics.RECONCILE_ERRORS.labels("agent").inc()
                 LOG.exception(
                     "reconciler failed applying %d change(s); retrying them one at a time",
                     len(batch),
@@ -277,9 +326,13 @@ class Reconciler:
         # thread changes the engine), so 20,000 of them are never alive at once; the time
         # logged includes building them.
         start = time.monotonic()
-        flows = _Counted(self._engine.iter_flows(), _progress(generation, total, start))
+        flows = _Counted(
+            self._engine.iter_flows(), _progress(generation, total, start), _table_name
+        )
         link.apply(replace_generation(self._group_ids(link), flows, groups, None))
         count = flows.count
+        with self._counts_lock:
+            self._flows_by_table, self._groups = flows.by_kind, len(groups)
         link.apply([GenerationDelete(saved)])
         stale = []
         if self._flow_count(link) != count:
@@ -300,6 +353,11 @@ class Reconciler:
             f" and leftovers of {stale}" if stale else "",
         )
         self._after_full_sync()
+
+    def _count(self, messages: Sequence[Message]) -> None:
+        """An incremental apply's messages into the installed counts."""
+        with self._counts_lock:
+            self._groups += count_messages(self._flows_by_table, messages)
 
     def _next_generation(self) -> int:
         return (self._load_generation() + 1) & cookies.GENERATION_MASK
@@ -379,21 +437,52 @@ class Reconciler:
         return bool(link.request(req))
 
 
-class _Counted:
-    """An iterator's items, counted as they pass; ``every`` is called at each
-    PROGRESS_STEP-th item with the count so far."""
+def count_messages(flows_by_table: Counter, messages: Iterable[Message]) -> int:
+    """Move ``flows_by_table`` by an incremental apply's flow adds (not those replacing a
+    flow in place) and deletes; returns how many groups it added, less those it deleted.
+    (A full sync's GenerationDelete is not countable here: the full sync counts itself.)"""
+    groups = 0
+    for m in messages:
+        if isinstance(m, FlowAdd) and not m.replaces:
+            flows_by_table[m.flow.table.name] += 1
+        elif isinstance(m, FlowDelete):
+            flows_by_table[m.flow.table.name] -= 1
+        elif isinstance(m, GroupAdd):
+            groups += 1
+        elif isinstance(m, GroupDelete):
+            groups -= 1
+    return groups
 
-    def __init__(self, items: Iterator, every: Callable[[int], None] | None = None):
+
+class _Counted:
+    """An iterator's items, counted as they pass, in all and by ``kind`` (a full sync's
+    flows by table name); ``every`` is called at each PROGRESS_STEP-th item with the count
+    so far."""
+
+    def __init__(
+        self,
+        items: Iterator,
+        every: Callable[[int], None] | None = None,
+        kind: Callable[[object], str] | None = None,
+    ):
         self._items = items
         self._every = every
+        self._kind = kind
         self.count = 0
+        self.by_kind: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator:
         for item in self._items:
             self.count += 1
+            if self._kind is not None:
+                self.by_kind[self._kind(item)] += 1
             if self._every is not None and self.count % PROGRESS_STEP == 0:
                 self._every(self.count)
             yield item
+
+
+def _table_name(flow) -> str:
+    return flow.table.name
 
 
 def _progress(generation: int, total: int, start: float) -> Callable[[int], None] | None:

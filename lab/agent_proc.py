@@ -19,6 +19,7 @@ from lab import naming, netns, ovs_host
 from lab.ovs_host import OvsHostPaths
 
 READY_TIMEOUT = 30.0
+METRICS_PORT = 9810  # the agent's default, in each host's namespace
 READY_POLL = 0.05
 
 
@@ -60,6 +61,8 @@ def write_config(
             f"underlay_cidr = {naming.UNDERLAY_NET}\n"
             f"underlay_bridge = {naming.PHYS_BRIDGE}\n"
             f"host_ttl = {host_ttl}\n"
+            # the host's own loopback: each lab host is a network namespace of its own
+            f"metrics_address = 127.0.0.1\nmetrics_port = {METRICS_PORT}\n"
         )
     return conf
 

@@ -17,7 +17,11 @@ from openflow.model import Flow, Group
 
 @dataclass(frozen=True)
 class FlowAdd:
+    """Add ``flow``; ``replaces``: a flow with its table, priority and match is there
+    already and this one takes its place (so the table's flow count stays)."""
+
     flow: Flow
+    replaces: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,11 @@ def diff(
             group_msgs.append(GroupAdd(group))
         elif have_groups[gid] != group:
             group_msgs.append(GroupModify(group))
-    adds = [FlowAdd(f) for k, f in sorted(want.items(), key=_order) if have.get(k) != f]
+    adds = [
+        FlowAdd(f, replaces=k in have)
+        for k, f in sorted(want.items(), key=_order)
+        if have.get(k) != f
+    ]
     deletes = [FlowDelete(f) for k, f in sorted(have.items(), key=_order) if k not in want]
     group_deletes = [GroupDelete(gid) for gid in sorted(have_groups) if gid not in want_groups]
     return _phased(group_msgs, adds + deletes, group_deletes)

@@ -96,11 +96,28 @@ class _InstanceApi(impl_idl.OvsdbIdl):
 class _Idl(connection.OvsdbIdl):
     """ovsdbapp's IDL, waking the threads that wait for ovs-vswitchd whenever the
     Open_vSwitch row (where vswitchd reports ``cur_cfg``) changes.  ``notify`` runs in
-    the connection thread after the update is applied to the replica."""
+    the connection thread after the update is applied to the replica.
+
+    It also counts reconnections: python-ovs restarts the IDL's state machine
+    (``restart_fsm``) whenever its session has a new connection (a new session seqno),
+    the first one included, and re-reads the database then."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.root_changed = threading.Condition()
+        self.reconnects = 0
+        self._session_seqno: int | None = None  # of the connection the IDL last started on
+
+    def restart_fsm(self):
+        seqno = self._session.get_seqno()
+        if seqno != self._session_seqno:  # not a monitor_canceled restart on one connection
+            if self._session_seqno is not None:
+                self.reconnects += 1
+                LOG.warning(
+                    "reconnected to ovsdb-server at %s; re-reading it", self._session.get_name()
+                )
+            self._session_seqno = seqno
+        super().restart_fsm()
 
     def notify(self, event, row, updates=None):
         if row._table.name == "Open_vSwitch":
@@ -193,6 +210,11 @@ class OvsdbClient:
 
     def close(self) -> None:
         self._conn.stop(timeout=5)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections to ovsdb-server after the first (python-ovs reconnects by itself)."""
+        return self._idl.reconnects
 
     def __enter__(self) -> OvsdbClient:
         return self

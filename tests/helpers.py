@@ -1,4 +1,5 @@
-"""Observing a lab host from tests with the plain OVS tools (never used to configure)."""
+"""Observing a lab host from tests: the plain OVS tools (never used to configure) and the
+agent's metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import os
 import re
 import secrets
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from lab import lab, naming, netns
+from controller import netns as thread_netns
+from lab import agent_proc, lab, naming, netns
 from store import open_cluster
 
 
@@ -117,3 +121,18 @@ def store_pods(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> tuple[di
         return cluster.allocations(network), cluster.list_endpoints(network)
     finally:
         cluster.close()
+
+
+def scrape(name: str, host: str) -> dict[tuple, float]:
+    """The host agent's metrics, fetched over the host namespace's own loopback."""
+    url = f"http://127.0.0.1:{agent_proc.METRICS_PORT}/metrics"
+    with (
+        thread_netns.in_namespace(naming.host_namespace(name, host)),
+        urllib.request.urlopen(url, timeout=10) as r,
+    ):
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from lab import agent_proc, lab, naming, netns
-from tests.helpers import host_paths, ovs
+from tests.helpers import host_paths, ovs, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,9 @@ def test_the_app_runs_under_ryu_manager_and_installs_the_pipeline():
             )
         agent_proc.wait_ready(paths, proc)
         with open(os.path.join(paths.logdir, "agent.log")) as f:
-            assert "starting the agent under ryu" in f.read()
+            # In the agent's key=value format: the app installs it on ryu-manager's handlers.
+            assert 'msg="starting the agent under ryu"' in f.read()
+        assert scrape(name, "h1")[("ovs_overlay_ready", ())] == 1  # metrics under Ryu too
         flows = ovs(
             name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", "br-int"
         )

@@ -15,7 +15,7 @@ import pytest
 from controller.endpoints import host_port_name
 from lab import etcd_members, lab, naming, netns, pods
 from lab.lab import LabError
-from tests.helpers import host_veths, pod_ports, run
+from tests.helpers import host_veths, pod_ports, run, scrape
 from tests.lab.test_lab import assert_nothing_left, gone, root_namespace
 from tests.lab.test_restarts import loss, start_ping
 
@@ -280,6 +280,17 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
     while store_traces(name, f"{deleted}/{pods.POD_IFNAME}") != empty:
         assert time.monotonic() < gone_by, store_traces(name, f"{deleted}/{pods.POD_IFNAME}")
         time.sleep(0.2)
+    # h1's metrics saw it: the outage and the store back, the ADDs and the DEL refused
+    # with 11 because the store did not answer.
+    seen = scrape(name, "h1")
+    assert seen[("ovs_overlay_store_outages_total", ())] >= 1
+    assert seen[("ovs_overlay_store_reconnects_total", ())] >= 1
+    assert seen[("ovs_overlay_store_up", ())] == 1
+    refused = (("code", "11"), ("command", "ADD"), ("reason", "store_unavailable"))
+    assert seen[("ovs_overlay_refused_requests_total", refused)] >= 2
+    assert (
+        seen[("ovs_overlay_cni_request_seconds_count", (("command", "DEL"), ("result", "11")))] == 1
+    )
     # A new pod on each host, attached through the store that is back.
     new = {h: pods.pod_add(name, h, "q3")["ip"] for h in hosts}
     for ns in [*failed, deleted]:

@@ -10,12 +10,14 @@ import threading
 
 import pytest
 
+from controller import metrics
 from controller.cluster_cache import ClusterCache
 from openflow.incremental import Engine, Upsert
 from openflow.state import LocalPort, NetworkSpec, RemoteEndpoint
 from store import open_cluster
 
 WAIT = 10.0
+RELISTS = "ovs_overlay_store_relists_total"
 ME, MY_IP = "h1", "198.18.0.1"
 
 
@@ -154,9 +156,11 @@ def test_a_compacted_history_is_listed_again_and_the_difference_applied(cluster)
     t = threading.Thread(
         target=cache.watch, args=("endpoints/", revisions["endpoints/"], stop), daemon=True
     )
+    relists = metrics.REGISTRY.get_sample_value(RELISTS, {"reason": "compacted"})
     t.start()
     try:
         assert fed.wait(lambda s: [r.ip for r in s.remote] == ["100.64.0.4"])
+        assert metrics.REGISTRY.get_sample_value(RELISTS, {"reason": "compacted"}) == relists + 1
     finally:
         stop.set()
         t.join(WAIT)
