@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller import netns as thread_netns
 from lab import agent_proc, lab, naming, netns
 from store import open_cluster
+from store.cluster import is_gateway_attachment
 
 
 @contextlib.contextmanager
@@ -115,10 +116,15 @@ def groups(lab_name: str, host: str) -> list[str]:
 
 def store_pods(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> tuple[dict, list]:
     """The cluster state's address allocations (address -> attachment) and endpoint records
-    of ``network``."""
+    of ``network``'s pods: the hosts' own gateway addresses are left out."""
     cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
     try:
-        return cluster.allocations(network), cluster.list_endpoints(network)
+        allocations = {
+            ip: att
+            for ip, att in cluster.allocations(network).items()
+            if not is_gateway_attachment(att)
+        }
+        return allocations, cluster.list_endpoints(network)
     finally:
         cluster.close()
 

@@ -31,7 +31,8 @@ def flows_on_switch(name: str, host: str) -> collections.Counter:
     dump = ovs(
         name, host, "ovs-ofctl", "-O", "OpenFlow13", "--names", "--no-stats", "dump-flows", "br-int"
     )
-    return collections.Counter(re.findall(r"table=\"?(\w+)", dump))
+    # The flow's own table, not a table an action names (ct(table=…), resubmit).
+    return collections.Counter(re.findall(r"^\s*cookie=\S+\s+table=\"?(\w+)", dump, re.M))
 
 
 def test_metrics_count_adds_and_dels_and_br_ints_flows():

@@ -65,12 +65,13 @@ def test_status_json_has_the_agent_from_its_engine_and_the_cluster_from_the_stor
         and agent.store.url == lab.LabPaths(naming.DEFAULT_STATE_ROOT, name).store_url
     )
     c = agent.counts
+    # Remote endpoints: b, and h2's and h3's gateways (each host's own address).
     assert (c.local_endpoints, c.gateways, c.networks, c.peers, c.remote_endpoints) == (
         1,
         1,
         1,
         2,
-        1,
+        3,
     )
     # The engine's counts are what br-int has.
     assert (c.flows, c.groups) == (len(flows(name, "h1")), len(groups(name, "h1")))
@@ -86,7 +87,8 @@ def test_status_json_has_the_agent_from_its_engine_and_the_cluster_from_the_stor
         naming.DEFAULT_CIDR,
         True,
     )
-    assert (net.blocks, net.addresses_used) == (2, 2) and net.block_addresses > 2
+    # A block per host (each claims one for its gateway); 3 gateways and 2 pods.
+    assert (net.blocks, net.addresses_used) == (3, 5) and net.block_addresses > 5
 
 
 def test_status_for_people(three_hosts):
@@ -97,9 +99,9 @@ def test_status_for_people(three_hosts):
     assert out.startswith("agent h2: ready (ovs-overlay ")
     assert "bridge br-int (netdev), tunnel vxlan from 198.18.0.2" in out
     assert ": reachable since " in out
-    assert "local endpoints 1, gateways 1, networks 1, peers 2, remote endpoints 1" in out
+    assert "local endpoints 1, gateways 1, networks 1, peers 2, remote endpoints 3" in out
     assert "NAME  ALIVE  TUNNEL IP   LEASE LEFT  ENDPOINTS  BLOCKS" in out
-    assert "default  5001  1      100.64.0.0/16" in out and " 2/" in out
+    assert "default  5001  1      100.64.0.0/16" in out and " 5/" in out
 
 
 def test_flows_json_by_table_and_feature_with_the_switch_counters(three_hosts):
@@ -115,12 +117,16 @@ def test_flows_json_by_table_and_feature_with_the_switch_counters(three_hosts):
         "port_security",
         "arp_responder",
         "l2_forward",
+        "host_conntrack",
+        "host_return",
         "output",
         "canary",
     ]
     l2 = next(t for t in rep.tables if t.table == "l2_forward")
     [remote] = [g for g in l2.features if g.feature == "l2_remote"]
-    [to_b] = remote.flows
+    # b's decision, and those of h2's and h3's gateways (their hosts' own addresses).
+    [to_b] = [f for f in remote.flows if f"dl_dst={b['mac']}" in f.match]
+    assert len(remote.flows) == 3
     assert f"dl_dst={b['mac']}" in to_b.match and to_b.packets >= 3  # the pings to b
     assert sum(t.totals.flows for t in rep.tables) == rep.totals.flows
     assert sum(f.totals.flows for f in rep.by_feature) == rep.totals.flows
@@ -133,7 +139,7 @@ def test_flows_json_by_table_and_feature_with_the_switch_counters(three_hosts):
             ).stdout
         ),
     )
-    assert only.totals.flows == 1 and only.tables[0].table == "l2_forward"
+    assert only.totals.flows == 3 and only.tables[0].table == "l2_forward"
 
 
 def test_flows_flags_a_stale_generation_and_an_unknown_cookie(three_hosts):

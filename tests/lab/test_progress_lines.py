@@ -46,6 +46,7 @@ def test_lab_up_writes_a_line_per_host_to_a_terminal_and_nothing_to_a_pipe(lab_n
     steps = [line.split(" (")[0] for line in seen.decode().splitlines()]
     assert steps == [
         f"lab {lab_name}: underlay {lab_name}-underlay up",
+        f"lab {lab_name}: outside {lab_name}-ext up",
         "h1: OVS up",
         "h2: OVS up",
         "h1: agent ready",
