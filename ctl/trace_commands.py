@@ -314,7 +314,9 @@ def flow_text(p: PacketFacts, args: argparse.Namespace, d: Directory) -> str:
     if args.proto == "icmp":
         parts.append("icmp_type=8")
     elif args.dport is not None:
-        parts.append(f"tp_dst={args.dport}")
+        # ofproto/trace's exact-flow parser (OVS 3.1) refuses the legacy tp_dst
+        # ("prerequisites not met for setting tp_dst") even after "udp"; udp_dst works.
+        parts.append(f"{args.proto}_dst={args.dport}")
     return ",".join(parts)
 
 
