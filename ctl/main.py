@@ -14,6 +14,7 @@ from ctl import (
     lab_commands,
     network_commands,
     status_commands,
+    trace_commands,
 )
 from lab.containerd import ContainerdError
 from lab.etcd_members import EtcdLabError
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     cni_install.add_parser(sub)
     status_commands.add_parser(sub)
     flow_commands.add_parser(sub)
+    trace_commands.add_parser(sub)
     ref = sub.add_parser(
         "config-reference", help="print the agent's options as markdown (docs/config.md)"
     )
