@@ -168,7 +168,10 @@ def parse_dump(text: str, generation: int | None) -> list[FlowEntry]:
                 actions=actions.strip(),
                 packets=packets,
                 bytes=nbytes,
-                stale=generation is not None and gen != generation,
+                # Learned flows (OVS adds them, generation 0) belong to no generation.
+                stale=generation is not None
+                and gen != generation
+                and feature != cookies.Feature.HOST_RETURN_LEARNED.name.lower(),
                 unknown=feature == UNKNOWN,
             )
         )

@@ -38,6 +38,9 @@ class Feature(IntEnum):
     L2_REMOTE = 7
     FLOOD = 8
     GATEWAY = 9
+    # Flows OVS adds itself (learn in host_conntrack), always generation 0: no generation
+    # cleanup deletes them and none counts them as leftovers; their idle timeouts do.
+    HOST_RETURN_LEARNED = 10
     CANARY = 15
 
 

@@ -16,11 +16,18 @@ import struct
 
 from openflow.model import (
     REGISTERS,
+    Bits,
     Conjunction,
     Ct,
     DecTtl,
     Flow,
     GroupAction,
+    Learn,
+    LearnLoadField,
+    LearnLoadValue,
+    LearnMatchField,
+    LearnMatchValue,
+    LearnOutput,
     Load,
     MatchField,
     Move,
@@ -44,7 +51,7 @@ OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 22, 25, 0xFF
 OFPAT_DEC_NW_TTL = 24
 NX_EXPERIMENTER_ID = 0x00002320
 NXAST_REG_MOVE = 6
-NXAST_RESUBMIT_TABLE, NXAST_OUTPUT_REG = 14, 15
+NXAST_RESUBMIT_TABLE, NXAST_OUTPUT_REG, NXAST_LEARN = 14, 15, 16
 NXAST_REG_LOAD2, NXAST_CONJUNCTION, NXAST_CT, NXAST_NAT = 33, 34, 35, 36
 OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port: "the packet's own"
 NX_CT_F_COMMIT = 1
@@ -84,6 +91,24 @@ _FIELDS = {
     "ct_zone": (0x0001, 106, 2, "int"),
     "ct_mark": (0x0001, 107, 4, "int"),
 }
+
+# A learn spec names its fields by NXM header, as ovs-ofctl writes them (NXM_OF_ETH_SRC[]):
+# NXM_OF_* (class 0) here, registers as in _FIELDS; in_port is NXM_OF_IN_PORT (16 bits).
+_NXM0 = {
+    "in_port": (0, 2),
+    "eth_dst": (1, 6),
+    "eth_src": (2, 6),
+    "eth_type": (3, 2),
+    "ip_proto": (6, 1),
+    "ipv4_src": (7, 4),
+    "ipv4_dst": (8, 4),
+    "tcp_src": (9, 2),
+    "tcp_dst": (10, 2),
+    "udp_src": (11, 2),
+    "udp_dst": (12, 2),
+}
+NX_LEARN_SRC_FIELD, NX_LEARN_SRC_IMMEDIATE = 0, 1
+NX_LEARN_DST_MATCH, NX_LEARN_DST_LOAD, NX_LEARN_DST_OUTPUT = 0, 1, 2
 
 
 def _value(kind: str, size: int, value: int | str) -> bytes:
@@ -163,6 +188,48 @@ def _ct(ct: Ct) -> bytes:
     return _nx(NXAST_CT, body + nested)
 
 
+def _subfield(bits: Bits) -> bytes:
+    if bits.name in _NXM0:
+        field, size = _NXM0[bits.name]
+        header = field << 9 | size
+    else:
+        header = _header(bits.name)
+    return struct.pack("!IH", header, bits.start)
+
+
+def _learn_spec(spec) -> bytes:
+    if isinstance(spec, LearnOutput):
+        dst_type, bits, src, dst = NX_LEARN_DST_OUTPUT, spec.src, spec.src, None
+    else:
+        load = isinstance(spec, LearnLoadField | LearnLoadValue)
+        dst_type = NX_LEARN_DST_LOAD if load else NX_LEARN_DST_MATCH
+        bits, dst = spec.dst, spec.dst
+        src = spec.src if isinstance(spec, LearnMatchField | LearnLoadField) else None
+    n_bits = bits.end - bits.start + 1
+    if isinstance(spec, LearnMatchValue | LearnLoadValue):
+        head = NX_LEARN_SRC_IMMEDIATE << 13 | dst_type << 11 | n_bits
+        body = spec.value.to_bytes((n_bits + 15) // 16 * 2, "big")
+    else:
+        head = NX_LEARN_SRC_FIELD << 13 | dst_type << 11 | n_bits
+        body = _subfield(src)
+    return struct.pack("!H", head) + body + (_subfield(dst) if dst is not None else b"")
+
+
+def _learn(learn: Learn) -> bytes:
+    body = struct.pack(
+        "!HHHQHBxHH",
+        learn.idle_timeout,
+        learn.hard_timeout,
+        learn.priority,
+        learn.cookie,
+        0,
+        learn.table.table_id,
+        learn.fin_idle_timeout,
+        learn.fin_hard_timeout,
+    )
+    return _nx(NXAST_LEARN, body + b"".join(_learn_spec(s) for s in learn.specs))
+
+
 def _action(action) -> bytes:
     if isinstance(action, Output):
         return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, OFPCML_MAX)
@@ -203,6 +270,8 @@ def _action(action) -> bytes:
     if isinstance(action, Conjunction):
         body = struct.pack("!BBI", action.clause - 1, action.n_clauses, action.conj_id)
         return _nx(NXAST_CONJUNCTION, body)
+    if isinstance(action, Learn):
+        return _learn(action)
     raise TypeError(f"no encoding for action {action!r}")
 
 

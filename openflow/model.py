@@ -10,8 +10,8 @@ Nicira extension fields that OVS calls ``tun_src``/``tun_dst``, and ``reg0``..``
 ``ct_state``, ``ct_zone``, ``ct_mark`` and ``conj_id`` are OVS's own (NXM_NX_*).
 
 Actions beyond OpenFlow 1.3's own are the Nicira extensions OVS implements: a masked
-register load, output to the port a register holds, resubmit, conntrack with NAT, and
-conjunction; ``dec_ttl`` is OpenFlow's DEC_NW_TTL.
+register load, output to the port a register holds, resubmit, conntrack with NAT,
+conjunction and learn; ``dec_ttl`` is OpenFlow's DEC_NW_TTL.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ FIELD_BITS = {
     "ct_zone": 16,
     "metadata": 64,
     "tunnel_id": 64,
+    # What a learn spec may read or write besides those; in_port as learn's NXM_OF_IN_PORT
+    # (16 bits: OVS's own port numbers fit).
+    "in_port": 16,
+    "eth_type": 16,
+    "ip_proto": 8,
+    **{name: 16 for name in ("tcp_src", "tcp_dst", "udp_src", "udp_dst")},
 }
 
 # Match fields many flows share (a network's metadata, eth_type=arp) are interned: when
@@ -271,8 +277,128 @@ class Conjunction:
             raise ValueError(f"conjunction id {self.conj_id} does not fit 32 bits")
 
 
+def _same_width(a: Bits, b: Bits) -> None:
+    if a.end - a.start != b.end - b.start:
+        raise ValueError(f"learn: {a.name}[{a.start}..{a.end}] and {b.name} differ in width")
+
+
+@dataclass(frozen=True, slots=True)
+class LearnMatchValue:
+    """The learned flow matches ``dst`` equal to ``value`` (``eth_type=0x800``)."""
+
+    dst: Bits
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.value < 1 << (self.dst.end - self.dst.start + 1):
+            raise ValueError(f"learn: {self.value:#x} does not fit {self.dst.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class LearnMatchField:
+    """The learned flow matches ``dst`` equal to this packet's ``src``
+    (``nw_dst=NXM_OF_IP_SRC[]``: the reply's destination is this packet's source)."""
+
+    dst: Bits
+    src: Bits
+
+    def __post_init__(self) -> None:
+        _same_width(self.dst, self.src)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnLoadField:
+    """The learned flow loads this packet's ``src`` into ``dst``."""
+
+    dst: Bits
+    src: Bits
+
+    def __post_init__(self) -> None:
+        _same_width(self.dst, self.src)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnLoadValue:
+    """The learned flow loads ``value`` into ``dst``."""
+
+    dst: Bits
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.value < 1 << (self.dst.end - self.dst.start + 1):
+            raise ValueError(f"learn: {self.value:#x} does not fit {self.dst.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class LearnOutput:
+    """The learned flow outputs to the port this packet's ``src`` holds
+    (``output:NXM_OF_IN_PORT[]``: back where this packet came from)."""
+
+    src: Bits
+
+
+LearnSpec = LearnMatchValue | LearnMatchField | LearnLoadField | LearnLoadValue | LearnOutput
+_L4_BY_PROTO = {
+    IPPROTO_TCP: frozenset({"tcp_src", "tcp_dst"}),
+    IPPROTO_UDP: frozenset({"udp_src", "udp_dst"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """OVS's ``learn``: add (or refresh) a flow in ``table`` built from this packet's
+    fields by ``specs``: matches first, then loads and outputs, in order.  The learned
+    flow's prerequisites are checked here, as OVS checks them when it adds the flow
+    (an L4 port match needs ``ip_proto``, which needs ``eth_type``)."""
+
+    table: Table
+    priority: int
+    cookie: int
+    specs: tuple[LearnSpec, ...]
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    fin_idle_timeout: int = 0
+    fin_hard_timeout: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "hard_timeout", "fin_idle_timeout", "fin_hard_timeout"):
+            if not 0 <= getattr(self, name) < 1 << 16:
+                raise ValueError(f"learn {name} {getattr(self, name)} does not fit 16 bits")
+        if not 0 <= self.priority < 1 << 16:
+            raise ValueError(f"learn priority {self.priority} does not fit 16 bits")
+        matches = [s for s in self.specs if isinstance(s, LearnMatchValue | LearnMatchField)]
+        if not matches or self.specs[: len(matches)] != tuple(matches):
+            raise ValueError("learn: one match spec at least, and every match before the actions")
+        if not any(isinstance(s, LearnOutput) for s in self.specs):
+            raise ValueError("learn: the learned flow needs an output (it ends the pipeline)")
+        fixed = {s.dst.name: s.value for s in matches if isinstance(s, LearnMatchValue)}
+        names = {s.dst.name for s in matches}
+        for field_name in names - {"eth_type"}:
+            if field_name in ("ip_proto", "ipv4_src", "ipv4_dst") and (
+                fixed.get("eth_type") != ETH_TYPE_IP
+            ):
+                raise ValueError(f"learn: a match on {field_name} needs eth_type=0x0800 first")
+            if field_name in L4_FIELDS and field_name not in _L4_BY_PROTO.get(
+                fixed.get("ip_proto"), ()
+            ):
+                raise ValueError(f"learn: a match on {field_name} needs its ip_proto first")
+        for spec in matches:
+            if spec.dst.name not in self.table.matches:
+                raise ValueError(f"learn: table {self.table.name} does not match {spec.dst.name}")
+
+
 Action = (
-    Output | SetField | Move | GroupAction | Load | OutputReg | Resubmit | DecTtl | Ct | Conjunction
+    Output
+    | SetField
+    | Move
+    | GroupAction
+    | Load
+    | OutputReg
+    | Resubmit
+    | DecTtl
+    | Ct
+    | Conjunction
+    | Learn
 )
 
 

@@ -27,19 +27,23 @@ from openflow.cookies import Feature
 from openflow.model import (
     ARP_REPLY,
     ARP_REQUEST,
-    CT_EST,
-    CT_INV,
-    CT_RPL,
-    CT_TRK,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    FIELD_BITS,
     INTERN_SIZE,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     OFPP_IN_PORT,
+    Bits,
     Bucket,
-    Ct,
     Flow,
     Group,
     GroupAction,
+    Learn,
+    LearnLoadField,
+    LearnMatchField,
+    LearnMatchValue,
+    LearnOutput,
     Load,
     Move,
     Output,
@@ -49,7 +53,6 @@ from openflow.model import (
 )
 from openflow.registers import (
     DEST_KIND,
-    FROM_GATEWAY,
     NETWORK,
     OUT_PORT,
     SOURCE_KIND,
@@ -78,10 +81,6 @@ _shared_load = functools.lru_cache(maxsize=INTERN_SIZE)(_load)
 _TO_PORT = _load(DEST_KIND, Dest.PORT)
 _TO_POD = _load(DEST_KIND, Dest.POD)
 _TO_FLOOD = _load(DEST_KIND, Dest.FLOOD)
-_MARK_FROM_GATEWAY = _load(FROM_GATEWAY, 1)
-# A reply (either direction's later packets are +est; +rpl only the reply's) of a
-# connection conntrack could follow.
-_REPLY = (CT_TRK | CT_EST | CT_RPL, CT_TRK | CT_EST | CT_RPL | CT_INV)
 _ARP_HEAD = (Move("eth_src", "eth_dst"),)
 _ARP_MIDDLE = (
     SetField("arp_op", ARP_REPLY),
@@ -167,8 +166,8 @@ def _forward(
 ) -> Flow:
     """The decision for ``mac`` in ``net``: ``actions`` set the output port (and tunnel),
     then on to the output stage; a pod's (``dest`` POD, or a remote one's through the
-    tunnel) by way of host_conntrack, where a connection from the gateway is committed
-    and a reply to one is sent back to the gateway."""
+    tunnel) by way of host_conntrack, where a connection from the gateway learns its
+    reply's way back to the gateway and a reply to one is sent there."""
     pod = dest == Dest.POD or feature == Feature.L2_REMOTE
     return Flow(
         L2_FORWARD,
@@ -223,75 +222,92 @@ def gateway_flows(gw: Gateway, net: NetworkSpec, gen: int) -> tuple[Flow, ...]:
 
 
 def _host_conntrack(gw: Gateway, net: NetworkSpec, c: int) -> tuple[Flow, ...]:
-    """Connections the host's stack sends into the network are committed in the network's
-    zone with ct_mark FROM_GATEWAY; a packet decided to a local pod is looked up there,
-    and a reply of such a connection goes to the gateway instead (its MAC as destination),
-    whatever address it is for.  That is what makes kube-proxy's DNAT work without
-    masquerade (Antrea's gateway ct_mark): pod A's packet to a ClusterIP reaches the host
-    through the gateway, is DNATed there to pod B (on any host) and comes back into br-int
-    through the gateway; B's reply is addressed to A, and without this would reach A with
-    B's address, not the ClusterIP's.  Only this network's local pods pay the lookup (one
-    recirculation); packets to remote pods are committed only when they come from the
-    gateway."""
-    zone = NETWORK  # the network's index is its zone (written by the classifier)
+    """The way back for connections the host's stack forwards into the network.  That
+    is what makes kube-proxy's DNAT work without masquerade: pod A's packet to a
+    ClusterIP reaches the host through the gateway, is DNATed there to pod B (on any
+    host) and comes back into br-int through the gateway; B's reply is addressed to A,
+    and delivered straight to A it would carry B's address, not the ClusterIP's.  So a
+    pod-sourced TCP or UDP packet from the gateway learns (OVS's ``learn``) a flow in
+    host_return matching its reply, which sends the reply to the gateway; a packet
+    decided to a local pod only looks host_return up: no conntrack and no
+    recirculation on the pod-to-pod path (conntrack there cost 10-15 % of its
+    throughput on the userspace datapath, docs/benchmarks.md).  kube-proxy DNATs only
+    TCP, UDP and SCTP; ICMP and the rest are not learned."""
+    net_match = matching(NETWORK, net.index)
     from_gateway = matching(SOURCE_KIND, Source.GATEWAY)
     return (
         # The host's own connections (from its own address): replies come to its MAC.
         Flow(
             HOST_CONNTRACK,
             PRIO_COMMIT + 10,
-            match(
-                reg0=from_gateway,
-                reg2=matching(NETWORK, net.index),
-                eth_type=ETH_TYPE_IP,
-                ipv4_src=gw.ip,
-            ),
+            match(reg0=from_gateway, reg2=net_match, eth_type=ETH_TYPE_IP, ipv4_src=gw.ip),
             c,
             goto=OUTPUT,
         ),
-        # A pod's packet forwarded by the host (DNATed): committed.  Replies of the pods'
-        # egress (from outside addresses) are not: nothing needs to find them again.
-        Flow(
-            HOST_CONNTRACK,
-            PRIO_COMMIT,
-            match(
-                reg0=from_gateway,
-                reg2=matching(NETWORK, net.index),
-                eth_type=ETH_TYPE_IP,
-                ipv4_src=POD_ADDRESSES,
-            ),
-            c,
-            actions=(Ct(zone=zone, commit=True, exec=(_MARK_FROM_GATEWAY,)),),
-            goto=OUTPUT,
+        # A pod's packet forwarded by the host (DNATed): learns its reply's way back.
+        *(
+            Flow(
+                HOST_CONNTRACK,
+                PRIO_COMMIT,
+                match(
+                    reg0=from_gateway,
+                    reg2=net_match,
+                    eth_type=ETH_TYPE_IP,
+                    ip_proto=proto,
+                    ipv4_src=POD_ADDRESSES,
+                ),
+                c,
+                actions=(_LEARN_REPLY[proto],),
+                goto=OUTPUT,
+            )
+            for proto in (IPPROTO_TCP, IPPROTO_UDP)
         ),
         Flow(
             HOST_CONNTRACK,
             PRIO_NORMAL,
-            match(
-                reg0=matching(DEST_KIND, Dest.POD),
-                reg2=matching(NETWORK, net.index),
-                eth_type=ETH_TYPE_IP,
-            ),
+            match(reg0=matching(DEST_KIND, Dest.POD), reg2=net_match, eth_type=ETH_TYPE_IP),
             c,
-            actions=(Ct(zone=zone, table=HOST_RETURN),),
-        ),
-        Flow(
-            HOST_RETURN,
-            PRIO_NORMAL,
-            match(
-                reg2=matching(NETWORK, net.index),
-                ct_state=_REPLY,
-                ct_mark=matching(FROM_GATEWAY, 1),
-            ),
-            c,
-            actions=(
-                SetField("eth_dst", gw.mac),
-                SetField("reg1", gw.ofport),
-                _TO_PORT,
-            ),
-            goto=OUTPUT,
+            goto=HOST_RETURN,
         ),
     )
+
+
+def _learn_reply(proto: int, src_port: str, dst_port: str, idle: int, fin_idle: int) -> Learn:
+    """The learn action installing, in host_return, the flow for the reply of this
+    packet's connection: same network, addresses and ports swapped; it sets the
+    destination MAC to this packet's source (the gateway's) and outputs to this packet's
+    in_port (the gateway's port).  Cookie generation 0 (see Feature.HOST_RETURN_LEARNED)."""
+
+    def bits(name: str) -> Bits:
+        return Bits(name, 0, FIELD_BITS[name] - 1)
+
+    return Learn(
+        table=HOST_RETURN,
+        priority=PRIO_NORMAL,
+        cookie=cookies.cookie(Feature.HOST_RETURN_LEARNED, 0),
+        idle_timeout=idle,
+        fin_idle_timeout=fin_idle,
+        specs=(
+            LearnMatchValue(bits("eth_type"), ETH_TYPE_IP),
+            LearnMatchValue(bits("ip_proto"), proto),
+            LearnMatchField(NETWORK, NETWORK),
+            LearnMatchField(bits("ipv4_src"), bits("ipv4_dst")),
+            LearnMatchField(bits("ipv4_dst"), bits("ipv4_src")),
+            LearnMatchField(bits(src_port), bits(dst_port)),
+            LearnMatchField(bits(dst_port), bits(src_port)),
+            LearnLoadField(bits("eth_dst"), bits("eth_src")),
+            LearnOutput(bits("in_port")),
+        ),
+    )
+
+
+# Idle timeouts (docs/pipeline.md, 80/81): a TCP connection may idle for long (kube-proxy's
+# own conntrack keeps an established one for days), so an hour, and 10 s after a FIN; a
+# UDP "connection" is a guess, so 5 minutes (Linux's UDP stream timeout is 2).
+_LEARN_REPLY = {
+    IPPROTO_TCP: _learn_reply(IPPROTO_TCP, "tcp_src", "tcp_dst", idle=3600, fin_idle=10),
+    IPPROTO_UDP: _learn_reply(IPPROTO_UDP, "udp_src", "udp_dst", idle=300, fin_idle=0),
+}
 
 
 def tunnel_flows(peer: str, net: NetworkSpec, tunnel_ofport: int, gen: int) -> tuple[Flow, ...]:

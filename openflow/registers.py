@@ -10,8 +10,6 @@ either knowing:
     reg1          the output port                                     l2_forward writes
     reg2[0..15]   the network's dense index, also its conntrack zone  classifier writes
 
-    ct_mark[0]    the connection came from the host's gateway port     host_conntrack commits
-
 Registers are zero when a packet enters the bridge.  reg0[8..31], reg2[16..31] and
 reg3..reg15 are free for the stages to come.
 """
@@ -26,7 +24,6 @@ SOURCE_KIND = Bits("reg0", 0, 3)
 DEST_KIND = Bits("reg0", 4, 7)
 OUT_PORT = Bits("reg1", 0, 31)
 NETWORK = Bits("reg2", 0, 15)
-FROM_GATEWAY = Bits("ct_mark", 0, 0)
 
 
 class Source(IntEnum):

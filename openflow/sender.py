@@ -23,11 +23,17 @@ from openflow.diff import (
 from openflow.model import (
     FIELD_BITS,
     Action,
+    Bits,
     Conjunction,
     Ct,
     DecTtl,
     Flow,
     GroupAction,
+    Learn,
+    LearnLoadValue,
+    LearnMatchField,
+    LearnMatchValue,
+    LearnOutput,
     Load,
     Move,
     Nat,
@@ -177,6 +183,8 @@ def _actions(dp, actions: tuple[Action, ...]) -> list:
             out.append(_ct(dp, a))
         elif isinstance(a, Conjunction):
             out.append(parser.NXActionConjunction(a.clause - 1, a.n_clauses, a.conj_id))
+        elif isinstance(a, Learn):
+            out.append(_learn(dp, a))
         else:
             raise TypeError(f"unknown action {a!r}")
     return out
@@ -210,3 +218,43 @@ def _nat(dp, nat: Nat):
         kwargs["range_proto_max"] = nat.port_max
     flags = {None: 0, "src": 1, "dst": 2}[nat.kind]
     return dp.ofproto_parser.NXActionNAT(flags, **kwargs)
+
+
+# os-ken's names of the NXM_OF_* fields a learn spec names (as encode.py's _NXM0).
+_NXM_NAMES = {
+    name: f"{name}_nxm"
+    for name in ("in_port", "eth_dst", "eth_src", "eth_type", "ip_proto", "ipv4_src")
+    + ("ipv4_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
+}
+
+
+def _subfield(bits: Bits) -> tuple[str, int]:
+    return (_NXM_NAMES.get(bits.name, bits.name), bits.start)
+
+
+def _learn(dp, learn: Learn):
+    parser = dp.ofproto_parser
+    specs = []
+    for s in learn.specs:
+        if isinstance(s, LearnOutput):
+            n_bits = s.src.end - s.src.start + 1
+            specs.append(parser.NXFlowSpecOutput(src=_subfield(s.src), dst="", n_bits=n_bits))
+            continue
+        n_bits = s.dst.end - s.dst.start + 1
+        src = s.value if isinstance(s, LearnMatchValue | LearnLoadValue) else _subfield(s.src)
+        kind = (
+            parser.NXFlowSpecMatch
+            if isinstance(s, LearnMatchValue | LearnMatchField)
+            else (parser.NXFlowSpecLoad)
+        )
+        specs.append(kind(src=src, dst=_subfield(s.dst), n_bits=n_bits))
+    return parser.NXActionLearn(
+        table_id=learn.table.table_id,
+        specs=specs,
+        idle_timeout=learn.idle_timeout,
+        hard_timeout=learn.hard_timeout,
+        priority=learn.priority,
+        cookie=learn.cookie,
+        fin_idle_timeout=learn.fin_idle_timeout,
+        fin_hard_timeout=learn.fin_hard_timeout,
+    )

@@ -9,8 +9,9 @@ write-metadata with mask, goto, ALL groups, and no output back to the in_port
 except through IN_PORT; and OVS's extensions: registers (zero when a packet
 enters), masked loads, output to a register's port, resubmit (the target's
 flow runs, then the rest of the actions), dec_ttl (an expired packet is dropped),
-conjunctive matches, and conntrack (``Conntrack``).  Integration tests check it
-against ofproto/trace.
+conjunctive matches, conntrack (``Conntrack``), and learn (the learned flow is added to
+its table, replacing one with the same table, priority and match; no timeouts).
+Integration tests check it against ofproto/trace.
 """
 
 from __future__ import annotations
@@ -26,18 +27,26 @@ from openflow.model import (
     CT_NEW,
     CT_RPL,
     CT_TRK,
+    FIELD_BITS,
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPV4_FIELDS,
     MAC_FIELDS,
     OFPP_IN_PORT,
     REGISTERS,
+    Bits,
     Conjunction,
     Ct,
     DecTtl,
     Flow,
     Group,
     GroupAction,
+    Learn,
+    LearnLoadField,
+    LearnLoadValue,
+    LearnMatchField,
+    LearnMatchValue,
+    LearnOutput,
     Load,
     MatchField,
     Move,
@@ -46,6 +55,7 @@ from openflow.model import (
     OutputReg,
     Resubmit,
     SetField,
+    match,
 )
 from openflow.tables import PIPELINE
 
@@ -339,6 +349,8 @@ class Switch:
                 pkt["nw_ttl"] = ttl - 1
             elif isinstance(action, Ct):
                 self._ct(action, pkt, run)
+            elif isinstance(action, Learn):
+                self._learn(action, pkt)
             elif isinstance(action, Conjunction):
                 raise AssertionError("a conjunction flow was applied as an ordinary flow")
             else:
@@ -358,6 +370,24 @@ class Switch:
             run.recirculate.append((ct.table.table_id, fork))
         pkt.update(ct_state=0, ct_zone=0, ct_mark=0)
 
+    def _learn(self, learn: Learn, pkt: dict) -> None:
+        """Build the learned flow from ``pkt``'s fields and install it (OVS refreshes a
+        flow already there with the same table, priority and match)."""
+        fields: dict[str, int | str | tuple[int, int]] = {}
+        actions = []
+        for spec in learn.specs:
+            if isinstance(spec, LearnMatchValue | LearnMatchField):
+                value = spec.value if isinstance(spec, LearnMatchValue) else _read(spec.src, pkt)
+                fields[spec.dst.name] = _match_value(spec.dst, value)
+            elif isinstance(spec, LearnLoadValue | LearnLoadField):
+                value = spec.value if isinstance(spec, LearnLoadValue) else _read(spec.src, pkt)
+                actions.append(_load_action(spec.dst, value))
+            elif isinstance(spec, LearnOutput):
+                actions.append(Output(_read(spec.src, pkt)))
+        flow = Flow(learn.table, learn.priority, match(**fields), learn.cookie, tuple(actions))
+        table = self.tables.setdefault(flow.table.table_id, [])
+        table[:] = [f for f in table if f.key != flow.key] + [flow]
+
     @staticmethod
     def _output(port: int, pkt: dict, emitted: list[Emitted]) -> None:
         if port == OFPP_IN_PORT:
@@ -366,6 +396,37 @@ class Switch:
             return  # OpenFlow never sends a packet back where it came from implicitly
         fields = tuple(sorted((k, v) for k, v in pkt.items() if k not in _NOT_EMITTED))
         emitted.append(Emitted(port, fields))
+
+
+def _read(bits: Bits, pkt: dict) -> int:
+    return bits.read(_as_int(bits.name, pkt[bits.name]))
+
+
+def _width(bits: Bits) -> int:
+    return FIELD_BITS[bits.name]
+
+
+def _render(name: str, value: int) -> int | str:
+    """A whole field's value as the model writes it (a MAC or an address as text)."""
+    if name in MAC_FIELDS:
+        return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
+    if name in IPV4_FIELDS:
+        return str(ipaddress.IPv4Address(value))
+    return value
+
+
+def _match_value(bits: Bits, value: int) -> int | str | tuple[int, int]:
+    n = bits.end - bits.start + 1
+    if n == _width(bits):
+        return _render(bits.name, value)
+    return (value << bits.start, ((1 << n) - 1) << bits.start)
+
+
+def _load_action(bits: Bits, value: int) -> SetField | Load:
+    n = bits.end - bits.start + 1
+    if n == _width(bits):
+        return SetField(bits.name, _render(bits.name, value))
+    return Load(bits.name, value << bits.start, ((1 << n) - 1) << bits.start)
 
 
 def _complete_conjunctions(flows: list[Flow]) -> set[int]:

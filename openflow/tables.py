@@ -39,8 +39,8 @@ class Table:
 
 # Table ids.  Ranges left free for the stages still to come (docs/pipeline.md):
 #   30-39 conntrack and service load balancing, 40-49 l3_forward (routing),
-#   60-79 egress and ingress policy, between deciding and acting; 80-89 conntrack for the
-#   host's connections (host_conntrack, host_return).
+#   60-79 egress and ingress policy, between deciding and acting; 80-89 the way back for the
+#   host's forwarded connections (host_conntrack, host_return).
 CLASSIFIER = Table(
     0,
     "classifier",
@@ -72,16 +72,20 @@ L2_FORWARD = Table(
 HOST_CONNTRACK = Table(
     80,
     "host_conntrack",
-    "connections from the host's gateway committed with a mark; a local pod's packets looked up",
-    frozenset({"reg0", "reg2", "eth_type", "ipv4_src"}),
+    "a pod's TCP/UDP packet the host forwards learns its reply's way back to the gateway; "
+    "a local pod's packets go on to host_return",
+    frozenset({"reg0", "reg2", "eth_type", "ipv4_src", "ip_proto"}),
     (81, 90),
 )
 HOST_RETURN = Table(
     81,
     "host_return",
-    "replies of connections the gateway sent go back to the gateway, not to the pod "
-    "(kube-proxy's DNAT is undone there)",
-    frozenset({"reg2", "ct_state", "ct_mark"}),
+    "learned flows: replies of connections the gateway sent go back to the gateway, not to "
+    "the pod (kube-proxy's DNAT is undone there)",
+    frozenset(
+        {"reg2", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst"}
+        | {"tcp_src", "tcp_dst", "udp_src", "udp_dst"}
+    ),
     (90,),
 )
 OUTPUT = Table(

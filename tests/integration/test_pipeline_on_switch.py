@@ -15,12 +15,20 @@ from openflow import pipeline
 from openflow.model import (
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    FIELD_BITS,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     IPV4_FIELDS,
     METADATA_MASK,
     OFPP_IN_PORT,
     Ct,
     Flow,
     GroupAction,
+    Learn,
+    LearnLoadField,
+    LearnMatchField,
+    LearnMatchValue,
+    LearnOutput,
     Load,
     Move,
     Output,
@@ -106,11 +114,60 @@ def _value(name: str, value) -> str:
     return hex(value) if name in _HEX else str(value)
 
 
+_IP_PROTOCOL = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
+# NXM names as ovs-ofctl prints a learn's specs.
+_LEARN_NXM = {
+    "in_port": "NXM_OF_IN_PORT",
+    "eth_src": "NXM_OF_ETH_SRC",
+    "eth_dst": "NXM_OF_ETH_DST",
+    "ipv4_src": "NXM_OF_IP_SRC",
+    "ipv4_dst": "NXM_OF_IP_DST",
+    "tcp_src": "NXM_OF_TCP_SRC",
+    "tcp_dst": "NXM_OF_TCP_DST",
+    "udp_src": "NXM_OF_UDP_SRC",
+    "udp_dst": "NXM_OF_UDP_DST",
+}
+_LEARN_VALUE = {"eth_type": "eth_type={:#x}", "ip_proto": "nw_proto={}"}
+
+
+def _learn_bits(bits) -> str:
+    name = _LEARN_NXM.get(bits.name, f"NXM_NX_{bits.name.upper()}")
+    whole = bits.start == 0 and bits.end == FIELD_BITS[bits.name] - 1
+    return f"{name}[]" if whole and bits.name in _LEARN_NXM else f"{name}[{bits.start}..{bits.end}]"
+
+
+def _ofctl_learn(a: Learn) -> str:
+    parts = [f"table={a.table.table_id}"]
+    for name in ("idle_timeout", "hard_timeout", "fin_idle_timeout", "fin_hard_timeout"):
+        if getattr(a, name):
+            parts.append(f"{name}={getattr(a, name)}")
+    parts.append(f"priority={a.priority}")
+    if a.cookie:
+        parts.append(f"cookie={a.cookie:#x}")
+    for spec in a.specs:
+        if isinstance(spec, LearnMatchValue):
+            parts.append(_LEARN_VALUE[spec.dst.name].format(spec.value))
+        elif isinstance(spec, LearnMatchField) and spec.dst == spec.src:
+            parts.append(_learn_bits(spec.dst))
+        elif isinstance(spec, LearnMatchField):
+            parts.append(f"{_learn_bits(spec.dst)}={_learn_bits(spec.src)}")
+        elif isinstance(spec, LearnLoadField):
+            parts.append(f"load:{_learn_bits(spec.src)}->{_learn_bits(spec.dst)}")
+        elif isinstance(spec, LearnOutput):
+            parts.append(f"output:{_learn_bits(spec.src)}")
+        else:
+            raise AssertionError(f"no ovs-ofctl form for {spec!r}")
+    return "learn(" + ",".join(parts) + ")"
+
+
 def _ofctl_match(flow: Flow) -> frozenset[str]:
     out = set()
+    proto = next((m.value for m in flow.match if m.name == "ip_proto"), None)
     for m in flow.match:
         if m.name == "eth_type":
-            out.add(_PROTOCOL[m.value])
+            out.add(_IP_PROTOCOL[proto] if proto is not None else _PROTOCOL[m.value])
+            continue
+        if m.name == "ip_proto":
             continue
         if m.name == "ct_state":
             flags = "".join(
@@ -161,6 +218,8 @@ def _ofctl_actions(actions) -> list[str]:
             if a.exec:
                 parts.append("exec(" + ",".join(_ofctl_actions(a.exec)) + ")")
             out.append("ct(" + ",".join(parts) + ")")
+        elif isinstance(a, Learn):
+            out.append(_ofctl_learn(a))
         else:
             raise AssertionError(f"no ovs-ofctl form for {a!r}")
     return out

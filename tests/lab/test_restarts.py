@@ -12,7 +12,8 @@ import pytest
 
 from controller import api_client
 from lab import agent_proc, lab, netns, ovs_host, pods
-from tests.helpers import host_paths, rows, running_lab
+from openflow import cookies
+from tests.helpers import host_paths, ovs, rows, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -99,3 +100,36 @@ def test_ovs_vswitchd_restart_gets_the_pipeline_back(two_pods):
         f"{name}-h2", ["ovs-appctl", "ovs/route/show"], env=paths.env()
     ).stdout
     assert "User: 198.18.0.0/16 dev br-phy SRC 198.18.0.2" in routes, routes
+
+
+def test_a_restarted_agent_keeps_the_flows_ovs_learned_and_finds_no_leftovers(two_pods):
+    """host_return's learned flows (generation 0, Feature.HOST_RETURN_LEARNED) are not the
+    agent's to replace: a full sync neither deletes them nor takes them for another
+    generation's leftovers (which would read every flow and delete generation 0)."""
+    name, a, b = two_pods
+    paths = host_paths(name, "h1")
+    learned = cookies.cookie(cookies.Feature.HOST_RETURN_LEARNED, 0)
+    flow = (
+        f"cookie={learned:#x},table=81,priority=100,idle_timeout=3600,tcp,reg2=0x1/0xffff,"
+        f"nw_src={b['ip']},nw_dst={a['ip']},tp_src=80,tp_dst=40000,actions=output:1"
+    )
+    ovs(name, "h1", "ovs-ofctl", "-O", "OpenFlow13", "add-flow", "br-int", flow)
+    log = os.path.join(paths.logdir, "agent.log")
+    before = os.path.getsize(log)
+    agent_proc.stop(paths)
+    lab.agent_control(name, "h1", "start")
+    with open(log, errors="replace") as f:
+        f.seek(before)
+        synced = [line for line in f if "in place" in line]
+    assert synced and "leftovers" not in synced[-1], synced
+    dump = ovs(
+        name,
+        "h1",
+        "ovs-ofctl",
+        "-O",
+        "OpenFlow13",
+        "dump-flows",
+        "br-int",
+        f"cookie={learned:#x}/-1",
+    )
+    assert f"nw_src={b['ip']}" in dump, dump

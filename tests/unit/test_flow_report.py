@@ -98,3 +98,17 @@ def test_a_bad_filter_is_one_sentence_naming_the_choices(call, value, message):
 def test_a_line_it_cannot_read_is_an_error_not_a_guess():
     with pytest.raises(ValueError, match="cannot read"):
         fr.parse_dump(" cookie=0xzz, table=0, n_packets=1, n_bytes=1 actions=drop", 1)
+
+
+def test_flows_ovs_learned_are_named_and_neither_stale_nor_unknown():
+    """host_conntrack's learn adds flows with generation 0 (Feature.HOST_RETURN_LEARNED):
+    the agent's, though of no generation."""
+    learned = hex(cookies.cookie(Feature.HOST_RETURN_LEARNED, 0))
+    line = (
+        f" cookie={learned}, duration=2.1s, table=host_return, n_packets=3, n_bytes=230,"
+        " idle_timeout=3600, fin_idle_timeout=10, priority=100,tcp,reg2=0x1/0xffff,"
+        "nw_src=100.64.0.3,nw_dst=100.64.0.2,tp_src=80,tp_dst=40000"
+        " actions=load:0xa5864400040->NXM_OF_ETH_DST[],output:2\n"
+    )
+    [flow] = fr.parse_dump(line, generation=7)
+    assert (flow.feature, flow.stale, flow.unknown) == ("host_return_learned", False, False)

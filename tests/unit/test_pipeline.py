@@ -238,23 +238,58 @@ def test_replies_of_connections_from_the_gateway_go_back_to_the_gateway(server):
     sw.process(tcp(direct, 40001, 80))
     [to_pod] = sw.process(tcp(reply, 80, 40001, flags=0x12)).emitted
     assert (to_pod.port, to_pod.get("eth_dst")) == (P1.ofport, P1.mac)
+    # No conntrack anywhere on the way: the reply's way back was learned.
+    assert back.ct_states == () and sw.conntrack.zones == {}
 
 
-def test_the_hosts_own_connections_and_egress_replies_are_not_tracked(switch):
+def _learned(sw):
+    return [f for fs in sw.tables.values() for f in fs if feature_of(f.cookie) == LEARNED]
+
+
+def test_a_udp_reply_is_learned_too_and_icmp_is_not():
+    """kube-proxy DNATs TCP, UDP and SCTP; a forwarded ICMP packet learns nothing (its
+    reply goes straight to the pod, as without kube-proxy)."""
+    sw = Switch(*pipeline.build(STATE, generation=1))
+    gw = LocalPort(GW.network, GW.ofport, GW.mac, GW.ip)
+    udp = {"ip_proto": 17, "udp_src": 5353, "udp_dst": 53}
+    sw.process(ip_packet(gw, P2.mac, P2.ip, ipv4_src=P1.ip, **udp))
+    [learned] = _learned(sw)
+    assert generation_of(learned.cookie) == 0
+    swapped = {"ip_proto": 17, "udp_src": 53, "udp_dst": 5353}
+    [back] = sw.process(ip_packet(P2, P1.mac, P1.ip, **swapped)).emitted
+    assert (back.port, back.get("eth_dst")) == (GW.ofport, GW.mac)
+    sw.process(ip_packet(gw, P2.mac, P2.ip, ipv4_src=P1.ip, ip_proto=1))
+    assert len(_learned(sw)) == 1
+    [echo_reply] = sw.process(ip_packet(P2, P1.mac, P1.ip, ip_proto=1)).emitted
+    assert echo_reply.port == P1.ofport
+
+
+def test_a_pod_to_pod_packet_passes_no_conntrack_and_learns_nothing(switch):
+    """The fast path: a pod's packet to a local pod looks host_return up and goes on to
+    output; nothing is committed or learned."""
+    t = switch.process(tcp(ip_packet(P2, P1.mac, P1.ip), 40000, 80))
+    assert t.ports == {P1.ofport} and t.ct_states == (), t.path
+    assert "host_return:0" in t.path and _learned(switch) == []
+
+
+def test_the_hosts_own_connections_and_egress_replies_are_not_learned(switch):
     own = tcp(ip_packet(GW, P1.mac, P1.ip), 40000, 80)
     outside = tcp(ip_packet(GW, P1.mac, P1.ip, ipv4_src="198.18.255.254"), 80, 40000, 0x12)
     for pkt in (own, outside):
         t = switch.process(pkt)
-        assert t.ports == {P1.ofport} and switch.conntrack.connections(1) == [], t.path
+        assert t.ports == {P1.ofport} and _learned(switch) == [], t.path
 
 
-def test_a_network_without_a_gateway_tracks_nothing(switch):
+def test_a_network_without_a_gateway_learns_nothing(switch):
     t = switch.process(tcp(ip_packet(B1, B2.mac, B2.ip), 40000, 80))
-    assert t.ports == {B2.ofport} and t.ct_states == ()
+    assert t.ports == {B2.ofport} and t.ct_states == () and "host_return:0" not in t.path
 
 
 def test_unknown_ports_are_dropped(switch):
     assert switch.process({"in_port": 77, "eth_dst": P1.mac}).emitted == ()
+
+
+LEARNED = Feature.HOST_RETURN_LEARNED
 
 
 def test_every_flow_is_cookied_with_its_feature_and_generation():

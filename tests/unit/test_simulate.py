@@ -241,3 +241,22 @@ def test_a_pipeline_with_every_action_forwards_as_designed():
     assert sw.process(pkt(L.A, L.A_IP, L.B_IP, IPPROTO_ICMP, 8)).ports == {L.B}
     echo = sw.process(pkt(L.B, L.B_IP, L.A_IP, IPPROTO_ICMP, 0))
     assert echo.ports == {L.A} and "t_ct:210" in echo.path
+
+
+def test_a_learn_is_checked_when_built():
+    """A learned flow OVS would refuse (an L4 match without its ip_proto, an address
+    without eth_type) or one that ends nowhere fails when the action is built."""
+    from openflow.model import Bits, Learn, LearnMatchField, LearnMatchValue, LearnOutput
+    from openflow.tables import HOST_RETURN
+
+    out = LearnOutput(Bits("in_port", 0, 15))
+    ip = LearnMatchValue(Bits("eth_type", 0, 15), 0x0800)
+    tp = LearnMatchField(Bits("tcp_src", 0, 15), Bits("tcp_dst", 0, 15))
+    with pytest.raises(ValueError, match="ip_proto"):
+        Learn(HOST_RETURN, 100, 0, (ip, tp, out))
+    with pytest.raises(ValueError, match="eth_type"):
+        Learn(HOST_RETURN, 100, 0, (LearnMatchField(Bits("ipv4_src"), Bits("ipv4_dst")), out))
+    with pytest.raises(ValueError, match="output"):
+        Learn(HOST_RETURN, 100, 0, (ip,))
+    with pytest.raises(ValueError, match="width"):
+        LearnMatchField(Bits("reg2", 0, 15), Bits("reg2", 0, 31))
