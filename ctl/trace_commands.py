@@ -195,7 +195,7 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
             lab, host, state, ["ovs-appctl", "ofproto/trace", naming.INTEGRATION_BRIDGE, flow]
         )
         passes = trace_parse.parse(out)
-        steps += [trace_explain.explain(s, view, d) for p in passes for s in p.steps]
+        steps += [trace_explain.explain(s, view, d, pkt.network) for p in passes for s in p.steps]
         kind, last, outs = trace_explain.final(passes)
         if kind == trace_explain.DROPPED:
             table = trace_explain.table_name(last.table_id) if last else "classifier"

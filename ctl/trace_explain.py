@@ -216,9 +216,11 @@ def describe_actions(raw: RawStep, view: HostView, d: Directory) -> str:
     return "; ".join(words)
 
 
-def explain(raw: RawStep, view: HostView, d: Directory) -> Step:
+def explain(raw: RawStep, view: HostView, d: Directory, network: str | None = None) -> Step:
+    """One step in words; ``network`` is the traced packet's, for the tables whose flows
+    do not match it (port_security): two networks may hold the same address and MAC."""
     f = fields(raw.match)
-    net = _network(d, f)
+    net = _network(d, f) or next((n for n in d.networks if n.name == network), None)
     return Step(
         host=view.host,
         table=table_name(raw.table_id),

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ from controller import netns as thread_netns
 from lab import agent_proc, lab, naming, netns
 from store import open_cluster
 from store.cluster import is_gateway_attachment
+
+CTL = [sys.executable, "-m", "ctl.main"]
 
 
 @contextlib.contextmanager
@@ -44,6 +47,28 @@ def ovs(lab_name: str, host: str, *argv: str) -> str:
     ns = naming.host_namespace(lab_name, host)
     result = netns.run_in_namespace(ns, argv, env=host_paths(lab_name, host).env())
     return result.stdout
+
+
+def add_test_bridge(lab_name: str, bridge: str, ofports, prefix: str) -> None:
+    """A bridge of a test's own on h1's ovs-vswitchd (netdev, secure, OpenFlow 1.3), with an
+    internal port ``PREFIX<n>`` at each OpenFlow port number ``n``."""
+    ports = []
+    for ofport in ofports:
+        port = f"{prefix}{ofport}"
+        ports += ["--", "add-port", bridge, port, "--", "set", "interface", port]
+        ports += ["type=internal", f"ofport_request={ofport}"]
+    ovs(
+        lab_name, "h1", "ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge,
+        "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13", *ports,
+    )  # fmt: skip
+
+
+def create_network(lab_name: str, network: str, cidr: str, vni: int) -> None:
+    """``ovs-overlayctl network --lab L create NETWORK --cidr CIDR --vni VNI``."""
+    subprocess.run(
+        [*CTL, "network", "--lab", lab_name, "create", network, "--cidr", cidr, "--vni", str(vni)],
+        check=True,
+    )
 
 
 def rows(lab_name: str, host: str, table: str) -> list[dict]:

@@ -15,7 +15,7 @@ import pytest
 from openflow import encode
 from openflow.model import ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from openflow.simulate import Switch, ct_state_text
-from tests.helpers import host_paths, ovs
+from tests.helpers import add_test_bridge, host_paths, ovs
 from tests.unit import l3_flows as L
 
 pytestmark = pytest.mark.integration
@@ -29,26 +29,7 @@ def bridge(one_host_lab):
     """A bridge of its own on the lab host's vswitchd, ports A, B, C, and the test flows
     sent over its management socket."""
     name = one_host_lab.name
-    ports = []
-    for ofport in (L.A, L.B, L.C):
-        port = f"l3t{ofport}"
-        ports += ["--", "add-port", BRIDGE, port, "--", "set", "interface", port]
-        ports += ["type=internal", f"ofport_request={ofport}"]
-    ovs(
-        name,
-        "h1",
-        "ovs-vsctl",
-        "add-br",
-        BRIDGE,
-        "--",
-        "set",
-        "bridge",
-        BRIDGE,
-        "datapath_type=netdev",
-        "fail_mode=secure",
-        "protocols=OpenFlow13",
-        *ports,
-    )
+    add_test_bridge(name, BRIDGE, (L.A, L.B, L.C), "l3t")
     _send_flows(os.path.join(host_paths(name).rundir, f"{BRIDGE}.mgmt"), L.flows())
     return name
 

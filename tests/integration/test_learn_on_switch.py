@@ -15,7 +15,7 @@ from openflow import cookies, pipeline
 from openflow.cookies import Feature
 from openflow.model import GroupAction
 from openflow.simulate import Switch
-from tests.helpers import host_paths, ovs
+from tests.helpers import add_test_bridge, host_paths, ovs
 from tests.integration.test_l3_actions_on_switch import _send_flows
 from tests.unit.test_pipeline import GW, P1, P2, STATE, ip_packet, tcp
 
@@ -29,26 +29,7 @@ def bridge(one_host_lab):
     """The pipeline of tests/unit/test_pipeline.py's host on a bridge of its own, with
     the gateway's and two pods' ports (flood flows left out: they need the groups)."""
     name = one_host_lab.name
-    ports = []
-    for ofport in (GW.ofport, P1.ofport, P2.ofport):
-        port = f"lrn{ofport}"
-        ports += ["--", "add-port", BRIDGE, port, "--", "set", "interface", port]
-        ports += ["type=internal", f"ofport_request={ofport}"]
-    ovs(
-        name,
-        "h1",
-        "ovs-vsctl",
-        "add-br",
-        BRIDGE,
-        "--",
-        "set",
-        "bridge",
-        BRIDGE,
-        "datapath_type=netdev",
-        "fail_mode=secure",
-        "protocols=OpenFlow13",
-        *ports,
-    )
+    add_test_bridge(name, BRIDGE, (GW.ofport, P1.ofport, P2.ofport), "lrn")
     flows, _ = pipeline.build(STATE, generation=1)
     flows = [f for f in flows if not any(isinstance(a, GroupAction) for a in f.actions)]
     _send_flows(os.path.join(host_paths(name).rundir, f"{BRIDGE}.mgmt"), flows)

@@ -12,7 +12,7 @@ import pytest
 
 from lab import lab, netns, pods
 from store import open_cluster
-from tests.helpers import running_lab
+from tests.helpers import create_network, running_lab
 from tests.packets import Sniffer, send
 
 pytestmark = pytest.mark.lab
@@ -23,21 +23,7 @@ CTL = [sys.executable, "-m", "ctl.main"]
 @pytest.fixture(scope="module")
 def overlay():
     with running_lab(3) as name:
-        subprocess.run(
-            [
-                *CTL,
-                "network",
-                "--lab",
-                name,
-                "create",
-                "blue",
-                "--cidr",
-                "100.64.0.0/16",
-                "--vni",
-                "5002",
-            ],
-            check=True,
-        )
+        create_network(name, "blue", "100.64.0.0/16", 5002)
         made = {}
         for host, pod, net in [
             ("h1", "p1", "default"),

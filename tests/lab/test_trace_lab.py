@@ -13,7 +13,7 @@ import pytest
 from ctl.status_report import from_json
 from ctl.trace_commands import TraceReport
 from lab import lab, naming, pods
-from tests.helpers import running_lab
+from tests.helpers import create_network, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -24,21 +24,7 @@ CTL = [sys.executable, "-m", "ctl.main"]
 def two_hosts():
     with running_lab(2) as name:
         made = {k: pods.pod_add(name, *k.split("/")) for k in ("h1/p1", "h2/p1")}
-        subprocess.run(
-            [
-                *CTL,
-                "network",
-                "--lab",
-                name,
-                "create",
-                "blue",
-                "--cidr",
-                "100.64.0.0/16",
-                "--vni",
-                "5002",
-            ],
-            check=True,
-        )
+        create_network(name, "blue", "100.64.0.0/16", 5002)
         for key in ("h1/b1", "h1/b2", "h1/b3"):  # blue reuses default's addresses: one is free
             made[key] = pods.pod_add(name, *key.split("/"), network="blue")
         yield name, made

@@ -69,6 +69,20 @@ def test_a_remote_pod_packet_goes_through_named_tables_to_the_tunnel():
     assert trace_explain.final((one,))[0] == "output"
 
 
+def test_an_address_two_networks_share_is_named_in_the_packets_network():
+    # blue reuses default's CIDR: its pod b2 has p1's address and (derived) MAC.  The
+    # port_security flow does not match the network: the packet's own names the owner.
+    blue = Network("blue", 5002, "100.64.0.0/16", index=2)
+    b2 = Endpoint(
+        "blue", "h1", "L-h1-b2/eth0", "0a:58:64:40:00:03", "100.64.0.3", "L-h1-b2", "eth0"
+    )
+    both = dataclasses.replace(D, networks=(blue, *D.networks), endpoints=(b2, *D.endpoints))
+    [one] = passes("pod_to_remote_pod")
+    step = trace_explain.explain(one.steps[1], H1, both, "default")
+    assert "100.64.0.3 is h1/p1's own address" in step.matched
+    assert "b2" not in step.matched
+
+
 def test_conntrack_recirculation_is_a_second_pass_whose_output_counts():
     first, second = passes("tunnel_to_local_pod")
     assert first.datapath_actions == "ct(zone=1),recirc(0x1)"
