@@ -182,6 +182,13 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
         pkt = PacketFacts(src.port, args.src_mac or src.mac, dmac, ip_src, dst.ip, src.network)
     steps: list[Step] = []
     first_flow = ""
+
+    def report(verdict: str, delivered_to: str | None, drop: Drop | None = None) -> TraceReport:
+        return TraceReport(
+            args.source, args.destination, first_flow, tuple(notes), tuple(steps),
+            verdict, delivered_to, drop,
+        )  # fmt: skip
+
     for _ in range(MAX_HOPS):
         ports = _ports(lab, host, state)
         role, tunnel = roles(d, host, ports)
@@ -200,29 +207,11 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
         if kind == trace_explain.DROPPED:
             table = trace_explain.table_name(last.table_id) if last else "classifier"
             reason = trace_explain.drop_reason(last.table_id if last else 0, pkt, view, d)
-            return TraceReport(
-                args.source,
-                args.destination,
-                first_flow,
-                tuple(notes),
-                tuple(steps),
-                trace_explain.DROPPED,
-                None,
-                Drop(host, table, reason),
-            )
+            return report(trace_explain.DROPPED, None, Drop(host, table, reason))
         name = ports.get(outs[-1], str(outs[-1]))
         if name == GATEWAY_PORT:
             notes.append(f"into {host}'s stack: its routing and nftables take it from there")
-            return TraceReport(
-                args.source,
-                args.destination,
-                first_flow,
-                tuple(notes),
-                tuple(steps),
-                trace_explain.DELIVERED_TO_HOST,
-                f"{host} (node)",
-                None,
-            )
+            return report(trace_explain.DELIVERED_TO_HOST, f"{host} (node)")
         if name.startswith("tun-"):
             tun_dst = _tunnel_set(passes)
             nxt = d.host_by_ip(tun_dst[0]) if tun_dst else None
@@ -234,16 +223,7 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
             pkt = dataclasses.replace(pkt, tun_src=me.tunnel_ip, tun_id=tun_dst[1])
             host = nxt.name
             continue
-        return TraceReport(
-            args.source,
-            args.destination,
-            first_flow,
-            tuple(notes),
-            tuple(steps),
-            trace_explain.DELIVERED,
-            role.get(name, name),
-            None,
-        )
+        return report(trace_explain.DELIVERED, role.get(name, name))
     raise LabError(f"the trace crossed more than {MAX_HOPS} hosts; the pipeline loops")
 
 

@@ -733,12 +733,14 @@ class ClusterState:
             raise StoreError("an address from a host's blocks needs the host's name")
         att_key, prefix = _attachment_key(network, attachment), _ipam_prefix(network)
         mine = _mac_claim(attachment, host or "")
-        mac_revision = 0  # what the claim's key must be at: absent, or our own claim
+        # What a MAC's claim key must be at: absent (0), or our own claim as last read; a
+        # derived MAC changes with the candidate address, so the revision is kept per MAC.
+        mac_revision: dict[str, int] = {}
         if mac:  # a static MAC: refused before a block could be claimed for it
             claim = self.kv.get(_mac_key(network, mac))
             if claim is not None and claim.value != mine:
                 raise self._mac_in_use(network, mac, claim.value)
-            mac_revision = claim.mod_revision if claim else 0
+            mac_revision[mac.lower()] = claim.mod_revision if claim else 0
         while True:
             block = None
             if ip is None:
@@ -751,7 +753,9 @@ class ClusterState:
             if block is not None:
                 compares.append(Compare(_block_prefix(network) + block[0], block[1]))
             if claim_mac:
-                compares.append(Compare(_mac_key(network, claim_mac), mac_revision))
+                compares.append(
+                    Compare(_mac_key(network, claim_mac), mac_revision.get(claim_mac, 0))
+                )
                 ops.append(Put(_mac_key(network, claim_mac), mine))
             result = self.kv.txn(compares, ops)
             if result.succeeded:
@@ -790,7 +794,7 @@ class ClusterState:
                 claim = self.kv.get(_mac_key(network, claim_mac))
                 if claim is not None and claim.value != mine:
                     raise self._mac_in_use(network, claim_mac, claim.value)
-                mac_revision = claim.mod_revision if claim else 0
+                mac_revision[claim_mac] = claim.mod_revision if claim else 0
             if block is not None:  # perhaps our block changed: read it again
                 with self._pools_lock:
                     self._pools.pop((network, host), None)
