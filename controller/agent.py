@@ -63,6 +63,7 @@ class Agent:
         self.cluster = None
         self.ovsdb: OvsdbClient | None = None
         self.reconciler: Reconciler | None = None
+        self.endpoints: EndpointManager | None = None
         self.api: ApiServer | None = None
         self.metrics: metrics.MetricsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -118,6 +119,7 @@ class Agent:
             self.publish,
             self._missing_port_flows,
         )
+        self._spawn(lambda: self.endpoints.keep_store_clean(self._stop), "store-cleanup")
         self._host_gateway = self._claim_gateway()
         self.membership = Membership(
             self.cluster,
@@ -167,6 +169,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.endpoints is not None:
+            self.endpoints.wake_store_cleanup()  # to see the stop
         if self.metrics is not None:
             self.metrics.close()
         if self.api is not None:
@@ -352,11 +356,8 @@ class Agent:
 
     def _store_back(self) -> None:
         """What failed requests left in the store while it was away goes now, not at the
-        next request (which may never come)."""
-        try:
-            self.endpoints.finish_store_cleanup()
-        except Exception:  # the next request tries again; this thread is not vital
-            LOG.exception("releasing what failed requests left in the store")
+        next request (which may never come) nor the cleanup's next retry."""
+        self.endpoints.wake_store_cleanup()
 
     def _underlay_mtu(self) -> int:
         """The configured underlay MTU, else the MTU of the link holding the tunnel IP: a

@@ -66,8 +66,8 @@ class _Remote:
 class ClusterCache:
     """Hosts, networks and endpoints of the cluster as this host's agent needs them.
 
-    ``submit`` takes engine changes (the reconciler's); ``on_store_back`` runs (on a thread
-    of its own) when the store answers again after an outage."""
+    ``submit`` takes engine changes (the reconciler's); ``on_store_back`` is called (on the
+    watch's thread: it must not block) when the store answers again after an outage."""
 
     def __init__(
         self,
@@ -212,7 +212,7 @@ class ClusterCache:
             metrics.STORE_RECONNECTS.inc()
             LOG.warning("the cluster state is reachable again")
             if self._on_store_back is not None:
-                threading.Thread(target=self._on_store_back, name="store-back", daemon=True).start()
+                self._on_store_back()
 
     def _submit_if_any(self, changes: list[Change]) -> None:
         if changes:

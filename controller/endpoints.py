@@ -40,6 +40,8 @@ from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
 IFF_UP, IFF_NOARP = 0x1, 0x80  # linux/if.h
+# Seconds between tries to release what failed requests left while the store was away.
+CLEANUP_RETRY_FIRST, CLEANUP_RETRY_MAX = 0.5, 5.0
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,11 @@ class EndpointManager:
         self.missing_port_flows = missing_port_flows  # tables lacking a port's flows
         self.locks = AttachmentLocks()
         # (network, attachment) whose store records a failed request could not remove
-        # because the store was away: removed by the next request that finds it back.
+        # because the store was away: removed by keep_store_clean once the store is back,
+        # or by the next request that finds it back, whichever comes first.
         self._unfinished: set[tuple[str, str, str | None]] = set()  # + the MAC if known
         self._unfinished_lock = threading.Lock()
+        self._cleanup_due = threading.Event()  # something was deferred, or the store is back
 
     def attach(self, req: AttachRequest) -> Attachment:
         """Admit the request (every check before any side effect: a refusal changes
@@ -179,8 +183,44 @@ class EndpointManager:
                     if request is None:
                         return
                     raise store_unavailable(request, exc) from None
-                self._unfinished.discard((network, attachment, mac))
+                with self._unfinished_lock:
+                    self._unfinished.discard((network, attachment, mac))
                 LOG.info("released the store records %s left while the store was away", attachment)
+
+    def keep_store_clean(self, stop: threading.Event) -> None:
+        """Release what failed requests left in the store as soon as it takes writes
+        again, with no request needed (the next may never come).  Retries with a backoff
+        while anything is deferred; idle otherwise.  The cluster cache's notice that the
+        store is back (``wake_store_cleanup``) only makes it sooner: a watch may not notice
+        a short outage at all (etcd ends a watch for want of a leader only after some
+        election timeouts), so the retry is what guarantees it.  Survives every exception:
+        a failure here is logged and retried, never a reason to stop."""
+        backoff = CLEANUP_RETRY_FIRST
+        while True:
+            self._cleanup_due.wait(backoff if self._deferred() else None)
+            self._cleanup_due.clear()
+            if stop.is_set():
+                return
+            try:
+                self.finish_store_cleanup()
+            except Exception:  # an OVSDB error, a bug: say it; the next round tries again
+                LOG.exception("releasing the store records failed requests left")
+            backoff = (
+                min(CLEANUP_RETRY_MAX, backoff * 2) if self._deferred() else CLEANUP_RETRY_FIRST
+            )
+
+    def wake_store_cleanup(self) -> None:
+        """Try the deferred releases now (the store is back, or the agent stops)."""
+        self._cleanup_due.set()
+
+    def _deferred(self) -> bool:
+        with self._unfinished_lock:
+            return bool(self._unfinished)
+
+    def _defer(self, network: str, attachment: str, mac: str | None) -> None:
+        with self._unfinished_lock:
+            self._unfinished.add((network, attachment, mac))
+        self._cleanup_due.set()
 
     def _forget_unfinished(self, network: str, attachment: str) -> None:
         with self._unfinished_lock:
@@ -233,7 +273,7 @@ class EndpointManager:
                     _in_use(req, exc), code=ERR_INVALID_ENV, reason="address_in_use"
                 ) from None
             except KvError:  # its outcome may be unknown: if it landed, release it later
-                self._unfinished.add((req.network, attachment_id, req.mac))
+                self._defer(req.network, attachment_id, req.mac)
                 raise
             except StoreError as exc:  # a static IP outside the network
                 raise AttachError(f"CNI_ARGS IP={req.ip}: {exc}", code=ERR_INVALID_ENV) from None
@@ -311,7 +351,7 @@ class EndpointManager:
                     step()
                 except KvError as exc:
                     LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
-                    self._unfinished.add((req.network, attachment_id, claimed_mac))
+                    self._defer(req.network, attachment_id, claimed_mac)
                 except Exception:
                     LOG.exception("rolling back %s for %s failed", what, attachment_id)
             raise
@@ -326,7 +366,7 @@ class EndpointManager:
             try:
                 self._remove(network, container_id, ifname, steps)
             except KvError as exc:
-                self._unfinished.add((network, attachment_id, None))  # the record has the MAC
+                self._defer(network, attachment_id, None)  # the record has the MAC
                 raise store_unavailable(f"DEL of {attachment_id}", exc) from None
             self._forget_unfinished(network, attachment_id)
             self.publish()

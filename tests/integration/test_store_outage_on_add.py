@@ -6,6 +6,8 @@ really is down."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 
 import pytest
 from pyroute2 import IPRoute
@@ -151,6 +153,38 @@ def test_records_a_failed_rollback_could_not_remove_go_with_the_next_request(set
     assert [e.attachment for e in endpoints] == [f"{second}/eth0"] and len(macs) == 1
     detach(manager, host_ns, second)
     assert leftovers(manager, host_ns) == EMPTY
+
+
+def test_records_a_del_left_while_the_store_was_away_go_with_no_request(setup):
+    """A DEL while the store is locked removes the port and veth and fails with 11; once
+    the store is back, the agent's cleanup thread releases the address, endpoint record
+    and MAC claim by itself: no other request comes (a watch may never have noticed a short
+    outage, so nothing but the cleanup's own retry can be relied on)."""
+    manager, _, host_ns, lock, unlock, _, pod = setup
+    p = pod("del")
+    attach(manager, host_ns, p)
+    stop = threading.Event()
+    cleaner = threading.Thread(target=manager.keep_store_clean, args=(stop,))
+    cleaner.start()
+    try:
+        lock()
+        try:
+            with pytest.raises(AttachError) as err:
+                detach(manager, host_ns, p)
+            assert err.value.code == 11
+            veths, ports, allocations, endpoints, macs = leftovers(manager, host_ns)
+            assert (veths, ports) == ([], [])  # the host's half went at once
+            assert list(allocations.values()) == [f"{p}/eth0"] and len(macs) == 1
+        finally:
+            unlock()
+        gone_by = time.monotonic() + 30  # a bound for a hung test, not a speed goal
+        while leftovers(manager, host_ns) != EMPTY:
+            assert time.monotonic() < gone_by, leftovers(manager, host_ns)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        manager.wake_store_cleanup()
+        cleaner.join()
 
 
 def test_an_add_with_etcd_down_is_code_11_naming_its_endpoints(one_host_lab):

@@ -274,7 +274,7 @@ def test_quorum_lost_keeps_traffic_fails_add_fast_with_code_11_and_leaves_nothin
     assert loss(ping) == (2000, 2000)
 
     # The store back, h1's agent removes the store records the DEL left without waiting
-    # for another request (endpoints.py, finish_store_cleanup, run by the cluster cache).
+    # for another request (endpoints.py, keep_store_clean).
     empty = {"address": [], "attachment": [], "endpoint": [], "mac": []}
     gone_by = time.monotonic() + 30
     while store_traces(name, f"{deleted}/{pods.POD_IFNAME}") != empty:
