@@ -1,7 +1,7 @@
 """CNI ADD latency until the pod reaches a pod on another host; DEL latency; pods/s.
 
 Run as root from the repo root:  .venv/bin/python bench/cni_add.py [--sequential 40]
-[--store etcd]
+[--store etcd] [--plugin ovs-overlay-python]
 
 A 2-host lab, its cluster state in SQLite (default) or in one etcd member (``--store
 etcd``, reached by the agents over the lab's underlay). An "anchor" pod runs on h2. Each
@@ -11,7 +11,10 @@ sending a request every 2 ms, ``ping -c1 -w10 -i0.002``, so the measure has 2 ms
 granularity): the time from exec to the first answer is "ADD to reachable" (it includes
 h2's agent learning the new pod, since the answer must come back). "ADD" alone is exec
 to the plugin's exit. For the throughput run it also prints the CPU each process spent
-per pod (from /proc, and the plugins' rusage): where a pod start goes.
+per pod (from /proc, and the plugins' rusage): where a pod start goes.  ``--plugin``
+picks which installed executable runtimes would exec: the C shim the agent answers
+(``ovs-overlay``, the default) or the Python plugin (``ovs-overlay-python``), for an A/B
+of the two on the same code and machine.
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ctl import cni_install  # noqa: E402
 from lab import agent_proc, lab, naming, netns, ovs_host, pods  # noqa: E402
+
+PLUGIN = cni_install.PLUGIN_NAME  # set from --plugin
 
 
 def plugin(name: str, command: str, container: str) -> float:
     start = time.perf_counter()
-    rc, out = pods.cni_exec(lab.LabPaths(naming.DEFAULT_STATE_ROOT, name), "h1", command, container)
+    rc, out = pods.cni_exec(
+        lab.LabPaths(naming.DEFAULT_STATE_ROOT, name), "h1", command, container, plugin=PLUGIN
+    )
     if rc != 0:
         raise RuntimeError(f"{command} {container}: {out}")
     return time.perf_counter() - start
@@ -94,7 +102,14 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--throughput-pods", type=int, default=100)
     p.add_argument("--store", choices=lab.STORES, default="sqlite")
+    p.add_argument(
+        "--plugin",
+        choices=(cni_install.PLUGIN_NAME, cni_install.PYTHON_PLUGIN_NAME),
+        default=cni_install.PLUGIN_NAME,
+    )
     args = p.parse_args()
+    global PLUGIN
+    PLUGIN = args.plugin
     name = "b" + secrets.token_hex(3)
     made: list[str] = []
     try:
@@ -132,7 +147,7 @@ def main() -> int:
         for c in made:
             netns.delete_namespace(c)
         lab.down(name)
-    print(f"store: {args.store}\n")
+    print(f"store: {args.store}, plugin: {args.plugin}\n")
     print("| measure | n | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|")
     print(row("ADD, sequential", [a for a, _ in seq]))

@@ -1,10 +1,17 @@
-"""The ``ovs-overlay`` CNI plugin executable.
+"""The ``ovs-overlay`` CNI plugin: what it checks, asks the agent and answers.
 
-Runtimes exec it for every verb, and podman calls VERSION before each ADD and
-DEL, so start-up must be fast: this module imports the standard library only.
-It validates the whole request before asking anything, answers VERSION itself,
-and sends ADD, DEL, CHECK, STATUS and GC to the host agent over its root-only
-unix socket.  Every failure is a CNI error JSON on stdout with the spec's code.
+It validates the whole request before asking anything, answers VERSION itself, and
+sends ADD, DEL, CHECK, STATUS and GC to the host agent.  Every failure is a CNI error
+JSON on stdout with the spec's code.
+
+It runs two ways, answering the same bytes (``serve``).  Runtimes exec the compiled
+shim (cni/shim.c), which hands the request to the agent; the agent runs this code on it
+(controller/cni_gateway.py) with a direct call for transport.  Without an agent, or for
+what the agent cannot do for it (delegating to an IPAM plugin), the shim execs this
+module as a process (``ovs-overlay-python``), which reaches the agent over its root-only
+unix socket.  Runtimes exec the plugin for every verb (podman calls VERSION before each
+ADD and DEL), so that process must start fast: this module imports the standard library
+only.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from cni import admission  # re and socket only
 from controller import api_client  # json and socket only: imported on every exec
@@ -20,6 +28,7 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 DEFAULT_SOCKET = "/run/ovs-overlay/agent.sock"
 AGENT_TIMEOUT = 60.0
+SHIM_SILENT_ENV = "OVS_OVERLAY_CNI_AGENT_SILENT"
 
 # Error codes of the CNI spec (SPEC.md, "Error").
 ERR_INCOMPATIBLE_VERSION = 1
@@ -157,18 +166,35 @@ def parse_args(cni_args: str) -> dict:
     return static
 
 
-def call_agent(path: str, op: str, **args) -> dict:
-    """One request to the agent; its refusal becomes the CniError it names."""
+# How a request reaches the agent: (socket path, op, **args) -> the agent's answer
+# (``ok``, ``result`` or ``code`` and ``error``).  Over the socket from a plugin process;
+# a direct call when the agent serves the request for the compiled shim (cni/shim.c).
+Transport = Callable[..., dict]
+
+
+def over_socket(path: str, op: str, **args) -> dict:
+    """One request to the agent over its socket; no answer is code 11 (try again)."""
     try:
-        answer = api_client.call(path, op, timeout=AGENT_TIMEOUT, **args)
+        return api_client.call(path, op, timeout=AGENT_TIMEOUT, **args)
     except (OSError, ValueError) as exc:
         raise CniError(
             ERR_TRY_AGAIN,
             f"the ovs-overlay agent at {path} is not answering ({exc}); start ovs-overlay-agent",
         ) from None
-    if not answer.get("ok"):
-        raise CniError(int(answer.get("code", ERR_TRY_AGAIN)), answer.get("error", "agent error"))
-    return answer["result"]
+
+
+def _agent(transport: Transport, path: str) -> Callable[..., dict]:
+    """Calls to the agent at ``path`` whose refusal becomes the CniError it names."""
+
+    def call(op: str, **args) -> dict:
+        answer = transport(path, op, **args)
+        if not answer.get("ok"):
+            raise CniError(
+                int(answer.get("code", ERR_TRY_AGAIN)), answer.get("error", "agent error")
+            )
+        return answer["result"]
+
+    return call
 
 
 def delegate_ipam(ipam_type: str, env: dict[str, str], stdin: str) -> dict | None:
@@ -237,7 +263,7 @@ def add_result(att: dict, version: str) -> dict:
     return result
 
 
-def run(env: dict[str, str], stdin: str) -> dict | None:
+def run(env: dict[str, str], stdin: str, transport: Transport = over_socket) -> dict | None:
     """Serve one CNI invocation; returns the JSON to print (None: print nothing)."""
     command = env.get("CNI_COMMAND")
     if command not in VERBS:
@@ -273,6 +299,7 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
         except admission.Refused as exc:
             raise CniError(exc.code, str(exc)) from None
     base = {"network": conf["network"]}
+    call_agent = _agent(transport, conf["socket"])
     ipam = conf["ipam"]
     if command == "ADD":
         static = parse_args(env.get("CNI_ARGS", ""))
@@ -285,7 +312,6 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
             static["ip"] = address.split("/")[0]
         try:
             att = call_agent(
-                conf["socket"],
                 "attach",
                 **base,
                 container_id=env["CNI_CONTAINERID"],
@@ -302,7 +328,6 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
     if command == "DEL":
         try:
             call_agent(
-                conf["socket"],
                 "detach",
                 **base,
                 container_id=env["CNI_CONTAINERID"],
@@ -314,7 +339,6 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
         return None
     if command == "CHECK":
         call_agent(
-            conf["socket"],
             "check",
             **base,
             container_id=env["CNI_CONTAINERID"],
@@ -325,7 +349,7 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
         return None
     if command == "STATUS":
         try:
-            status = call_agent(conf["socket"], "status")
+            status = call_agent("status")
         except CniError as err:
             raise CniError(ERR_PLUGIN_NOT_AVAILABLE, err.msg) from None
         if not status.get("ready"):
@@ -336,26 +360,45 @@ def run(env: dict[str, str], stdin: str) -> dict | None:
     if not isinstance(valid, list):
         raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list")
     keep = [f"{a.get('containerID')}/{a.get('ifname')}" for a in valid if isinstance(a, dict)]
-    call_agent(conf["socket"], "gc", **base, keep=keep)
+    call_agent("gc", **base, keep=keep)
     return None
 
 
-def main() -> int:
-    stdin = sys.stdin.read() if not sys.stdin.isatty() else ""
+def serve(env: dict[str, str], stdin: str, transport: Transport = over_socket) -> tuple[int, str]:
+    """One CNI invocation as the runtime sees it: the exit code and what goes to stdout
+    (the result, a CNI error JSON, or nothing).  The plugin process and the agent (serving
+    the shim) both answer through here, so their answers are the same bytes."""
     try:
-        result = run(dict(os.environ), stdin)
+        result = run(env, stdin, transport)
     except CniError as err:
         try:
             asked = json.loads(stdin).get("cniVersion", LATEST)
         except (ValueError, AttributeError):
             asked = LATEST
-        json.dump(err.to_json(asked if asked in SUPPORTED_VERSIONS else LATEST), sys.stdout)
-        sys.stdout.write("\n")
-        return 1
-    if result is not None:
-        json.dump(result, sys.stdout)
-        sys.stdout.write("\n")
-    return 0
+        return 1, json.dumps(err.to_json(asked if asked in SUPPORTED_VERSIONS else LATEST)) + "\n"
+    return 0, "" if result is None else json.dumps(result) + "\n"
+
+
+def _silent(why: str) -> Transport:
+    """The transport when the shim's agent took the request and did not answer: asking
+    again could repeat an ADD under way, so the answer is the one for no answer."""
+
+    def no_answer(path: str, op: str, **args) -> dict:
+        raise CniError(
+            ERR_TRY_AGAIN,
+            f"the ovs-overlay agent at {path} is not answering ({why}); start ovs-overlay-agent",
+        )
+
+    return no_answer
+
+
+def main() -> int:
+    stdin = sys.stdin.read() if not sys.stdin.isatty() else ""
+    env = dict(os.environ)
+    silent = env.pop(SHIM_SILENT_ENV, None)  # set by the shim (cni/shim.c) only
+    code, out = serve(env, stdin, over_socket if silent is None else _silent(silent))
+    sys.stdout.write(out)
+    return code
 
 
 if __name__ == "__main__":

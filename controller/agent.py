@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
-from controller import egress, hoststate, metrics, nftables, status, underlay
+from controller import cni_gateway, egress, hoststate, metrics, nftables, status, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
 from controller.config import AgentConfig
@@ -148,16 +148,16 @@ class Agent:
             )
         if self._connect_unix is not None:
             self._spawn(self._dial_watch, "dial-watch")
-        self.api = ApiServer(
-            cfg.socket,
-            {
-                "status": self._api_status,
-                "attach": self._api_attach,
-                "detach": self._api_detach,
-                "check": self._api_check,
-                "gc": self._api_gc,
-            },
-        )
+        handlers = {
+            "status": self._api_status,
+            "attach": self._api_attach,
+            "detach": self._api_detach,
+            "check": self._api_check,
+            "gc": self._api_gc,
+        }
+        # The compiled CNI shim's requests, served with the plugin's code (cni/shim.c).
+        handlers["cni"] = lambda env, stdin: cni_gateway.serve(handlers, cfg.socket, env, stdin)
+        self.api = ApiServer(cfg.socket, handlers)
         self.api.start()
         self.metrics = metrics.serve(cfg.metrics_address, cfg.metrics_port, self._metrics)
         LOG.info(

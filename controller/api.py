@@ -11,7 +11,8 @@ import os
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from controller import requestlog
 from store.kv import KvError
@@ -31,49 +32,73 @@ class ApiError(Exception):
         self.reason = reason
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        raw = self.rfile.read(MAX_REQUEST)
-        started = time.monotonic()
-        reason = None
-        token = requestlog.begin()
-        try:
-            request = json.loads(raw)
-            op = request.pop("op")
-            handler = self.server.handlers[op]
-        except (ValueError, KeyError, TypeError, AttributeError):
+@dataclass(frozen=True)
+class Raw:
+    """A result written as these bytes instead of a JSON answer: the compiled CNI shim
+    (cni/shim.c) checks a header and copies the rest to its stdout, with no JSON parser."""
+
+    data: bytes
+
+
+def answer(handlers: Mapping[str, Callable[..., object]], op: str, request: dict) -> dict:
+    """Serve one request (``request`` without its op): the answer, and its log line and
+    metrics.  The socket's handler calls this, and so does the agent serving a CNI
+    request for the shim, so a request is logged and counted the same either way."""
+    started = time.monotonic()
+    reason = None
+    token = requestlog.begin()
+    try:
+        handler = handlers.get(op)
+        if handler is None:
             op, request, reason = "", {}, "bad_request"
-            answer = {
+            reply = {
                 "ok": False,
                 "code": 6,
                 "error": "request is not a JSON object with a known 'op'",
             }
         else:
-            try:
-                answer = {"ok": True, "result": handler(**request)}
-            except ApiError as exc:
-                answer = {"ok": False, "code": exc.code, "error": str(exc)}
-                reason = exc.reason
-            except KvError as exc:
-                reason = "store_unavailable"
-                answer = {
-                    "ok": False,
-                    "code": 11,
-                    "error": f"{op} failed: the cluster store did not answer ({exc}); try again "
-                    "when the store is back",
-                }
-            except TypeError as exc:
-                reason = "bad_arguments"
-                answer = {"ok": False, "code": 7, "error": f"bad arguments for {op}: {exc}"}
-            except Exception as exc:
-                LOG.exception("api %s failed", op)
-                reason = "agent_error"
-                answer = {"ok": False, "code": 11, "error": f"{op} failed in the agent: {exc}"}
-        finally:
-            noted = requestlog.end(token)
-        # One line per request, refusals included (the runtime sees them; the log must too).
-        requestlog.finished(op, request, answer, time.monotonic() - started, noted, reason)
-        self.wfile.write(json.dumps(answer).encode())
+            reply, reason = _call(handler, op, request)
+    finally:
+        noted = requestlog.end(token)
+    # One line per request, refusals included (the runtime sees them; the log must too).
+    requestlog.finished(op, request, reply, time.monotonic() - started, noted, reason)
+    return reply
+
+
+def _call(handler: Callable[..., object], op: str, request: dict) -> tuple[dict, str | None]:
+    """The handler's answer and, for a refusal, its reason."""
+    try:
+        return {"ok": True, "result": handler(**request)}, None
+    except ApiError as exc:
+        return {"ok": False, "code": exc.code, "error": str(exc)}, exc.reason
+    except KvError as exc:
+        return {
+            "ok": False,
+            "code": 11,
+            "error": f"{op} failed: the cluster store did not answer ({exc}); try again "
+            "when the store is back",
+        }, "store_unavailable"
+    except TypeError as exc:
+        return {"ok": False, "code": 7, "error": f"bad arguments for {op}: {exc}"}, "bad_arguments"
+    except Exception as exc:
+        LOG.exception("api %s failed", op)
+        return {"ok": False, "code": 11, "error": f"{op} failed in the agent: {exc}"}, "agent_error"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        raw = self.rfile.read(MAX_REQUEST)
+        try:
+            request = json.loads(raw)
+            op = request.pop("op")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            op, request = "", {}
+        reply = answer(self.server.handlers, op if isinstance(op, str) else "", request)
+        result = reply.get("result")
+        if isinstance(result, Raw):
+            self.wfile.write(result.data)
+        else:
+            self.wfile.write(json.dumps(reply).encode())
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

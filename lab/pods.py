@@ -14,6 +14,7 @@ import re
 import subprocess
 
 from controller.netns import namespace_path
+from ctl import cni_install
 from lab import agent_proc, naming, netns
 from lab.lab import LabError, LabPaths
 
@@ -112,10 +113,12 @@ def cni_exec(
     ifname: str = POD_IFNAME,
     cni_args: str = "",
     cni_path: str | None = None,
+    plugin: str = cni_install.PLUGIN_NAME,
     **conf_extra,
 ) -> tuple[int, dict | None]:
     """Exec the lab's installed plugin like a runtime: CNI_* env, the config on stdin, a
-    minimal PATH.  Returns its exit code and parsed output (None when it printed nothing)."""
+    minimal PATH.  Returns its exit code and parsed output (None when it printed nothing).
+    ``plugin``: which of the installed executables (the shim, or the Python plugin)."""
     conf = {
         "cniVersion": version,
         "name": "lab",
@@ -135,7 +138,7 @@ def cni_exec(
     if cni_args:
         env["CNI_ARGS"] = cni_args
     proc = subprocess.run(
-        [os.path.join(paths.cni_bin, "ovs-overlay")],
+        [os.path.join(paths.cni_bin, plugin)],
         input=json.dumps(conf),
         env=env,
         capture_output=True,

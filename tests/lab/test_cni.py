@@ -13,7 +13,7 @@ from cni.plugin import SUPPORTED_VERSIONS
 from lab import agent_proc, lab, netns, pods
 from store import open_cluster
 from store.cluster import is_gateway_attachment
-from tests.helpers import host_paths, ovs, running_lab
+from tests.helpers import host_paths, ovs, running_lab, scrape
 
 pytestmark = pytest.mark.lab
 
@@ -401,3 +401,56 @@ def test_chained_with_reference_plugins(host):
     finally:
         netns.delete_namespace(container)
     assert leftovers(host) == (set(), set(), {})
+
+
+# Requests a runtime may send, each refused or answered without changing anything: the
+# CNI command, env and config changes, and whether the refusal is the plugin's own check
+# (True) or the agent's (False; None: not refused).
+SAME_ANSWERS = [
+    ("VERSION", {}, {}, None),
+    ("STATUS", {}, {"cniVersion": "1.1.0"}, None),
+    ("ADD", {"CNI_CONTAINERID": "-bad"}, {}, True),
+    ("ADD", {"CNI_IFNAME": ""}, {}, True),
+    ("ADD", {}, {"cniVersion": "0.2.0"}, True),
+    ("ADD", {}, {"type": "bridge"}, True),
+    ("ADD", {}, {"mtu": 70000}, True),
+    ("ADD", {"CNI_ARGS": "FOO=1"}, {}, True),
+    ("ADD", {"CNI_ARGS": "IP=100.64.0.300"}, {}, True),
+    ("ADD", {"CNI_NETNS": "/run/netns/no-such-netns"}, {}, False),
+    ("ADD", {}, {"network": "no-such-network"}, False),
+    ("FROB", {}, {}, True),
+]
+
+
+def test_the_shim_and_the_python_plugin_answer_alike_and_every_refusal_is_counted(host):
+    """The compiled shim (what runtimes exec) and the Python plugin give the same exit code
+    and answer for each request; through the shim, the agent logs and counts the refusals
+    the plugin's own checks make (the Python plugin makes them with no agent to tell)."""
+    paths = lab.LabPaths(lab.naming.DEFAULT_STATE_ROOT, host)
+    before = scrape(host, "h1")
+    for command, env, conf, _ in SAME_ANSWERS:
+        netns_path = env.get("CNI_NETNS", "/proc/self/ns/net")
+        args = dict(
+            network=conf.pop("network", "default"),
+            version=conf.pop("cniVersion", "1.0.0"),
+            netns_path=netns_path,
+            ifname=env.get("CNI_IFNAME", "eth0"),
+            cni_args=env.get("CNI_ARGS", ""),
+            **conf,
+        )
+        container = env.get("CNI_CONTAINERID", "same-answers")
+        shim = pods.cni_exec(paths, "h1", command, container, **args)
+        python = pods.cni_exec(paths, "h1", command, container, plugin="ovs-overlay-python", **args)
+        assert shim == python, (command, env, conf)
+    after = scrape(host, "h1")
+    refused = sum(
+        2 if own is False else 1 for _, _, _, own in SAME_ANSWERS if own is not None
+    )  # the agent's refusals twice (shim and plugin), the plugin's own once (shim)
+    assert refused_total(after) - refused_total(before) == refused
+    assert leftovers(host) == (set(), set(), {})
+
+
+def refused_total(values: dict) -> float:
+    return sum(
+        v for (metric, _), v in values.items() if metric == "ovs_overlay_refused_requests_total"
+    )

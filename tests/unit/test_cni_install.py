@@ -29,7 +29,7 @@ def run_plugin(path: str, command: str, stdin: dict, **env: str) -> tuple[int, d
 
 def test_a_copied_plugin_runs_from_its_copy_alone(tmp_path):
     lib = tmp_path / "lib"
-    path, conf = cni_install.install(
+    path, conf, _ = cni_install.install(
         str(tmp_path / "bin"), str(tmp_path / "net.d"), "default", "/nonexistent/agent.sock",
         copy_to=str(lib),
     )  # fmt: skip
@@ -49,12 +49,14 @@ def test_a_copied_plugin_runs_from_its_copy_alone(tmp_path):
 
 def test_from_a_container_every_path_written_is_the_nodes(tmp_path):
     root = tmp_path / "host"
-    path, conf = cni_install.install(
+    path, conf, _ = cni_install.install(
         "/opt/cni/bin", "/etc/cni/net.d", "default", "/run/ovs-overlay/agent.sock",
         host_root=str(root), python="/usr/bin/python3", copy_to="/opt/ovs-overlay/cni-plugin",
+        shim=None,
     )  # fmt: skip
     assert (path, conf) == ("/opt/cni/bin/ovs-overlay", "/etc/cni/net.d/10-ovs-overlay.conflist")
     launcher = (root / "opt/cni/bin/ovs-overlay").read_text()
+    assert launcher == (root / "opt/cni/bin/ovs-overlay-python").read_text()
     assert launcher.startswith("#!/usr/bin/python3 -S\n")
     assert "sys.path.insert(0, '/opt/ovs-overlay/cni-plugin')" in launcher
     assert sys.prefix not in launcher  # nothing of the container's installation

@@ -11,6 +11,7 @@ import datetime
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from oslo_config import cfg
 
 from cni import plugin
 from controller import config
+from ctl import cni_install
 from ctl import main as ctl_main
 from store.etcd_url import parse_url
 
@@ -139,11 +141,19 @@ def test_the_init_container_installs_the_plugin_onto_the_nodes_mounts(tmp_path, 
         target = dict(a.split("=", 1) for a in argv[1:])[option]
         mount = next(m for m in mounts if (root + target).startswith(m))
         assert target.startswith(volumes[mounts[mount]]), option
-    # Run with the node's root here: the command line is one the CLI takes.
+    # Run with the node's root here and the shim the image's first stage compiles (as
+    # deploy/Containerfile does it): the command line is one the CLI takes.
+    shim = tmp_path / "cni-shim"
+    build = re.search(r"^RUN (gcc .*)$", (DEPLOY / "Containerfile").read_text(), re.M)[1]
+    build = build.replace("/shim.c", cni_install.SHIM_SOURCE)
+    subprocess.run(build.replace("/ovs-overlay-shim", str(shim)).split(), check=True)
     argv = [a if not a.startswith("--host-root=") else f"--host-root={tmp_path}" for a in argv]
+    assert "--shim=/opt/ovs-overlay/cni-shim" in argv
+    argv = [a if not a.startswith("--shim=") else f"--shim={shim}" for a in argv]
     assert ctl_main.main(argv) == 0
-    assert (tmp_path / "opt/cni/bin/ovs-overlay").is_file()
-    assert "installed /opt/cni/bin/ovs-overlay" in capsys.readouterr().out
+    assert (tmp_path / "opt/cni/bin/ovs-overlay").read_bytes() == shim.read_bytes()
+    assert (tmp_path / "opt/cni/bin/ovs-overlay-python").is_file()
+    assert "installed /opt/cni/bin/ovs-overlay: the shim from" in capsys.readouterr().out
 
 
 def test_the_readiness_probe_asks_the_plugin_a_valid_status(monkeypatch):
