@@ -9,11 +9,13 @@ import dataclasses
 
 import pytest
 
+from cni import plugin
 from ctl import trace_commands
 from ctl.trace_commands import continue_command, start_host
 from ctl.trace_explain import Directory
 from ctl.trace_hosts import HostSwitch, LabSwitches, local_agent
 from ctl.trace_resolve import resolve
+from lab import pods
 from lab.lab import LabError
 from store.cluster import Endpoint, Host, HostGateway, Network
 
@@ -169,3 +171,12 @@ def test_options_that_cannot_go_together_are_refused_before_anything_runs():
 def test_a_pods_k8s_name_is_what_the_trace_shows_for_it():
     assert D.pod_name(D.endpoints[0]) == "web/front-1"
     assert D.pod_name(dataclasses.replace(D.endpoints[0], pod=None)) == "h1/p1"
+
+
+def test_a_lab_pods_kubernetes_name_reaches_the_plugin_as_kubelets_cni_args():
+    args = pods.k8s_cni_args("web/front-1")
+    assert args == "K8S_POD_NAMESPACE=web;K8S_POD_NAME=front-1"
+    assert plugin.parse_args(args)["pod"] == "web/front-1"
+    for bad in ("web", "web/", "Web/x", "a/b/c", "-a/b"):
+        with pytest.raises(LabError, match="is not NAMESPACE/NAME"):
+            pods.k8s_cni_args(bad)
