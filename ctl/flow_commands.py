@@ -13,15 +13,14 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 
 from ctl import flow_report, lab_host
+from ctl.ovs_tools import run_tool
 from lab import naming
 from ovsdb.client import OvsdbClient
 
 DEFAULT_RUNDIR = "/var/run/openvswitch"
 GENERATION_KEY = "ovs-overlay-generation"  # controller/agent.py writes it
-TIMEOUT = 30.0
 
 
 def add_parser(subparsers) -> None:
@@ -89,20 +88,4 @@ def read_generation(db_sock: str, bridge: str) -> int | None:
 
 def dump_flows(bridge: str, env: dict[str, str]) -> str:
     argv = ["ovs-ofctl", "-O", "OpenFlow13", "--names", "dump-flows", bridge]
-    try:
-        done = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
-        )
-    except FileNotFoundError:
-        raise ValueError("ovs-ofctl is not installed; install openvswitch-common") from None
-    except subprocess.TimeoutExpired:
-        raise ValueError(
-            f"ovs-ofctl did not dump {bridge}'s flows in {TIMEOUT:.0f} s; is ovs-vswitchd busy?"
-        ) from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ValueError(
-            f"ovs-ofctl could not dump {bridge}'s flows ({why}); check that ovs-vswitchd runs "
-            f"with its sockets in {env.get('OVS_RUNDIR')}"
-        )
-    return done.stdout
+    return run_tool(argv, env, f"dump {bridge}'s flows")

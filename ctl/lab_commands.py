@@ -110,6 +110,11 @@ def add_parser(subparsers) -> None:
         p_.add_argument("--host", required=True)
         p_.add_argument("--name", required=True)
     pod_add.add_argument("--network", default=naming.DEFAULT_NETWORK)
+    pod_add.add_argument(
+        "--k8s-pod",
+        metavar="NAMESPACE/NAME",
+        help="the Kubernetes pod it stands for (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME)",
+    )
     pod_add.set_defaults(func=cmd_pod_add)
     pod_del.set_defaults(func=cmd_pod_del)
     pod_ls = pod_sub.add_parser("list", help="the lab's pods")
@@ -200,7 +205,9 @@ def cmd_agent(args) -> int:
 
 
 def cmd_pod_add(args) -> int:
-    att = pods.pod_add(args.lab, args.host, args.name, args.network, args.state_dir)
+    att = pods.pod_add(
+        args.lab, args.host, args.name, args.network, args.state_dir, k8s_pod=args.k8s_pod
+    )
     print(att["ip"])
     return 0
 

@@ -120,6 +120,10 @@ def _typed(hint, value, strict: bool, where: str):
             return None
         [hint] = [o for o in options if o is not type(None)]
         return _typed(hint, value, strict, where)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ShapeError(f"{where} is {value!r}, not one of {list(typing.get_args(hint))}")
+        return value
     if origin is tuple:
         if not isinstance(value, list):
             raise ShapeError(f"{where} is not a list")

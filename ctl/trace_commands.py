@@ -2,6 +2,11 @@
 host's real ``ofproto/trace`` and, when it leaves through the tunnel, through the receiving
 host's, explained step by step in the pipeline's words (ctl/trace_explain.py).
 
+In a lab (``--lab L``) the trace follows the packet across hosts.  On a real host it runs
+on this host's ovs-vswitchd only (ctl/trace_hosts.py): a packet that leaves through the
+tunnel is ``forwarded``, with the command that continues the trace on the receiving host
+(``--arriving-from TUNNEL_IP --vni N``: the same packet entering there from the tunnel).
+
 Observes only: ofproto/trace changes no flow and sends no packet.
 """
 
@@ -12,17 +17,25 @@ import dataclasses
 import ipaddress
 import json
 import re
+import shlex
+from contextlib import closing
 from dataclasses import dataclass
+from typing import Literal
 
 from controller.endpoints import host_port_name
 from controller.hoststate import GATEWAY_PORT
 from ctl import lab_host, trace_explain, trace_parse
 from ctl.trace_explain import Directory, HostView, PacketFacts, Step
-from lab import naming, netns
+from ctl.trace_hosts import DEFAULT_AGENT_CONFIG, HostSwitch, LabSwitches, local_agent
+from ctl.trace_resolve import Endpointish, dest_mac, resolve
+from lab import naming
 from lab.lab import LabError, open_lab_cluster
+from store import open_cluster
 
 _PORT_LINE = re.compile(r"^\s*(\d+)\(([^)]+)\):")
 MAX_HOPS = 4  # pod -> tunnel -> pod is 2; more means a loop
+PROGRAM = "ovs-overlayctl"
+Verdict = Literal["delivered", "delivered-to-host", "dropped", "forwarded"]
 
 
 @dataclass(frozen=True)
@@ -33,57 +46,77 @@ class Drop:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """The packet left through the tunnel for a host this trace cannot reach."""
+
+    host: str
+    tunnel_ip: str
+    vni: int
+    command: str  # run on ``host`` to continue the trace there
+
+
+@dataclass(frozen=True)
 class TraceReport:
     source: str
     destination: str
     packet: str  # the first host's ofproto/trace flow
     notes: tuple[str, ...]
     steps: tuple[Step, ...]
-    verdict: str  # delivered, delivered-to-host, dropped
+    verdict: Verdict
     delivered_to: str | None
     drop: Drop | None
+    forwarded: Forward | None = None
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "trace", help="trace a packet through br-int (and the receiving host) in plain words"
     )
-    p.add_argument("--lab", required=True, help="the lab")
+    p.add_argument("--lab", help="trace in this lab, across its hosts (else: on this host)")
     p.add_argument("--state-dir", help=f"where labs live (default {naming.DEFAULT_STATE_ROOT})")
-    p.add_argument("--from", dest="source", required=True, help="hN/POD, hN (the node) or an IP")
-    p.add_argument("--to", dest="destination", required=True, help="hN/POD or an IP")
+    p.add_argument(
+        "--config",
+        help=f"without --lab: this host's agent config file (default {DEFAULT_AGENT_CONFIG})",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="NAMESPACE/NAME, hN/POD (lab), a node (hN or the host's name) or an IP",
+    )
+    p.add_argument("--to", dest="destination", required=True, help="as --from, or any IP")
     p.add_argument("--proto", choices=("icmp", "tcp", "udp"), default="icmp")
     p.add_argument("--dport", type=int, help="destination port (tcp, udp)")
     p.add_argument("--src-ip", help="forge the source IP")
     p.add_argument("--src-mac", help="forge the source MAC")
+    p.add_argument(
+        "--arriving-from",
+        metavar="TUNNEL_IP",
+        help="continue a trace here: the packet enters from the tunnel, sent by this peer",
+    )
+    p.add_argument("--vni", type=int, help="with --arriving-from: the VNI it came with")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_trace)
 
 
-@dataclass(frozen=True)
-class Endpointish:
-    """A source or destination: where it is and what it sends from."""
-
-    label: str
-    host: str | None
-    network: str | None
-    ip: str
-    mac: str | None
-    port: str | None  # its port on br-int
-
-
 def cmd_trace(args: argparse.Namespace) -> int:
-    state = args.state_dir or naming.DEFAULT_STATE_ROOT
-    lab_host.host_paths(args.lab, "h1", state)  # the lab exists
-    if args.dport is not None and args.proto == "icmp":
-        raise ValueError("--dport needs --proto tcp or udp")
-    with open_lab_cluster(args.lab, state) as cluster:
+    check_options(args)
+    if args.lab:
+        state = args.state_dir or naming.DEFAULT_STATE_ROOT
+        lab_host.host_paths(args.lab, "h1", state)  # the lab exists
+        where: LabSwitches | HostSwitch = LabSwitches(args.lab, state)
+        opened = open_lab_cluster(args.lab, state)
+    else:
+        agent = local_agent(args.config or DEFAULT_AGENT_CONFIG)
+        where = agent.switch
+        opened = closing(open_cluster(agent.store))
+    with opened as cluster:
         d = Directory(
             tuple(cluster.list_hosts()),
             tuple(cluster.list_networks()),
             tuple(cluster.list_endpoints()),
         )
-    report = trace(args, d, state)
+    report = trace(args, d, where)
     if args.output == "json":
         print(json.dumps(dataclasses.asdict(report), indent=2))
     else:
@@ -91,47 +124,28 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve(d: Directory, lab: str, name: str, as_source: bool) -> Endpointish:
-    """A pod (hN/POD or its IP), a node (hN, as a source) or any other address."""
-    if "/" in name:
-        host, pod = name.split("/", 1)
-        container = f"{lab}-{host}-{pod}"
-        for ep in d.endpoints:
-            if ep.host == host and ep.container_id == container:
-                port = host_port_name(ep.container_id, ep.ifname)
-                return Endpointish(name, host, ep.network, ep.ip, ep.mac, port)
-        raise LabError(f"lab {lab} has no pod {name}; 'ovs-overlayctl lab pod list' shows them")
-    if re.fullmatch(r"h[0-9]+", name):
-        h = next((h for h in d.hosts if h.name == name), None)
-        if h is None or not h.gateways:
-            raise LabError(f"lab {lab} has no live host {name} with a gateway")
-        g = h.gateways[0]
-        return Endpointish(f"{name} (node)", name, g.network, g.ip, g.mac, GATEWAY_PORT)
-    try:
-        ipaddress.IPv4Address(name)
-    except ValueError:
-        raise ValueError(f"{name!r} is neither hN/POD, hN nor an IPv4 address") from None
-    found = [ep for ep in d.endpoints if ep.ip == name]
-    if len(found) > 1:
-        raise ValueError(f"{name} is a pod's address in several networks; name the pod hN/POD")
-    if found:
-        ep = found[0]
-        port = host_port_name(ep.container_id, ep.ifname)
-        return Endpointish(d.pod_name(ep), ep.host, ep.network, ep.ip, ep.mac, port)
-    if as_source:
-        if ipaddress.IPv4Address(name) not in naming.UNDERLAY_NET:
-            raise ValueError(f"{name} is no pod's address; trace from hN/POD, hN or a pod's IP")
-        return Endpointish(f"VXLAN from {name}", None, None, name, None, None)
-    return Endpointish(name, None, None, name, None, None)
-
-
-def _run(lab: str, host: str, state: str, argv: list[str]) -> str:
-    env = lab_host.host_paths(lab, host, state).env()
-    done = netns.run_in_namespace(naming.host_namespace(lab, host), argv, env=env, check=False)
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise LabError(f"{argv[0]} failed on {lab}'s {host} ({why}); is its OVS running?")
-    return done.stdout
+def check_options(args: argparse.Namespace) -> None:
+    if args.dport is not None and args.proto == "icmp":
+        raise ValueError("--dport needs --proto tcp or udp")
+    if (args.arriving_from is None) != (args.vni is None):
+        raise ValueError("--arriving-from TUNNEL_IP and --vni N go together; give both")
+    if args.arriving_from is not None:
+        try:
+            ipaddress.IPv4Address(args.arriving_from)
+        except ValueError:
+            raise ValueError(
+                f"--arriving-from {args.arriving_from!r} is not an IPv4 address; give the "
+                "sending host's tunnel IP"
+            ) from None
+    if args.lab and args.config:
+        raise ValueError("--config names this host's agent and --lab a lab; give one of them")
+    if args.lab and args.arriving_from:
+        raise ValueError(
+            "--arriving-from continues a trace on a real host; in a lab the trace follows "
+            "the packet across hosts by itself, so drop it"
+        )
+    if args.state_dir and not args.lab:
+        raise ValueError("--state-dir names where labs live; give --lab too")
 
 
 def roles(d: Directory, host: str, ports: dict[int, str]) -> tuple[dict[str, str], str]:
@@ -149,22 +163,23 @@ def roles(d: Directory, host: str, ports: dict[int, str]) -> tuple[dict[str, str
     return out, tunnel
 
 
-def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
-    lab = args.lab
-    src = resolve(d, lab, args.source, as_source=True)
-    dst = resolve(d, lab, args.destination, as_source=False)
-    notes: list[str] = []
-    ip_src = args.src_ip or src.ip
+def first_packet(
+    args: argparse.Namespace, d: Directory, src: Endpointish, dst: Endpointish, notes: list[str]
+) -> PacketFacts:
+    """The packet as it enters the first host's br-int: from the source's port, or from the
+    tunnel (a VXLAN source; ``--arriving-from``)."""
     if src.port is None:  # VXLAN from an underlay address into the destination's host
         if dst.host is None:
-            raise ValueError("a VXLAN source needs a pod as destination (--to hN/POD)")
+            raise ValueError("a VXLAN source needs a pod as destination (--to a pod)")
         net = next(n for n in d.networks if n.name == dst.network)
-        host = dst.host
         peer = d.host_by_ip(src.ip)
-        inner_src_mac = args.src_mac or "0a:58:00:00:00:01"
-        pkt = PacketFacts(
+        notes.append(
+            f"VXLAN from {src.ip}{' (' + peer.name + ')' if peer else ''} to {dst.host}, "
+            f"VNI {net.vni}"
+        )
+        return PacketFacts(
             "tun-vxlan",
-            inner_src_mac,
+            args.src_mac or "0a:58:00:00:00:01",
             dst.mac or "",
             args.src_ip or "100.64.255.254",
             dst.ip,
@@ -172,25 +187,66 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
             src.ip,
             net.vni,
         )
-        ip_src = pkt.ip_src
-        notes.append(
-            f"VXLAN from {src.ip}{' (' + peer.name + ')' if peer else ''} to {host}, VNI {net.vni}"
-        )
-    else:
-        host = src.host
-        dmac = dest_mac(d, src, dst, notes)
-        pkt = PacketFacts(src.port, args.src_mac or src.mac, dmac, ip_src, dst.ip, src.network)
+    dmac = dest_mac(d, src, dst, notes)
+    ip_src = args.src_ip or src.ip
+    pkt = PacketFacts(src.port, args.src_mac or src.mac, dmac, ip_src, dst.ip, src.network)
+    if args.arriving_from is None:
+        return pkt
+    peer = d.host_by_ip(args.arriving_from)
+    notes.append(
+        f"arrived over the tunnel from {peer.name + ' ' if peer else ''}{args.arriving_from}, "
+        f"VNI {args.vni}"
+    )
+    return dataclasses.replace(pkt, tun_src=args.arriving_from, tun_id=args.vni)
+
+
+def start_host(
+    args: argparse.Namespace,
+    d: Directory,
+    src: Endpointish,
+    dst: Endpointish,
+    where: LabSwitches | HostSwitch,
+) -> str:
+    """The host whose br-int the packet enters first; ValueError when it is a host this
+    trace cannot reach (a real host's trace starts there)."""
+    if args.arriving_from is not None:
+        if src.port is None:
+            raise ValueError(
+                "--arriving-from continues a pod's or a node's packet; --from is neither"
+            )
+        return where.host
+    host = src.host if src.port is not None else dst.host
+    if not where.reaches(host):
+        what = src if src.port is not None else dst
+        h = next((h for h in d.hosts if h.name == host), None)
+        at = f"host {host} ({h.tunnel_ip})" if h else f"host {host}"
+        raise ValueError(f"{what.label} is on {at}, not on {where.host}; run the trace there")
+    return host
+
+
+def trace(args: argparse.Namespace, d: Directory, where: LabSwitches | HostSwitch) -> TraceReport:
+    lab = where.lab if isinstance(where, LabSwitches) else None
+    src = resolve(d, lab, args.source, as_source=True)
+    dst = resolve(d, lab, args.destination, as_source=False)
+    notes: list[str] = []
+    pkt = first_packet(args, d, src, dst, notes)
+    host = start_host(args, d, src, dst, where)
     steps: list[Step] = []
     first_flow = ""
 
-    def report(verdict: str, delivered_to: str | None, drop: Drop | None = None) -> TraceReport:
+    def report(
+        verdict: Verdict,
+        delivered_to: str | None,
+        drop: Drop | None = None,
+        forwarded: Forward | None = None,
+    ) -> TraceReport:
         return TraceReport(
             args.source, args.destination, first_flow, tuple(notes), tuple(steps),
-            verdict, delivered_to, drop,
+            verdict, delivered_to, drop, forwarded,
         )  # fmt: skip
 
     for _ in range(MAX_HOPS):
-        ports = _ports(lab, host, state)
+        ports = _ports(where, host)
         role, tunnel = roles(d, host, ports)
         view = HostView(host, ports, role, tunnel)
         if pkt.tun_src is not None:
@@ -198,10 +254,8 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
             pkt = dataclasses.replace(pkt, in_port=tun_port)
         flow = flow_text(pkt, args, d)
         first_flow = first_flow or flow
-        out = _run(
-            lab, host, state, ["ovs-appctl", "ofproto/trace", naming.INTEGRATION_BRIDGE, flow]
-        )
-        passes = trace_parse.parse(out)
+        out = where.run(host, ["ovs-appctl", "ofproto/trace", where.bridge, flow])
+        passes = trace_parse.parse(out, where.bridge)
         steps += [trace_explain.explain(s, view, d, pkt.network) for p in passes for s in p.steps]
         kind, last, outs = trace_explain.final(passes)
         if kind == trace_explain.DROPPED:
@@ -216,21 +270,38 @@ def trace(args: argparse.Namespace, d: Directory, state: str) -> TraceReport:
             tun_dst = _tunnel_set(passes)
             nxt = d.host_by_ip(tun_dst[0]) if tun_dst else None
             if nxt is None:
-                raise LabError(
-                    f"the packet left {host} for {tun_dst}, which is no host of lab {lab}"
-                )
+                place = f"lab {lab}" if lab else "the cluster"
+                raise LabError(f"the packet left {host} for {tun_dst}, which is no host of {place}")
             me = next(h for h in d.hosts if h.name == host)
             pkt = dataclasses.replace(pkt, tun_src=me.tunnel_ip, tun_id=tun_dst[1])
+            if not where.reaches(nxt.name):
+                command = continue_command(args, me.tunnel_ip, tun_dst[1])
+                forward = Forward(nxt.name, nxt.tunnel_ip, tun_dst[1], command)
+                return report(trace_explain.FORWARDED, None, forwarded=forward)
             host = nxt.name
             continue
         return report(trace_explain.DELIVERED, role.get(name, name))
     raise LabError(f"the trace crossed more than {MAX_HOPS} hosts; the pipeline loops")
 
 
-def _ports(lab: str, host: str, state: str) -> dict[int, str]:
-    out = _run(
-        lab, host, state, ["ovs-ofctl", "-O", "OpenFlow13", "show", naming.INTEGRATION_BRIDGE]
-    )
+def continue_command(args: argparse.Namespace, tun_src: str, vni: int) -> str:
+    """The command that continues this trace on the receiving host."""
+    argv = [PROGRAM, "trace", "--arriving-from", tun_src, "--vni", str(vni)]
+    argv += ["--from", args.source, "--to", args.destination]
+    if args.proto != "icmp":
+        argv += ["--proto", args.proto]
+    for option, value in (
+        ("--dport", args.dport),
+        ("--src-ip", args.src_ip),
+        ("--src-mac", args.src_mac),
+    ):
+        if value is not None:
+            argv += [option, str(value)]
+    return shlex.join(argv)
+
+
+def _ports(where: LabSwitches | HostSwitch, host: str) -> dict[int, str]:
+    out = where.run(host, ["ovs-ofctl", "-O", "OpenFlow13", "show", where.bridge])
     return {
         int(m.group(1)): m.group(2) for line in out.splitlines() if (m := _PORT_LINE.match(line))
     }
@@ -246,37 +317,6 @@ def _tunnel_set(passes) -> tuple[str, int] | None:
                 elif a.endswith("->tun_id"):
                     vni = int(a.removeprefix("set_field:").split("->")[0], 0)
     return (dst, vni) if dst else None
-
-
-def dest_mac(d: Directory, src: Endpointish, dst: Endpointish, notes: list[str]) -> str:
-    """The destination MAC the source would use: the owner of the address in its own
-    network (pods ARP through the switch), else its host's gateway's."""
-    net = next(n for n in d.networks if n.name == src.network)
-    for ep in d.endpoints:
-        if ep.network == net.name and ep.ip == dst.ip:
-            return ep.mac
-    for h in d.hosts:
-        for g in h.gateways:
-            if g.network == net.name and g.ip == dst.ip:
-                return g.mac
-    if ipaddress.IPv4Address(dst.ip) in ipaddress.IPv4Network(net.cidr):
-        if dst.mac is None:
-            raise ValueError(f"no address {dst.ip} in network {net.name}; its ARP goes unanswered")
-        notes.append(
-            f"no {dst.ip} in network {net.name}: the ARP goes unanswered; "
-            f"traced with {dst.label}'s MAC {dst.mac} as if it were known"
-        )
-        return dst.mac
-    gw = next(
-        (g for h in d.hosts if h.name == src.host for g in h.gateways if g.network == net.name),
-        None,
-    )
-    if gw is None:
-        raise ValueError(
-            f"network {net.name} has no gateway on {src.host}; {dst.ip} is unreachable"
-        )
-    notes.append(f"{dst.ip} is outside network {net.name}: sent to {src.host}'s gateway {gw.mac}")
-    return gw.mac
 
 
 def flow_text(p: PacketFacts, args: argparse.Namespace, d: Directory) -> str:
@@ -309,6 +349,10 @@ def render(r: TraceReport) -> list[str]:
             lines.append(f"      -> {s.explained}")
     if r.drop is not None:
         lines.append(f"verdict: dropped on {r.drop.host} in {r.drop.table}: {r.drop.reason}")
+    elif r.forwarded is not None:
+        f = r.forwarded
+        lines.append(f"verdict: forwarded to {f.host} {f.tunnel_ip} over the tunnel, VNI {f.vni}")
+        lines.append(f"  continue on {f.host}: {f.command}")
     else:
         lines.append(f"verdict: {r.verdict} to {r.delivered_to}")
     return lines

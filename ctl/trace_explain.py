@@ -18,11 +18,11 @@ from openflow.tables import PIPELINE
 from store.cluster import Endpoint, Host, Network
 
 TABLES = {t.table_id: t for t in PIPELINE}
-DELIVERED, DELIVERED_TO_HOST, DROPPED, TUNNELLED = (
+DELIVERED, DELIVERED_TO_HOST, DROPPED, FORWARDED = (
     "delivered",
     "delivered-to-host",
     "dropped",
-    "tunnelled",
+    "forwarded",  # left this host through the tunnel, for a host the trace cannot reach
 )
 
 

@@ -19,6 +19,8 @@ from lab import agent_proc, naming, netns
 from lab.lab import LabError, LabPaths
 
 POD_NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
+# A Kubernetes namespace and pod name: DNS labels (RFC 1123), as the API server accepts.
+K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 POD_IFNAME = "eth0"
 
 
@@ -28,6 +30,17 @@ def pod_namespace(lab: str, host: str, pod: str) -> str:
 
 def _record(paths: LabPaths, ns: str) -> str:
     return os.path.join(paths.root, "pods", ns + ".json")
+
+
+def k8s_cni_args(k8s_pod: str) -> str:
+    """The CNI_ARGS kubelet's runtime sends for the pod ``NAMESPACE/NAME``."""
+    namespace, sep, name = k8s_pod.partition("/")
+    if not sep or not K8S_NAME_RE.match(namespace) or not K8S_NAME_RE.match(name):
+        raise LabError(
+            f"Kubernetes pod {k8s_pod!r} is not NAMESPACE/NAME; use two DNS labels like "
+            "default/web-1"
+        )
+    return f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"
 
 
 def _validate(lab: str, host: str, pod: str) -> None:
@@ -45,8 +58,12 @@ def pod_add(
     pod: str,
     network: str = naming.DEFAULT_NETWORK,
     state_root: str = naming.DEFAULT_STATE_ROOT,
+    k8s_pod: str | None = None,
 ) -> dict:
-    """Create the pod's namespace and attach it with a CNI ADD; returns the attachment."""
+    """Create the pod's namespace and attach it with a CNI ADD; returns the attachment.
+    ``k8s_pod`` ("NAMESPACE/NAME") reaches the plugin as a runtime under kubelet sends it,
+    in CNI_ARGS, so the endpoint's record names that Kubernetes pod."""
+    cni_args = k8s_cni_args(k8s_pod) if k8s_pod else ""
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)
     ns = pod_namespace(lab, host, pod)
@@ -54,7 +71,7 @@ def pod_add(
         raise LabError(f"pod {pod} already exists on {host} (namespace {ns})")
     netns.create_namespace(ns)
     try:
-        result = _exec_plugin(paths, host, "ADD", network, ns)
+        result = _exec_plugin(paths, host, "ADD", network, ns, cni_args)
     except BaseException:
         netns.delete_namespace(ns)
         raise
@@ -67,6 +84,8 @@ def pod_add(
         "mac": result["interfaces"][1]["mac"],
         "host_port": result["interfaces"][0]["name"],
     }
+    if k8s_pod:
+        att["k8s_pod"] = k8s_pod
     os.makedirs(os.path.dirname(_record(paths, ns)), exist_ok=True)
     with open(_record(paths, ns), "w") as f:
         json.dump(att, f)
@@ -88,10 +107,12 @@ def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STAT
     os.unlink(_record(paths, ns))
 
 
-def _exec_plugin(paths: LabPaths, host: str, command: str, network: str, ns: str) -> dict | None:
+def _exec_plugin(
+    paths: LabPaths, host: str, command: str, network: str, ns: str, cni_args: str = ""
+) -> dict | None:
     """Run the installed plugin as a runtime would; its CNI error becomes a LabError naming
     the error's code (11 is "try again later": a runtime would retry)."""
-    rc, out = cni_exec(paths, host, command, ns, network=network)
+    rc, out = cni_exec(paths, host, command, ns, network=network, cni_args=cni_args)
     if rc != 0:
         if not out:
             raise LabError(f"CNI {command} of pod {ns} failed with no output (exit {rc})")

@@ -12,7 +12,7 @@ import pytest
 
 from ctl import trace_explain
 from ctl.status_report import ShapeError, from_json
-from ctl.trace_commands import Drop, TraceReport
+from ctl.trace_commands import Drop, Forward, TraceReport
 from ctl.trace_explain import Directory, HostView, PacketFacts
 from ctl.trace_parse import parse
 from store.cluster import Endpoint, Host, HostGateway, Network
@@ -173,5 +173,24 @@ def test_the_json_report_round_trips_through_the_typed_checker():
     value = json.loads(json.dumps(dataclasses.asdict(report)))
     assert from_json(TraceReport, value, where="trace") == report
     del value["verdict"]
+    with pytest.raises(ShapeError):
+        from_json(TraceReport, value, where="trace")
+
+
+def test_a_forwarded_trace_round_trips_and_an_unknown_verdict_is_refused():
+    [one] = passes("pod_to_remote_pod")
+    steps = tuple(trace_explain.explain(s, H1, D) for s in one.steps)
+    command = "ovs-overlayctl trace --arriving-from 198.18.0.1 --vni 5001 --from a/b --to c/d"
+    report = TraceReport(
+        "a/b", "c/d", "in_port=...", (), steps, "forwarded", None, None,
+        Forward("h2", "198.18.0.2", 5001, command),
+    )  # fmt: skip
+    value = json.loads(json.dumps(dataclasses.asdict(report)))
+    assert from_json(TraceReport, value, where="trace") == report
+    assert value["forwarded"]["command"] == command
+    value["verdict"] = "tunnelled"
+    with pytest.raises(ShapeError, match="trace.verdict is 'tunnelled', not one of"):
+        from_json(TraceReport, value, where="trace")
+    del value["forwarded"]
     with pytest.raises(ShapeError):
         from_json(TraceReport, value, where="trace")
