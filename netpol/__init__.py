@@ -1,0 +1,1 @@
+"""Kubernetes NetworkPolicy: the objects, their semantics, and their compilation to flows."""
