@@ -235,17 +235,19 @@ class K8sObjects:
             if self.kv.txn((Compare(key, old.mod_revision),), ops).succeeded:
                 return True
 
-    def replace_kind(self, kind: Kind, objects: Iterable[object]) -> dict[str, int]:
+    def replace_kind(
+        self, kind: Kind, objects: Iterable[object], keep: Iterable[str] = ()
+    ) -> dict[str, int]:
         """Make the stored objects of ``kind`` exactly ``objects`` (a re-list from an API
-        server): put each, delete the stored ones not among them.  Returns counts by
-        outcome, "deleted" included.  Objects are parsed before anything is written; an
-        invalid one raises and nothing changes."""
+        server): put each, delete the stored ones not among them nor under a key in
+        ``keep``.  Returns counts by outcome, "deleted" included.  Objects are parsed
+        before anything is written; an invalid one raises and nothing changes."""
         forms = [stored_form(o) for o in objects]
         for k, _ in forms:
             if k is not kind:
                 raise ValueError(f"a {k.kind} is not a {kind.kind}")
         counts = {"created": 0, "configured": 0, "unchanged": 0, "deleted": 0}
-        keep = set()
+        keep = set(keep)
         for _, form in forms:
             meta = form["metadata"]
             keep.add(object_key(kind, meta.get("namespace"), meta["name"]))
