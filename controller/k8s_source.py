@@ -233,7 +233,7 @@ def store_url_from(args: argparse.Namespace) -> str:
         raise ValueError("give exactly one of --store URL and --agent-config FILE")
     if args.store:
         return args.store
-    conf = configparser.ConfigParser()
+    conf = configparser.ConfigParser(interpolation=None)  # a URL may hold '%'
     if not conf.read(args.agent_config) or not conf.has_option("agent", "store"):
         raise ValueError(f"{args.agent_config} has no [agent] store; give --store URL instead")
     return conf.get("agent", "store")

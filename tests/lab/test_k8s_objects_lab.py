@@ -20,8 +20,11 @@ def ctl(*argv: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def test_a_lab_pod_is_a_kubernetes_pod_whose_labels_apply_changes():
-    with running_lab(1) as name:
+@pytest.mark.parametrize(
+    "store", [{}, {"store": "etcd", "etcd_members": 1}], ids=["sqlite", "etcd"]
+)
+def test_a_lab_pod_is_a_kubernetes_pod_whose_labels_apply_changes(store):
+    with running_lab(1, **store) as name:
         ctl(
             "lab",
             "pod",

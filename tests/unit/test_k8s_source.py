@@ -304,3 +304,15 @@ def test_the_loop_lists_watches_and_lists_again_after_gone(objects):
 
 def test_the_resources_watched_are_the_three_kinds():
     assert [r.kind for r in k8s_source.RESOURCES] == [NAMESPACES, PODS, NETWORK_POLICIES]
+
+
+def test_the_store_is_named_once_and_an_agent_config_without_one_is_refused(tmp_path):
+    parse = k8s_source.build_parser().parse_args
+    with pytest.raises(ValueError, match="exactly one of --store URL and --agent-config"):
+        k8s_source.store_url_from(parse([]))
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\ntunnel_type = vxlan\n")
+    with pytest.raises(ValueError, match="has no \\[agent\\] store; give --store URL"):
+        k8s_source.store_url_from(parse(["--agent-config", str(conf)]))
+    conf.write_text("[agent]\nstore = etcd://10.0.0.1:2379?cacert=/a%20b/ca.crt\n")
+    assert k8s_source.store_url_from(parse(["--agent-config", str(conf)])).endswith("%20b/ca.crt")
