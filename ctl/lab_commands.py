@@ -111,9 +111,20 @@ def add_parser(subparsers) -> None:
         p_.add_argument("--name", required=True)
     pod_add.add_argument("--network", default=naming.DEFAULT_NETWORK)
     pod_add.add_argument(
-        "--k8s-pod",
+        "--k8s",
         metavar="NAMESPACE/NAME",
-        help="the Kubernetes pod it stands for (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME)",
+        help="the Kubernetes pod it stands for (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME); "
+        "its Pod object is applied to the lab's store",
+    )
+    pod_add.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="a label of the Pod object"
+    )
+    pod_add.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="NAME:PORT/PROTO",
+        help="a named container port of the Pod object (e.g. serve-80-tcp:80/TCP)",
     )
     pod_add.set_defaults(func=cmd_pod_add)
     pod_del.set_defaults(func=cmd_pod_del)
@@ -206,7 +217,14 @@ def cmd_agent(args) -> int:
 
 def cmd_pod_add(args) -> int:
     att = pods.pod_add(
-        args.lab, args.host, args.name, args.network, args.state_dir, k8s_pod=args.k8s_pod
+        args.lab,
+        args.host,
+        args.name,
+        args.network,
+        args.state_dir,
+        k8s=args.k8s,
+        labels=args.label,
+        ports=args.port,
     )
     print(att["ip"])
     return 0

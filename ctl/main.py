@@ -11,6 +11,7 @@ from ctl import (
     endpoint_commands,
     flow_commands,
     host_commands,
+    k8s_commands,
     lab_commands,
     network_commands,
     status_commands,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_commands.add_parser(sub)
     flow_commands.add_parser(sub)
     trace_commands.add_parser(sub)
+    k8s_commands.add_parser(sub)
     ref = sub.add_parser(
         "config-reference", help="print the agent's options as markdown (docs/config.md)"
     )

@@ -33,9 +33,12 @@ CONFIG_KEYS = ("store", "lab", "etcd-cacert", "etcd-cert", "etcd-key", "state-di
 TLS_KEYS = {"etcd_cacert": "cacert", "etcd_cert": "cert", "etcd_key": "key"}
 
 
-def add_store_options(parser: argparse.ArgumentParser, leaf: bool = False) -> None:
-    """The store and output options; on a subcommand (``leaf``) they default to nothing, so
-    the same option given before the subcommand is kept."""
+def add_store_options(
+    parser: argparse.ArgumentParser, leaf: bool = False, output: bool = True
+) -> None:
+    """The store and (unless not ``output``: a command with its own ``-o``) output options;
+    on a subcommand (``leaf``) they default to nothing, so the same option given before the
+    subcommand is kept."""
 
     def default(value):
         return argparse.SUPPRESS if leaf else value
@@ -52,6 +55,8 @@ def add_store_options(parser: argparse.ArgumentParser, leaf: bool = False) -> No
         default=default(None),
         help=f"where labs live (default {naming.DEFAULT_STATE_ROOT})",
     )
+    if not output:
+        return
     g.add_argument(
         "-o",
         "--output",

@@ -4,6 +4,11 @@
 the network configuration on stdin, a minimal PATH), so what the lab shows is
 what a runtime gets: the plugin, the agent's API, IPAM, veth, OVS port, store
 record and flows.
+
+A pod given a Kubernetes name (``--k8s NAMESPACE/NAME``) is also a Kubernetes Pod: its
+object (labels, named ports) is applied to the lab's store before the CNI ADD, as the API
+server holds a Pod before kubelet starts it, with its Namespace if that is missing; its
+labels change later with ``ovs-overlayctl apply``, and ``pod del`` deletes the object.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 
 from controller.netns import namespace_path
 from ctl import cni_install
 from lab import agent_proc, naming, netns
-from lab.lab import LabError, LabPaths
+from lab.lab import LabError, LabPaths, open_lab_cluster
+from store.k8s_objects import NAMESPACES, PODS, K8sObjects, stored_form
 
 POD_NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
 # A Kubernetes namespace and pod name: DNS labels (RFC 1123), as the API server accepts.
 K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 POD_IFNAME = "eth0"
+PORT_RE = re.compile(r"^([^:]+):(\d+)/([A-Za-z]+)$")
 
 
 def pod_namespace(lab: str, host: str, pod: str) -> str:
@@ -43,6 +51,53 @@ def k8s_cni_args(k8s_pod: str) -> str:
     return f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"
 
 
+def k8s_pod_object(k8s: str, labels: Sequence[str] = (), ports: Sequence[str] = ()) -> dict:
+    """The Pod object a lab pod stands for: ``k8s`` NAMESPACE/NAME, ``labels`` as K=V and
+    ``ports`` as NAME:PORT/PROTO (its named container ports), checked as the API server
+    checks them (PolicyError names the field and value)."""
+    k8s_cni_args(k8s)  # the name's form
+    namespace, _, name = k8s.partition("/")
+    label_map: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LabError(f"label {item!r} is not KEY=VALUE; use e.g. pod=a")
+        label_map[key] = value
+    container_ports = []
+    for item in ports:
+        m = PORT_RE.match(item)
+        if not m:
+            raise LabError(f"port {item!r} is not NAME:PORT/PROTO; use e.g. serve-80-tcp:80/TCP")
+        container_ports.append({"name": m[1], "containerPort": int(m[2]), "protocol": m[3].upper()})
+    container: dict = {"name": "main"}
+    if container_ports:
+        container["ports"] = container_ports
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": label_map},
+        "spec": {"containers": [container]},
+    }
+    return stored_form(obj)[1]
+
+
+def _apply_pod_object(lab: str, state_root: str, obj: dict) -> bool:
+    """Put the Pod (and its Namespace if missing) in the lab's store; True if the Pod was
+    created (so a failed ADD takes it away again)."""
+    namespace = obj["metadata"]["namespace"]
+    with open_lab_cluster(lab, state_root) as cluster:
+        objects = K8sObjects(cluster.kv)
+        if objects.get(NAMESPACES, None, namespace) is None:
+            objects.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        return objects.put(obj) == "created"
+
+
+def _delete_pod_object(lab: str, state_root: str, k8s: str) -> None:
+    namespace, _, name = k8s.partition("/")
+    with open_lab_cluster(lab, state_root) as cluster:
+        K8sObjects(cluster.kv).delete(PODS, namespace, name)
+
+
 def _validate(lab: str, host: str, pod: str) -> None:
     naming.validate_lab_name(lab)
     naming.host_index(host)
@@ -58,22 +113,34 @@ def pod_add(
     pod: str,
     network: str = naming.DEFAULT_NETWORK,
     state_root: str = naming.DEFAULT_STATE_ROOT,
-    k8s_pod: str | None = None,
+    k8s: str | None = None,
+    labels: Sequence[str] = (),
+    ports: Sequence[str] = (),
 ) -> dict:
     """Create the pod's namespace and attach it with a CNI ADD; returns the attachment.
-    ``k8s_pod`` ("NAMESPACE/NAME") reaches the plugin as a runtime under kubelet sends it,
-    in CNI_ARGS, so the endpoint's record names that Kubernetes pod."""
-    cni_args = k8s_cni_args(k8s_pod) if k8s_pod else ""
+    ``k8s`` ("NAMESPACE/NAME") reaches the plugin as a runtime under kubelet sends it,
+    in CNI_ARGS, so the endpoint's record names that Kubernetes pod; its Pod object, with
+    ``labels`` (K=V) and ``ports`` (NAME:PORT/PROTO), is applied to the store first."""
+    if (labels or ports) and not k8s:
+        raise LabError("--label and --port describe a Kubernetes pod; give --k8s NAMESPACE/NAME")
+    cni_args = k8s_cni_args(k8s) if k8s else ""
+    obj = k8s_pod_object(k8s, labels, ports) if k8s else None
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)
     ns = pod_namespace(lab, host, pod)
     if netns.namespace_exists(ns):
         raise LabError(f"pod {pod} already exists on {host} (namespace {ns})")
-    netns.create_namespace(ns)
+    created = _apply_pod_object(lab, state_root, obj) if obj else False
     try:
-        result = _exec_plugin(paths, host, "ADD", network, ns, cni_args)
+        netns.create_namespace(ns)
+        try:
+            result = _exec_plugin(paths, host, "ADD", network, ns, cni_args)
+        except BaseException:
+            netns.delete_namespace(ns)
+            raise
     except BaseException:
-        netns.delete_namespace(ns)
+        if created:
+            _delete_pod_object(lab, state_root, k8s)
         raise
     address, prefixlen = result["ips"][0]["address"].split("/")
     att = {
@@ -84,8 +151,8 @@ def pod_add(
         "mac": result["interfaces"][1]["mac"],
         "host_port": result["interfaces"][0]["name"],
     }
-    if k8s_pod:
-        att["k8s_pod"] = k8s_pod
+    if k8s:
+        att["k8s_pod"] = k8s
     os.makedirs(os.path.dirname(_record(paths, ns)), exist_ok=True)
     with open(_record(paths, ns), "w") as f:
         json.dump(att, f)
@@ -93,7 +160,7 @@ def pod_add(
 
 
 def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> None:
-    """CNI DEL, then the namespace goes."""
+    """CNI DEL, then the namespace goes, then the Pod object if the pod had one."""
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)
     ns = pod_namespace(lab, host, pod)
@@ -104,6 +171,8 @@ def pod_del(lab: str, host: str, pod: str, state_root: str = naming.DEFAULT_STAT
         raise LabError(f"no pod {pod} on {host} in lab {lab}") from None
     _exec_plugin(paths, host, "DEL", att["network"], ns)
     netns.delete_namespace(ns)
+    if att.get("k8s_pod"):
+        _delete_pod_object(lab, state_root, att["k8s_pod"])
     os.unlink(_record(paths, ns))
 
 

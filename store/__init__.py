@@ -2,7 +2,8 @@
 
 ``store.kv`` is the etcd-shaped key-value contract, ``store.sqlite`` its embedded backend
 (one machine), ``store.etcd`` its etcd v3 backend (a real cluster), ``store.cluster`` the
-typed state (hosts, networks, blocks, endpoints) on top of any backend.
+typed state (hosts, networks, blocks, endpoints) on top of any backend, and
+``store.k8s_objects`` the Kubernetes Namespaces, Pods and NetworkPolicies beside it.
 """
 
 from __future__ import annotations

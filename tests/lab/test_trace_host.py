@@ -24,8 +24,8 @@ pytestmark = pytest.mark.lab
 def k8s_pods():
     with running_lab(2) as name:
         made = {
-            "web/front-1": pods.pod_add(name, "h1", "a", k8s_pod="web/front-1"),
-            "web/back-1": pods.pod_add(name, "h2", "b", k8s_pod="web/back-1"),
+            "web/front-1": pods.pod_add(name, "h1", "a", k8s="web/front-1"),
+            "web/back-1": pods.pod_add(name, "h2", "b", k8s="web/back-1"),
         }
         yield name, made
 

@@ -20,7 +20,7 @@ from kubernetes.client import models
 from oslo_config import cfg
 
 from cni import plugin
-from controller import config
+from controller import config, k8s_source
 from ctl import cni_install
 from ctl import main as ctl_main
 from store.etcd_url import parse_url
@@ -82,10 +82,14 @@ def objects() -> dict[str, object]:
 def test_every_manifest_loads_strictly_into_the_clients_models():
     assert sorted(objects()) == [
         "ClusterRole/ovs-overlay",
+        "ClusterRole/ovs-overlay-k8s-source",
         "ClusterRoleBinding/ovs-overlay",
+        "ClusterRoleBinding/ovs-overlay-k8s-source",
         "ConfigMap/ovs-overlay-config",
         "DaemonSet/ovs-overlay-agent",
+        "Deployment/ovs-overlay-k8s-source",
         "ServiceAccount/ovs-overlay",
+        "ServiceAccount/ovs-overlay-k8s-source",
     ]
 
 
@@ -164,6 +168,45 @@ def test_the_readiness_probe_asks_the_plugin_a_valid_status(monkeypatch):
     assert shlex.split(runs) == ["CNI_COMMAND=STATUS", "ovs-overlay"]
     conf = plugin.parse_config(request, "STATUS")
     assert conf["socket"] == "/run/ovs-overlay/agent.sock"
+
+
+def test_the_k8s_source_reads_the_agents_store_and_may_list_and_watch_what_it_follows(
+    tmp_path,
+):
+    deployment = objects()["Deployment/ovs-overlay-k8s-source"]
+    pod = deployment.spec.template.spec
+    (source,) = pod.containers
+    assert source.command[0] == "ovs-overlay-k8s-source"
+    args = k8s_source.build_parser().parse_args(source.command[1:])
+    mounted = next(m for m in source.volume_mounts if m.sub_path == "agent.conf")
+    assert args.agent_config == mounted.mount_path and not args.store
+    # The store it opens is the agents' etcd (read here from the ConfigMap's agent.conf).
+    conf_file = tmp_path / "agent.conf"
+    conf_file.write_text(objects()["ConfigMap/ovs-overlay-config"].data["agent.conf"])
+    args.agent_config = str(conf_file)
+    store = parse_url(k8s_source.store_url_from(args))
+    assert len(store.endpoints) == 3
+    tls = next(m for m in source.volume_mounts if m.name == "etcd-tls")
+    assert all(p.startswith(tls.mount_path + "/") for p in (store.cacert, store.cert, store.key))
+    # The role allows exactly list and watch of each resource the source follows, and is
+    # bound to the Deployment's service account.
+    role = objects()["ClusterRole/ovs-overlay-k8s-source"]
+    allowed = {
+        (group, resource, verb)
+        for rule in role.rules
+        for group in rule.api_groups
+        for resource in rule.resources
+        for verb in rule.verbs
+    }
+    wanted = {
+        (r.group, r.kind.resource, v) for r in k8s_source.RESOURCES for v in ("list", "watch")
+    }
+    assert allowed == wanted
+    binding = objects()["ClusterRoleBinding/ovs-overlay-k8s-source"]
+    assert binding.role_ref.name == role.metadata.name
+    assert [(s.name, s.namespace) for s in binding.subjects] == [
+        (pod.service_account_name, deployment.metadata.namespace)
+    ]
 
 
 def test_the_systemd_units_config_is_one_the_agent_reads():
