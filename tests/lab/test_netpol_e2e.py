@@ -10,7 +10,7 @@ import itertools
 import pytest
 
 from lab import pods
-from tests.helpers import running_lab
+from tests.helpers import CTL, run, running_lab
 from tests.lab import reachability as r
 
 pytestmark = pytest.mark.lab
@@ -20,13 +20,29 @@ HOSTS = ("h1", "h2", "h3")
 
 @pytest.fixture(scope="module")
 def model():
-    """The lab and its nine pods (x/a on h1, x/b on h2, ... round-robin), servers running."""
+    """The lab and its nine pods (x/a on h1, x/b on h2, ... round-robin) as upstream makes
+    them: namespaces labelled ns=NAME, pods labelled pod=NAME with named container ports
+    serve-PORT-PROTO; servers running."""
     with running_lab(len(HOSTS)) as name:
+        namespaces = "".join(
+            f"---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+            f"  labels:\n    ns: {ns}\n"
+            for ns in r.NAMESPACES
+        )
+        done = run([*CTL, "apply", "--lab", name, "-f", "-"], input=namespaces)
+        assert done.returncode == 0, done.stderr
+        ports = [
+            f"serve-{port}-{proto.lower()}:{port}/{proto}"
+            for port in r.PORTS
+            for proto in r.PROTOCOLS
+        ]
         made = []
         pairs = itertools.product(r.NAMESPACES, r.POD_NAMES)
         for i, (ns, pod) in enumerate(pairs):
             host = HOSTS[i % len(HOSTS)]
-            att = pods.pod_add(name, host, f"{ns}{pod}")
+            att = pods.pod_add(
+                name, host, f"{ns}{pod}", k8s=f"{ns}/{pod}", labels=[f"pod={pod}"], ports=ports
+            )
             made.append(
                 r.ModelPod(ns, pod, pods.pod_namespace(name, host, f"{ns}{pod}"), att["ip"])
             )
