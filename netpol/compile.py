@@ -44,7 +44,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from netpol.evaluate import EGRESS, INGRESS, RuleRef, peer_matches
-from netpol.model import NetworkPolicy, Pod, PolicyPort, Rule
+from netpol.model import NetworkPolicy, Peer, Pod, PolicyPort, Rule
 from netpol.state import PodAddress, PolicyState
 from openflow.cookies import MAX_OBJECT_ID, Feature, cookie
 from openflow.model import (
@@ -109,8 +109,8 @@ class HostView:
 
 @dataclass(frozen=True)
 class _Group:
-    """One conjunction of a rule: applied to ``pods`` (ofports), with ``peers`` (CIDRs;
-    None: any address) on ``ports`` ((protocol, value, mask), mask 0 every port of the
+    """One conjunction of a rule: applied to ``pods`` (ofports), with ``peers`` (addresses
+    and CIDRs; None: any address) on ``ports`` ((protocol, value, mask), mask 0 every port of the
     protocol; None: any protocol and port)."""
 
     pods: tuple[int, ...]
@@ -146,6 +146,7 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
     pods = {p.key: p for p in state.pods}
     local = [(pods[lp.key], lp.ofport) for lp in host.local if lp.key in pods]
     ids = rule_ids(state)
+    index = _Index(state)
     flows = list(_fixed_flows(host.network, generation))
     clauses: dict[tuple[Table, tuple[MatchField, ...]], set[Conjunction]] = defaultdict(set)
     allow_all: dict[tuple[Table, tuple[MatchField, ...]], int] = {}
@@ -161,7 +162,7 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
             rules = policy.egress if direction == EGRESS else policy.ingress
             for i, rule in enumerate(rules):
                 rid = ids[RuleRef(policy.key, direction, i)]
-                groups = _groups(state, policy, rule, direction, applied)
+                groups = _groups(index, policy, rule, direction, applied)
                 for k, group in enumerate(groups[:MAX_GROUPS]):
                     _add_group(direction, rid, k, group, clauses, allow_all)
         flows += _isolation_flows(direction, isolated, generation)
@@ -260,7 +261,7 @@ def _add_group(direction, rid, k, group: _Group, clauses, allow_all) -> None:
     peer_field = "ipv4_dst" if direction == EGRESS else "ipv4_src"
     dims = [[match(**{pod_field: port}) for port in group.pods]]
     if group.peers is not None:
-        dims.append([_cidr_match(peer_field, cidr) for cidr in group.peers])
+        dims.append([_address_match(peer_field, a) for a in group.peers])
     if group.ports is not None:
         dims.append([_port_match(*p) for p in group.ports])
     if len(dims) == 1:
@@ -274,8 +275,10 @@ def _add_group(direction, rid, k, group: _Group, clauses, allow_all) -> None:
             clauses[table, fields].add(Conjunction(cid, clause, len(dims)))
 
 
-def _cidr_match(name: str, cidr: str) -> tuple[MatchField, ...]:
-    net = ipaddress.IPv4Network(cidr)
+def _address_match(name: str, address: str) -> tuple[MatchField, ...]:
+    if "/" not in address:
+        return match(eth_type=ETH_TYPE_IP, **{name: address})
+    net = ipaddress.IPv4Network(address)
     if net.prefixlen == 32:
         return match(eth_type=ETH_TYPE_IP, **{name: str(net.network_address)})
     return match(eth_type=ETH_TYPE_IP, **{name: (str(net.network_address), str(net.netmask))})
@@ -292,7 +295,7 @@ def _port_match(protocol: str, value: int, mask: int) -> tuple[MatchField, ...]:
 
 
 def _groups(
-    state: PolicyState,
+    index: _Index,
     policy: NetworkPolicy,
     rule: Rule,
     direction: str,
@@ -301,7 +304,7 @@ def _groups(
     """The rule as conjunctions: one of its numbered ports (or of every port), then one
     per number its named ports resolve to.  A rule whose peers are no address at all
     allows nothing and has none."""
-    peers = _peer_cidrs(state, policy, rule)
+    peers = index.peer_addresses(policy, rule.peers)
     if peers == ():
         return []
     ofports = tuple(port for _, port in applied)
@@ -323,11 +326,9 @@ def _groups(
             groups.append(_Group(tuple(sorted(pods)), peers, ((proto, number, 0xFFFF),)))
     else:  # the destination pod's: the peers that are pods and name the port
         by_dest: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for dest in state.pods:
-            if rule.peers and not any(peer_matches(state, policy, p, dest) for p in rule.peers):
-                continue
+        for dest in index.peer_pods(policy, rule.peers):
             for proto, number in _resolve(dest.pod, named):
-                by_dest[proto, number].add(dest.ip + "/32")
+                by_dest[proto, number].add(dest.ip)
         for (proto, number), ips in sorted(by_dest.items()):
             groups.append(_Group(ofports, tuple(sorted(ips)), ((proto, number, 0xFFFF),)))
     return groups
@@ -342,20 +343,82 @@ def _resolve(pod: Pod, named: list[PolicyPort]) -> set[tuple[str, int]]:
     }
 
 
-def _peer_cidrs(state: PolicyState, policy: NetworkPolicy, rule: Rule) -> tuple[str, ...] | None:
-    """The rule's peers as CIDRs, collapsed (None: every address)."""
-    if not rule.peers:
-        return None
-    nets: list[ipaddress.IPv4Network] = []
-    selectors = [p for p in rule.peers if p.ip_block is None]
-    if selectors:
+class _Index:
+    """One compile's memory of what selectors select: many policies share peers (the
+    same namespace selector, the same labels), and each is worked out once."""
+
+    def __init__(self, state: PolicyState):
+        self.state = state
+        self.by_namespace: dict[str, list[PodAddress]] = defaultdict(list)
         for pod in state.pods:
-            if any(state.peer_selects(policy, p, pod.pod) for p in selectors):
-                nets.append(ipaddress.IPv4Network(pod.ip))
-    for peer in rule.peers:
-        if peer.ip_block is not None:
-            nets += _block(peer.ip_block.cidr, peer.ip_block.except_)
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
+            self.by_namespace[pod.pod.namespace].append(pod)
+        self._namespaces: dict = {}
+        self._selected: dict = {}
+        self._addresses: dict = {}
+        self._pods: dict = {}
+
+    def namespaces(self, selector) -> list[str]:
+        if selector not in self._namespaces:
+            self._namespaces[selector] = [
+                ns
+                for ns in sorted(self.by_namespace)
+                if selector.matches(self.state.namespace_labels(ns))
+            ]
+        return self._namespaces[selector]
+
+    def selected(self, namespace: str, peer: Peer) -> tuple[PodAddress, ...]:
+        """The pods a selector peer of a policy in ``namespace`` selects."""
+        key = (namespace, peer)
+        if key not in self._selected:
+            spaces = (
+                [namespace]
+                if peer.namespace_selector is None
+                else self.namespaces(peer.namespace_selector)
+            )
+            self._selected[key] = tuple(
+                pod
+                for ns in spaces
+                for pod in self.by_namespace.get(ns, ())
+                if peer.pod_selector is None or peer.pod_selector.matches(pod.pod.labels)
+            )
+        return self._selected[key]
+
+    def peer_addresses(self, policy: NetworkPolicy, peers) -> tuple[str, ...] | None:
+        """The peers as addresses ("a.b.c.d" for a pod, "net/len" for the parts of an
+        ipBlock); None: every address (no peers in the rule)."""
+        if not peers:
+            return None
+        key = (policy.namespace, peers)
+        if key not in self._addresses:
+            pods = {
+                pod.ip
+                for peer in peers
+                if peer.ip_block is None
+                for pod in self.selected(policy.namespace, peer)
+            }
+            nets = [
+                net
+                for peer in peers
+                if peer.ip_block is not None
+                for net in _block(peer.ip_block.cidr, peer.ip_block.except_)
+            ]
+            blocks = {str(n) for n in ipaddress.collapse_addresses(nets)}
+            self._addresses[key] = tuple(sorted(pods | blocks))
+        return self._addresses[key]
+
+    def peer_pods(self, policy: NetworkPolicy, peers) -> list[PodAddress]:
+        """The pods among the peers (every pod when the rule has none): a named port's
+        destinations."""
+        if not peers:
+            return list(self.state.pods)
+        key = (policy.namespace, peers)
+        if key not in self._pods:
+            self._pods[key] = [
+                pod
+                for pod in self.state.pods
+                if any(peer_matches(self.state, policy, p, pod) for p in peers)
+            ]
+        return self._pods[key]
 
 
 def _block(cidr: str, excepts: tuple[str, ...]) -> list[ipaddress.IPv4Network]:

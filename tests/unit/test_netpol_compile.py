@@ -24,7 +24,7 @@ from tests.unit.netpol_e2e import ALL, CASES, Case, ip_of, pod_label, policy
 
 NET = 3
 TUNNEL, GATEWAY, DELIVERED = 1000, 1001, 4000
-PROTO = {"TCP": (6, "tcp"), "UDP": (17, "udp"), "SCTP": (132, "sctp")}
+PROTO = {"TCP": (6, "tcp"), "UDP": (17, "udp"), "SCTP": (132, "sctp"), "ICMP": (1, None)}
 # What follows policy in the pipeline, for these tests: deliver.
 _AFTER = Flow(HOST_CONNTRACK, 0, (), 0, actions=(Output(DELIVERED),))
 
@@ -55,10 +55,10 @@ class Cluster:
             "ip_proto": number,
             "ipv4_src": src.ip if isinstance(src, PodAddress) else src,
             "ipv4_dst": dst.ip if isinstance(dst, PodAddress) else dst,
-            f"{l4}_src": sport,
-            f"{l4}_dst": port,
             "reg2": NET,
         }
+        if l4 is not None:  # ICMP: no ports (a rule with ports never allows it)
+            pkt.update({f"{l4}_src": sport, f"{l4}_dst": port})
         hops = []
         src_host = self.placement[src.key] if isinstance(src, PodAddress) else None
         dst_host = self.placement[dst.key] if isinstance(dst, PodAddress) else None
@@ -345,7 +345,7 @@ def test_compiled_flows_agree_with_the_evaluator_on_random_clusters(cluster_and_
         dst = data.draw(st.sampled_from(endpoints))
         if not isinstance(src, PodAddress) and not isinstance(dst, PodAddress):
             continue
-        proto = data.draw(st.sampled_from(["TCP", "UDP", "SCTP"]))
+        proto = data.draw(st.sampled_from(["TCP", "UDP", "SCTP", "ICMP"]))
         port = data.draw(st.sampled_from([79, 80, 81]))
         want = evaluate(state, src, dst, proto, port)
         # A new connection each time: the simulator tracks SCTP by addresses only (no
@@ -354,3 +354,16 @@ def test_compiled_flows_agree_with_the_evaluator_on_random_clusters(cluster_and_
             switch.conntrack = Conntrack()
         got = cluster.send(src, dst, proto, port)
         assert got == want.allowed, want.reason
+
+
+def test_a_named_port_needs_its_container_port_of_the_same_protocol():
+    """serve-80-udp is UDP: a TCP rule naming it allows nothing, a UDP one allows UDP 80."""
+    for protocol, allowed in (("TCP", set()), ("UDP", {("UDP", 80)})):
+        rule = {"ports": [{"port": "serve-80-udp", "protocol": protocol}]}
+        state = Case("", [policy("named", "x", pod_label("a"), ingress=[rule])], []).state()
+        pods = {p.key: p for p in state.pods}
+        cluster = Cluster(state, spread(ALL))
+        for proto in ("TCP", "UDP"):
+            want = (proto, 80) in allowed
+            assert evaluate(state, pods["y/b"], pods["x/a"], proto, 80).allowed == want
+            assert cluster.send(pods["y/b"], pods["x/a"], proto, 80) == want, (protocol, proto)

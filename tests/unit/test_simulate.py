@@ -126,6 +126,27 @@ def test_a_conjunction_acts_only_when_every_clause_matches():
     assert sw.process(pkt(1, "100.64.0.1", "100.64.0.2", dport=22)).ports == {8}
 
 
+def test_of_several_complete_conjunctions_one_acts():
+    """OVS takes one (the first its classifier completes); the simulator the lowest id."""
+    both = (Conjunction(5, 1, 2), Conjunction(6, 1, 2))
+    sw = Switch(
+        [
+            Flow(T0, 10, match(in_port=1), 0, actions=both),
+            Flow(
+                T0,
+                10,
+                match(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_TCP, tcp_dst=80),
+                0,
+                actions=(Conjunction(5, 2, 2), Conjunction(6, 2, 2)),
+            ),
+            Flow(T0, 10, match(conj_id=5), 0, actions=(Output(7),)),
+            Flow(T0, 10, match(conj_id=6), 0, actions=(Output(9),)),
+        ],
+        [],
+    )
+    assert sw.process(pkt(1, "100.64.0.1", "100.64.0.2", dport=80)).ports == {7}
+
+
 def test_model_refuses_what_ovs_refuses():
     with pytest.raises(ValueError, match="ip_proto"):
         match(eth_type=ETH_TYPE_IP, tcp_dst=80)
