@@ -4,12 +4,14 @@ and conjunctive matches keep the flows to the sum of a rule's pods, peers and po
 The tables (openflow/tables.py, docs/pipeline.md) sit between l2_forward's decision and
 acting on it; a packet of the pods' network goes:
 
-    policy_conntrack ─ ct(zone=network) ─► policy_state ─┬─ +est / +rel ──► host_conntrack
+    policy_conntrack ─ ct(zone=network) ─► policy_state ─┬─ +est, +rel ─► host_conntrack
                                                          ├─ +inv: drop
-                                                         └─ +new ─► egress_rules ─┐
-        ┌─────────────────── [egress_isolation: drop] ◄─ no rule allowed ─────────┘
-        └► ingress_rules ─► [ingress_isolation: drop] ─► policy_commit: ct(commit)
-                                                          ─► host_conntrack
+                                                         └─ +new ─► egress_rules
+    egress_rules:   a rule allows ─► ingress_rules
+                    none ─► egress_isolation (isolated: drop) ─► ingress_rules
+    ingress_rules:  a rule allows ─► policy_commit
+                    none ─► ingress_isolation (isolated: drop) ─► policy_commit
+    policy_commit:  ct(commit, zone=network) ─► host_conntrack
 
 Egress is judged on the source's host (the packet enters from the pod's port:
 ``in_port``), ingress on the destination's (l2_forward decided the pod's port: ``reg1``),
@@ -164,7 +166,7 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
                 rid = ids[RuleRef(policy.key, direction, i)]
                 groups = _groups(index, policy, rule, direction, applied)
                 for k, group in enumerate(groups[:MAX_GROUPS]):
-                    _add_group(direction, rid, k, group, clauses, allow_all)
+                    _add_group(index, direction, rid, k, group, clauses, allow_all)
         flows += _isolation_flows(direction, isolated, generation)
     for (table, fields), rid in sorted(allow_all.items(), key=_by_match):
         flows.append(_allowed(table, PRIO_ALLOW_ALL, fields, rid, generation))
@@ -255,13 +257,13 @@ def _allowed(table: Table, priority: int, fields, rid: int, gen: int) -> Flow:
     )
 
 
-def _add_group(direction, rid, k, group: _Group, clauses, allow_all) -> None:
+def _add_group(index: _Index, direction, rid, k, group: _Group, clauses, allow_all) -> None:
     table = EGRESS_RULES if direction == EGRESS else INGRESS_RULES
     pod_field = "in_port" if direction == EGRESS else "reg1"
     peer_field = "ipv4_dst" if direction == EGRESS else "ipv4_src"
     dims = [[match(**{pod_field: port}) for port in group.pods]]
     if group.peers is not None:
-        dims.append([_address_match(peer_field, a) for a in group.peers])
+        dims.append([index.address_match(peer_field, a) for a in group.peers])
     if group.ports is not None:
         dims.append([_port_match(*p) for p in group.ports])
     if len(dims) == 1:
@@ -356,6 +358,7 @@ class _Index:
         self._selected: dict = {}
         self._addresses: dict = {}
         self._pods: dict = {}
+        self._matches: dict = {}
 
     def namespaces(self, selector) -> list[str]:
         if selector not in self._namespaces:
@@ -405,6 +408,12 @@ class _Index:
             blocks = {str(n) for n in ipaddress.collapse_addresses(nets)}
             self._addresses[key] = tuple(sorted(pods | blocks))
         return self._addresses[key]
+
+    def address_match(self, name: str, address: str) -> tuple[MatchField, ...]:
+        key = (name, address)
+        if key not in self._matches:
+            self._matches[key] = _address_match(name, address)
+        return self._matches[key]
 
     def peer_pods(self, policy: NetworkPolicy, peers) -> list[PodAddress]:
         """The pods among the peers (every pod when the rule has none): a named port's
