@@ -207,7 +207,7 @@ def _fixed_flows(network: int, gen: int) -> tuple[Flow, ...]:
         Flow(
             POLICY_COMMIT,
             PRIO_DEFAULT,
-            (),
+            match(eth_type=ETH_TYPE_IP),  # OVS refuses ct() in a flow not matching IP
             c,
             actions=(Ct(zone, commit=True),),
             goto=HOST_CONNTRACK,

@@ -426,11 +426,12 @@ class Flow:
         kinds = {type(a) is Conjunction for a in self.actions}
         if len(kinds) > 1 or (True in kinds and self.goto is not None):
             raise ValueError("a conjunction flow has conjunction actions only (OVS's rule)")
-        if any(isinstance(a, Ct) and a.nat is not None for a in self.actions) and not any(
+        if any(isinstance(a, Ct) for a in self.actions) and not any(
             f.name == "eth_type" and f.value == ETH_TYPE_IP for f in self.match
         ):
-            # OVS refuses it: OFPBAC_MATCH_INCONSISTENT
-            raise ValueError("a flow with ct(nat) must match eth_type=0x0800")
+            # OVS refuses any ct() in a flow not matching IP: OFPBAC_MATCH_INCONSISTENT
+            # (ofp-actions.c, check_CT; the policy_commit flow met it on a real switch)
+            raise ValueError("a flow with ct() must match eth_type=0x0800")
 
     @property
     def key(self) -> tuple:

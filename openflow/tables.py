@@ -120,7 +120,7 @@ POLICY_COMMIT = Table(
     72,
     "policy_commit",
     "both verdicts given: the connection is committed, so its later packets and replies pass",
-    frozenset(),
+    frozenset({"eth_type"}),
     (80,),
 )
 POLICY_TABLES = (
