@@ -32,7 +32,8 @@ class PodAddress:
 
 @dataclass(frozen=True)
 class PolicyState:
-    """The cluster as policy sees it.  Immutable; its indexes are built on first use."""
+    """The cluster as policy sees it.  Immutable; its indexes are built on first use.
+    Objects are unique by key (namespace/name), as in the store."""
 
     namespaces: tuple[Namespace, ...] = ()
     pods: tuple[PodAddress, ...] = ()

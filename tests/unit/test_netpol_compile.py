@@ -158,8 +158,10 @@ def test_port_ranges_become_the_fewest_masked_matches():
 
 def test_every_policy_flow_encodes_as_os_ken_does():
     dp = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
-    policies = [p for c in CASES for p in c.policies]
-    state = Case("", policies, []).state()
+    unique = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): p for c in CASES for p in c.policies
+    }
+    state = Case("", list(unique.values()), []).state()
     local = tuple(LocalPod(k, 10 + i) for i, k in enumerate(ALL))
     flows = compile_policy(state, HostView(NET, local), generation=7)
     assert any(f.match and any(m.name == "sctp_dst" for m in f.match) for f in flows)
@@ -367,3 +369,20 @@ def test_a_named_port_needs_its_container_port_of_the_same_protocol():
             want = (proto, 80) in allowed
             assert evaluate(state, pods["y/b"], pods["x/a"], proto, 80).allowed == want
             assert cluster.send(pods["y/b"], pods["x/a"], proto, 80) == want, (protocol, proto)
+
+
+def test_the_flows_do_not_depend_on_the_order_things_arrive_in():
+    """The agent diffs what it installed against a new compile: the same cluster listed
+    in another order must give the same flows."""
+    unique = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): p for c in CASES for p in c.policies
+    }
+    state = Case("", list(unique.values()), []).state()
+    shuffled = PolicyState(
+        tuple(reversed(state.namespaces)),
+        tuple(reversed(state.pods)),
+        tuple(reversed(state.policies)),
+    )
+    local = tuple(LocalPod(k, 10 + i) for i, k in enumerate(ALL))
+    flows = compile_policy(state, HostView(NET, local), 1)
+    assert compile_policy(shuffled, HostView(NET, tuple(reversed(local))), 1) == flows
