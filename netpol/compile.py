@@ -273,8 +273,9 @@ def _add_group(index: _Index, direction, rid, k, group: _Group, clauses, allow_a
         return
     cid = rid << 8 | k
     for clause, dim in enumerate(dims, start=1):
+        conj = Conjunction(cid, clause, len(dims))
         for fields in dim:
-            clauses[table, fields].add(Conjunction(cid, clause, len(dims)))
+            clauses[table, fields].add(conj)
 
 
 def _address_match(name: str, address: str) -> tuple[MatchField, ...]:
