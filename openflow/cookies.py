@@ -3,7 +3,7 @@ a group, and in which agent generation.
 
 cookie = feature (8 bits) << 56 | object id (24 bits) << 32 | generation (32 bits).
 The feature lets a person (and a cookie mask) pick out, say, every ARP responder flow;
-the object id gives one object of a feature (a policy rule, later) flows of its own, so
+the object id gives one object of a feature (a policy rule) flows of its own, so
 its flows and their counters are selected by mask (``feature_mask``, ``object_mask``);
 the generation lets a restarted agent install its flows next to the old ones and then
 delete the old generation by cookie mask (GENERATION_MASK, whatever the feature), so
@@ -41,6 +41,13 @@ class Feature(IntEnum):
     # Flows OVS adds itself (learn in host_conntrack), always generation 0: no generation
     # cleanup deletes them and none counts them as leftovers; their idle timeouts do.
     HOST_RETURN_LEARNED = 10
+    # NetworkPolicy (netpol/compile.py): the fixed flows of its tables; a rule's own flows
+    # (its conjunction's action, or its allow-all), object id = the rule's id, so its hits
+    # are counted by cookie mask; the clause flows rules share; a pod's isolation drops.
+    POLICY = 11
+    POLICY_RULE = 12
+    POLICY_CLAUSE = 13
+    POLICY_ISOLATION = 14
     CANARY = 15
 
 

@@ -84,6 +84,8 @@ _FIELDS = {
     "tcp_dst": (0x8000, 14, 2, "int"),
     "udp_src": (0x8000, 15, 2, "int"),
     "udp_dst": (0x8000, 16, 2, "int"),
+    "sctp_src": (0x8000, 17, 2, "int"),
+    "sctp_dst": (0x8000, 18, 2, "int"),
     "icmpv4_type": (0x8000, 19, 1, "int"),
     **{reg: (0x0001, i, 4, "int") for i, reg in enumerate(REGISTERS)},
     "conj_id": (0x0001, 37, 4, "int"),

@@ -30,7 +30,9 @@ IPV4_FIELDS = frozenset(
     {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_src", "tun_ipv4_dst"}
 )
 REGISTERS = tuple(f"reg{i}" for i in range(16))
-L4_FIELDS = frozenset({"tcp_src", "tcp_dst", "udp_src", "udp_dst", "icmpv4_type"})
+L4_FIELDS = frozenset(
+    {"tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst", "icmpv4_type"}
+)
 CT_FIELDS = frozenset({"ct_state", "ct_zone", "ct_mark"})
 INT_FIELDS = (
     frozenset({"in_port", "eth_type", "arp_op", "tunnel_id", "metadata", "ip_proto", "conj_id"})
@@ -54,7 +56,7 @@ FIELD_BITS = {
     "in_port": 16,
     "eth_type": 16,
     "ip_proto": 8,
-    **{name: 16 for name in ("tcp_src", "tcp_dst", "udp_src", "udp_dst")},
+    **{name: 16 for name in ("tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst")},
 }
 
 # Match fields many flows share (a network's metadata, eth_type=arp) are interned: when
@@ -69,7 +71,7 @@ ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ARP_REQUEST = 1
 ARP_REPLY = 2
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP = 1, 6, 17, 132
 
 # ct_state bits (OVS's ovs-fields(7)): a packet that went through ct() is +trk and one of
 # +new, +est (either direction; +rpl too for the reply direction) or +inv.
@@ -81,6 +83,8 @@ _L4_PROTO = {
     "tcp_dst": IPPROTO_TCP,
     "udp_src": IPPROTO_UDP,
     "udp_dst": IPPROTO_UDP,
+    "sctp_src": IPPROTO_SCTP,
+    "sctp_dst": IPPROTO_SCTP,
     "icmpv4_type": IPPROTO_ICMP,
 }
 
@@ -422,11 +426,12 @@ class Flow:
         kinds = {type(a) is Conjunction for a in self.actions}
         if len(kinds) > 1 or (True in kinds and self.goto is not None):
             raise ValueError("a conjunction flow has conjunction actions only (OVS's rule)")
-        if any(isinstance(a, Ct) and a.nat is not None for a in self.actions) and not any(
+        if any(isinstance(a, Ct) for a in self.actions) and not any(
             f.name == "eth_type" and f.value == ETH_TYPE_IP for f in self.match
         ):
-            # OVS refuses it: OFPBAC_MATCH_INCONSISTENT
-            raise ValueError("a flow with ct(nat) must match eth_type=0x0800")
+            # OVS refuses any ct() in a flow not matching IP: OFPBAC_MATCH_INCONSISTENT
+            # (ofp-actions.c, check_CT; the policy_commit flow met it on a real switch)
+            raise ValueError("a flow with ct() must match eth_type=0x0800")
 
     @property
     def key(self) -> tuple:

@@ -9,9 +9,12 @@ either knowing:
                   (reg1), or the flood group
     reg1          the output port                                     l2_forward writes
     reg2[0..15]   the network's dense index, also its conntrack zone  classifier writes
+    reg3          the policy rule that allowed a new connection's egress  egress_rules
+    reg4          the policy rule that allowed its ingress               ingress_rules
+                  (rule ids: netpol/compile.py, the cookies' object ids; 0: not isolated)
 
 Registers are zero when a packet enters the bridge.  reg0[8..31], reg2[16..31] and
-reg3..reg15 are free for the stages to come.
+reg5..reg15 are free for the stages to come.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ SOURCE_KIND = Bits("reg0", 0, 3)
 DEST_KIND = Bits("reg0", 4, 7)
 OUT_PORT = Bits("reg1", 0, 31)
 NETWORK = Bits("reg2", 0, 15)
+EGRESS_RULE = Bits("reg3", 0, 31)
+INGRESS_RULE = Bits("reg4", 0, 31)
 
 
 class Source(IntEnum):

@@ -266,10 +266,12 @@ class Switch:
                     )
                 return ordinary[0]
             complete = _complete_conjunctions(top)
-            if len(complete) > 1:
-                raise AssertionError(f"conjunctions {complete} all complete in table {table_id}")
             if complete:
-                return self._lookup_conjunction(table_id, packet, complete.pop())
+                # Several complete: OVS takes the first to complete as it walks the
+                # matching flows (lib/classifier.c, find_conjunctive_match), an order of
+                # its own; here the lowest id, so a run is repeatable.  Flows must not
+                # depend on which (policy's all allow alike; only the rule id they record differs).
+                return self._lookup_conjunction(table_id, packet, min(complete))
         return None
 
     def _lookup_conjunction(self, table_id: int, packet: dict, conj_id: int) -> Flow | None:

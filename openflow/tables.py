@@ -39,8 +39,8 @@ class Table:
 
 # Table ids.  Ranges left free for the stages still to come (docs/pipeline.md):
 #   30-39 conntrack and service load balancing, 40-49 l3_forward (routing),
-#   60-79 egress and ingress policy, between deciding and acting; 80-89 the way back for the
-#   host's forwarded connections (host_conntrack, host_return).
+#   60-79 egress and ingress policy (below), between deciding and acting; 80-89 the way back
+#   for the host's forwarded connections (host_conntrack, host_return).
 CLASSIFIER = Table(
     0,
     "classifier",
@@ -68,6 +68,69 @@ L2_FORWARD = Table(
     "decide: (network, destination MAC) to a port (and tunnel destination), or flood",
     frozenset({"reg2", "eth_dst"}),
     (80, 90),
+)
+# NetworkPolicy (netpol/compile.py; docs/pipeline.md, 60-72).  Not in PIPELINE until the
+# agent sends l2_forward's decisions through policy_conntrack.
+_L4_DST = frozenset({"eth_type", "ip_proto", "tcp_dst", "udp_dst", "sctp_dst"})
+POLICY_CONNTRACK = Table(
+    60,
+    "policy_conntrack",
+    "a pod network's IPv4 packet goes through conntrack (zone: the network); others pass",
+    frozenset({"reg2", "eth_type"}),
+    (61, 80),
+)
+POLICY_STATE = Table(
+    61,
+    "policy_state",
+    "established and related pass, invalid is dropped, a new connection is judged",
+    frozenset({"ct_state"}),
+    (62, 80),
+)
+EGRESS_RULES = Table(
+    62,
+    "egress_rules",
+    "a new connection from a local pod: allowed by a rule of a policy isolating it (a "
+    "conjunction of pod, destination and port)",
+    frozenset({"in_port", "ipv4_dst", "conj_id"}) | _L4_DST,
+    (63, 70),
+)
+EGRESS_ISOLATION = Table(
+    63,
+    "egress_isolation",
+    "no rule allowed it: dropped from a pod a policy isolates for egress, else on",
+    frozenset({"in_port"}),
+    (70,),
+)
+INGRESS_RULES = Table(
+    70,
+    "ingress_rules",
+    "a new connection to a local pod: allowed by a rule of a policy isolating it (a "
+    "conjunction of pod, source and port)",
+    frozenset({"reg1", "ipv4_src", "conj_id"}) | _L4_DST,
+    (71, 72),
+)
+INGRESS_ISOLATION = Table(
+    71,
+    "ingress_isolation",
+    "no rule allowed it: dropped to a pod a policy isolates for ingress, else on",
+    frozenset({"reg1"}),
+    (72,),
+)
+POLICY_COMMIT = Table(
+    72,
+    "policy_commit",
+    "both verdicts given: the connection is committed, so its later packets and replies pass",
+    frozenset({"eth_type"}),
+    (80,),
+)
+POLICY_TABLES = (
+    POLICY_CONNTRACK,
+    POLICY_STATE,
+    EGRESS_RULES,
+    EGRESS_ISOLATION,
+    INGRESS_RULES,
+    INGRESS_ISOLATION,
+    POLICY_COMMIT,
 )
 HOST_CONNTRACK = Table(
     80,
