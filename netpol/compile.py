@@ -110,6 +110,19 @@ class HostView:
 
 
 @dataclass(frozen=True)
+class PolicyProgram:
+    """What one host's policy flows are compiled from: the engine holds it (a
+    ``SetPolicy`` change) and builds its flows for each generation, as it builds an
+    object's."""
+
+    state: PolicyState
+    view: HostView
+
+    def flows(self, generation: int) -> tuple[Flow, ...]:
+        return compile_policy(self.state, self.view, generation)
+
+
+@dataclass(frozen=True)
 class _Group:
     """One conjunction of a rule: applied to ``pods`` (ofports), with ``peers`` (addresses
     and CIDRs; None: any address) on ``ports`` ((protocol, value, mask), mask 0 every port of the
@@ -194,7 +207,6 @@ def _fixed_flows(network: int, gen: int) -> tuple[Flow, ...]:
             c,
             actions=(Ct(zone, table=POLICY_STATE),),
         ),
-        Flow(POLICY_CONNTRACK, PRIO_DEFAULT, (), c, goto=HOST_CONNTRACK),
         Flow(POLICY_STATE, PRIO_INVALID, _ct_state(CT_INV), c),  # drop
         Flow(POLICY_STATE, PRIO_ESTABLISHED, _ct_state(CT_EST), c, goto=HOST_CONNTRACK),
         Flow(POLICY_STATE, PRIO_NORMAL, _ct_state(CT_REL), c, goto=HOST_CONNTRACK),

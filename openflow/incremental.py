@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
+from netpol.compile import PolicyProgram
 from openflow import pipeline
 from openflow.diff import Message, diff
 from openflow.model import Flow, Group
@@ -68,7 +69,16 @@ class SetTunnel:
     ofport: int
 
 
-Change = Upsert | Remove | SetTunnel
+@dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """The host's NetworkPolicy is now compiled from ``program`` (None: no policy flows,
+    the Kubernetes network unknown).  One unit of flows, diffed against the last:
+    netpol/compile.py compiles the whole host (docs/pipeline.md says what that costs)."""
+
+    program: PolicyProgram | None
+
+
+Change = Upsert | Remove | SetTunnel | SetPolicy
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,7 @@ class Engine:
         self._units: dict[Hashable, tuple[Flow, ...]] = {}
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
+        self._policy: PolicyProgram | None = None  # its flows are the ("policy",) unit
         # The (object, rank) each eligible key registered its claims with (the tuple
         # ``_objects`` held then), and the (object, network) each active key has flows
         # for: both may differ from the key's object now, in the middle of a batch.  Their
@@ -182,6 +193,7 @@ class Engine:
             local=tuple(sorted(local, key=lambda p: p.ofport)),
             remote=tuple(sorted(remote, key=lambda r: (r.network, r.mac))),
             gateways=tuple(sorted(gateways, key=lambda g: g.ofport)),
+            policy=self._policy,
         )
 
     def flows(self) -> list[Flow]:
@@ -258,12 +270,31 @@ class Engine:
         and the objects they newly shadowed (to log once)."""
         changes = list(changes)
         for change in changes:  # refused whole, before anything is touched
-            if not isinstance(change, Upsert | Remove | SetTunnel):
+            if not isinstance(change, Upsert | Remove | SetTunnel | SetPolicy):
                 raise TypeError(f"not an engine change: {change!r}")
             if isinstance(change, Upsert) and not isinstance(change.obj, OBJECT_TYPES):
                 raise TypeError(f"{change.key}: not a pipeline object: {change.obj!r}")
         if any(isinstance(c, SetTunnel) and c.ofport != self.tunnel_ofport for c in changes):
             return self._apply_everything(changes, messages), []
+        policy = [c for c in changes if isinstance(c, SetPolicy)]
+        changes = [c for c in changes if not isinstance(c, SetPolicy)]
+        messages_out, shadowed = self._apply_objects(changes, messages)
+        if policy and policy[-1].program != self._policy:
+            messages_out += self._set_policy(policy[-1].program, messages)
+        return messages_out, shadowed
+
+    def _set_policy(self, program: PolicyProgram | None, messages: bool) -> list[Message]:
+        old_units: dict[Hashable, tuple[Flow, ...]] = {}
+        self._policy = program
+        self._set_unit(("policy",), self._policy_flows(), old_units)
+        return self._messages(old_units, {}) if messages else []
+
+    def _policy_flows(self) -> tuple[Flow, ...] | None:
+        return None if self._policy is None else self._policy.flows(self.generation)
+
+    def _apply_objects(
+        self, changes: list[Change], messages: bool
+    ) -> tuple[list[Message], list[Shadowed]]:
         touched: set[Hashable] = set()
         for change in changes:
             if isinstance(change, Upsert):
@@ -296,6 +327,8 @@ class Engine:
         # The old generation's flows go first, so a full sync never holds two copies
         # (the reconciler recomputes everything if this raises half-way).
         self._units = units = {("defaults",): pipeline.defaults_flows(gen)}
+        if self._policy is not None:
+            units[("policy",)] = self._policy.flows(gen)
         for net in self._networks.values():
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
@@ -571,9 +604,12 @@ class Engine:
 
     def _recompute_all(self) -> None:
         """Every derived index from the objects alone: the fallback that is always right."""
-        objects = dict(self._objects)
+        objects, policy = dict(self._objects), self._policy
         self.__init__(self.tunnel_ofport, self.generation)
         self._objects = objects
+        self._policy = policy
+        if policy is not None:
+            self._units[("policy",)] = policy.flows(self.generation)
         for key, (obj, _) in objects.items():
             self._index(key, obj)
         self._settle(set(objects), messages=False)
@@ -589,6 +625,8 @@ class Engine:
                 self._objects[change.key] = (change.obj, change.rank)
             elif isinstance(change, Remove):
                 self._objects.pop(change.key, None)
+            elif isinstance(change, SetPolicy):
+                self._policy = change.program
         self._recompute_all()
         if not messages:
             return []

@@ -70,6 +70,7 @@ from openflow.tables import (
     HOST_RETURN,
     L2_FORWARD,
     OUTPUT,
+    POLICY_CONNTRACK,
     PORT_SECURITY,
 )
 
@@ -114,6 +115,8 @@ def build(state: HostState, generation: int) -> tuple[list[Flow], list[Group]]:
         flows += remote_flows(ep, state.network(ep.network), state.tunnel_ofport, generation)
     for net in state.networks:
         flows += network_flows(net, generation)
+    if state.policy is not None:
+        flows += state.policy.flows(generation)
     groups = []
     for net in state.networks:
         groups.append(
@@ -140,6 +143,7 @@ def defaults_flows(gen: int) -> tuple[Flow, ...]:
         Flow(PORT_SECURITY, PRIO_DEFAULT, (), c),  # drop: a spoof
         Flow(ARP_RESPONDER, PRIO_DEFAULT, (), c, goto=L2_FORWARD),
         Flow(L2_FORWARD, PRIO_DEFAULT, (), c),  # drop: unknown unicast
+        Flow(POLICY_CONNTRACK, PRIO_DEFAULT, (), c, goto=HOST_CONNTRACK),
         Flow(HOST_CONNTRACK, PRIO_DEFAULT, (), c, goto=OUTPUT),
         Flow(HOST_RETURN, PRIO_DEFAULT, (), c, goto=OUTPUT),
         *(
@@ -165,17 +169,16 @@ def _forward(
     net: NetworkSpec, mac: str, feature: Feature, gen: int, *actions, dest: Dest = Dest.PORT
 ) -> Flow:
     """The decision for ``mac`` in ``net``: ``actions`` set the output port (and tunnel),
-    then on to the output stage; a pod's (``dest`` POD, or a remote one's through the
-    tunnel) by way of host_conntrack, where a connection from the gateway learns its
-    reply's way back to the gateway and a reply to one is sent there."""
-    pod = dest == Dest.POD or feature == Feature.L2_REMOTE
+    then NetworkPolicy judges it (policy_conntrack, 60-72: netpol/compile.py), then
+    host_conntrack, where a connection from the gateway learns its reply's way back to
+    the gateway and a reply to one is sent there, then the output stage acts."""
     return Flow(
         L2_FORWARD,
         PRIO_NORMAL,
         match(reg2=matching(NETWORK, net.index), eth_dst=mac),
         cookie(feature, gen),
         actions=(*actions, _TO_POD if dest == Dest.POD else _TO_PORT),
-        goto=HOST_CONNTRACK if pod else OUTPUT,
+        goto=POLICY_CONNTRACK,
     )
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netpol.compile import PolicyProgram
 
 
 # The pipeline's objects have slots: the agent holds one per remote endpoint (10,000 and
@@ -65,6 +69,7 @@ class HostState:
     local: tuple[LocalPort, ...] = ()
     remote: tuple[RemoteEndpoint, ...] = ()
     gateways: tuple[Gateway, ...] = field(default_factory=tuple)
+    policy: PolicyProgram | None = None  # NetworkPolicy of the Kubernetes network, if any
 
     def __post_init__(self) -> None:
         names = [n.name for n in self.networks]

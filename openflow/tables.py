@@ -67,10 +67,10 @@ L2_FORWARD = Table(
     "l2_forward",
     "decide: (network, destination MAC) to a port (and tunnel destination), or flood",
     frozenset({"reg2", "eth_dst"}),
-    (80, 90),
+    (60, 90),
 )
-# NetworkPolicy (netpol/compile.py; docs/pipeline.md, 60-72).  Not in PIPELINE until the
-# agent sends l2_forward's decisions through policy_conntrack.
+# NetworkPolicy (netpol/compile.py; docs/pipeline.md, 60-72): every unicast decision
+# passes policy_conntrack, whose miss (another network, no policy program yet) goes on.
 _L4_DST = frozenset({"eth_type", "ip_proto", "tcp_dst", "udp_dst", "sctp_dst"})
 POLICY_CONNTRACK = Table(
     60,
@@ -171,6 +171,7 @@ PIPELINE: tuple[Table, ...] = (
     PORT_SECURITY,
     ARP_RESPONDER,
     L2_FORWARD,
+    *POLICY_TABLES,
     HOST_CONNTRACK,
     HOST_RETURN,
     OUTPUT,

@@ -8,12 +8,14 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netpol.compile import HostView, LocalPod, PolicyProgram
 from openflow import pipeline
 from openflow.cookies import Feature, feature_of
 from openflow.diff import FlowAdd, FlowDelete, GroupAdd, GroupDelete, GroupModify, index_flows
-from openflow.incremental import Engine, Peer, Remove, SetTunnel, Upsert
+from openflow.incremental import Engine, Peer, Remove, SetPolicy, SetTunnel, Upsert
 from openflow.model import Flow
 from openflow.state import Gateway, HostState, LocalPort, NetworkSpec, RemoteEndpoint
+from tests.unit.netpol_e2e import Case, pod_label, policy
 from tests.unit.test_diff import replay
 
 NETS = ("a", "b", "c")
@@ -72,8 +74,33 @@ removes = st.builds(
         + [f"endpoints/{i}" for i in range(1, 7)]
     ),
 )
+
+
+def _program(policies: list[dict], network: int) -> PolicyProgram:
+    """A policy program over the upstream e2e model: x/a on this host at port 2."""
+    case = Case("", policies, [])
+    return PolicyProgram(case.state(), HostView(network, (LocalPod("x/a", 2),)))
+
+
+PROGRAMS = (
+    None,
+    _program([policy("deny-all", "x", {}, ingress=[], egress=[])], 1),
+    _program(
+        [
+            policy(
+                "a-from-b",
+                "x",
+                pod_label("a"),
+                ingress=[{"from": [{"podSelector": pod_label("b")}]}],
+            )
+        ],
+        1,
+    ),
+    _program([], 2),
+)
+policies = st.builds(SetPolicy, st.sampled_from(PROGRAMS))
 changes = st.one_of(
-    networks, peers, locals_, gateways, remotes, remotes, removes, removes, st.just(None)
+    networks, peers, locals_, gateways, remotes, remotes, removes, removes, policies, st.just(None)
 )
 batches = st.lists(st.lists(changes, min_size=1, max_size=4), min_size=1, max_size=25)
 
@@ -88,7 +115,7 @@ def _winners(entries: dict, claims) -> set:
     return {key for key, (obj, _) in entries.items() if all(best[c][1] == key for c in claims(obj))}
 
 
-def reference_state(objects: dict, tunnel: int) -> HostState:
+def reference_state(objects: dict, tunnel: int, program=None) -> HostState:
     """The state the engine must serve, computed from scratch from every object."""
     from openflow.incremental import _claims
 
@@ -119,6 +146,7 @@ def reference_state(objects: dict, tunnel: int) -> HostState:
             )
         ),
         gateways=tuple(o for o in active if isinstance(o, Gateway)),
+        policy=program,
     )
 
 
@@ -128,6 +156,7 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
     engine = Engine(tunnel_ofport=1, generation=generation)
     tunnel = 1
     objects: dict = {}
+    program = None
     switch = (set(engine.flows()), set(engine.groups()))  # the defaults, as a full sync left them
     for batch in batches:
         batch = [SetTunnel(7 if tunnel == 1 else 1) if c is None else c for c in batch]
@@ -136,12 +165,14 @@ def test_incremental_messages_keep_the_switch_equal_to_the_full_build(batches, g
                 objects[c.key] = (c.obj, c.rank)
             elif isinstance(c, Remove):
                 objects.pop(c.key, None)
+            elif isinstance(c, SetPolicy):
+                program = c.program
             else:
                 tunnel = c.ofport
         messages, _shadowed = engine.apply(batch)
         switch = replay(*switch, messages)
         state = engine.state()
-        assert state == reference_state(objects, tunnel)
+        assert state == reference_state(objects, tunnel, program)
         want_flows, want_groups = pipeline.build(state, generation)
         index_flows(want_flows)  # no conflict reaches the switch
         assert switch == (set(want_flows), set(want_groups))

@@ -26,7 +26,12 @@ NET = 3
 TUNNEL, GATEWAY, DELIVERED = 1000, 1001, 4000
 PROTO = {"TCP": (6, "tcp"), "UDP": (17, "udp"), "SCTP": (132, "sctp"), "ICMP": (1, None)}
 # What follows policy in the pipeline, for these tests: deliver.
-_AFTER = Flow(HOST_CONNTRACK, 0, (), 0, actions=(Output(DELIVERED),))
+# What the pipeline has around the policy tables (openflow/pipeline.py defaults_flows):
+# policy_conntrack's miss goes on to host_conntrack, here the end of the road.
+_AFTER = (
+    Flow(POLICY_CONNTRACK, 0, (), 0, goto=HOST_CONNTRACK),
+    Flow(HOST_CONNTRACK, 0, (), 0, actions=(Output(DELIVERED),)),
+)
 
 
 class Cluster:
@@ -44,7 +49,7 @@ class Cluster:
         return compile_policy(state or self.state, HostView(NET, local), generation=1)
 
     def switch(self, host: int) -> Switch:
-        return Switch((*self.flows(host), _AFTER), ())
+        return Switch((*self.flows(host), *_AFTER), ())
 
     def send(self, src: Endpoint, dst: Endpoint, proto: str, port: int, sport=40000) -> bool:
         """A packet from ``src`` to ``dst``: through the source's host (if a pod), then
@@ -112,7 +117,7 @@ def test_replies_of_an_allowed_connection_pass_and_established_ones_outlive_a_ne
     # A policy denying everything in x: new connections stop, the established one goes on.
     denied = Case("", [deny_x], []).state()
     for host, switch in cluster.switches.items():
-        fresh = Switch((*cluster.flows(host, denied), _AFTER), ())
+        fresh = Switch((*cluster.flows(host, denied), *_AFTER), ())
         switch.tables = fresh.tables
     assert cluster.send(xb, xa, "TCP", 80, sport=40000)
     assert not cluster.send(xb, xa, "TCP", 80, sport=40001)
@@ -175,7 +180,7 @@ def test_every_policy_flow_encodes_as_os_ken_does():
 def test_other_networks_and_non_ip_pass_untouched():
     state = Case("", [policy("deny-all", "x", {}, ingress=[], egress=[])], []).state()
     local = (LocalPod("x/a", 10),)
-    switch = Switch((*compile_policy(state, HostView(NET, local), 1), _AFTER), ())
+    switch = Switch((*compile_policy(state, HostView(NET, local), 1), *_AFTER), ())
     other = {
         "in_port": 10,
         "reg1": 11,

@@ -410,7 +410,8 @@ def test_group_ids_are_ranged_per_feature():
 
 def test_the_decision_and_the_output_are_separate_stages(switch):
     """Every kind of source reaches l2_forward, which only decides (no output of its
-    own), and output acts on the decision: policy will sit between the two."""
+    own), and output acts on the decision; policy sits between the two (here, with no
+    policy program, policy_conntrack lets everything on)."""
     from openflow.model import GroupAction, Output, OutputReg
 
     to_remote = switch.process(ip_packet(P1, R1.mac, R1.ip))
@@ -419,12 +420,14 @@ def test_the_decision_and_the_output_are_separate_stages(switch):
         "port_security",
         "arp_responder",
         "l2_forward",
+        "policy_conntrack",
         "host_conntrack",
         "output",
     ]
     from_gw = switch.process(ip_packet(GW, P1.mac, P1.ip))
-    assert from_gw.ports == {P1.ofport} and from_gw.path[-3:] == (
+    assert from_gw.ports == {P1.ofport} and from_gw.path[-4:] == (
         "l2_forward:100",
+        "policy_conntrack:0",
         "host_conntrack:210",
         "output:100",
     )
