@@ -9,11 +9,9 @@ when any part is already gone.  ADD, DEL and CHECK of one attachment hold its lo
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
@@ -23,7 +21,7 @@ from dataclasses import dataclass, replace
 from pyroute2 import IPRoute
 
 from cni import admission as request_checks
-from controller import netns, requestlog, rtnl
+from controller import netns, requestlog, veth
 from controller.admission import (
     ERR_INVALID_ENV,
     ERR_TRY_AGAIN,
@@ -110,13 +108,6 @@ def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
     if exc.kind == "MAC":
         return f"the MAC derived from the address: {exc}"
     return f"CNI_ARGS IP={req.ip}: {exc}"
-
-
-def _random_mac() -> str:
-    """A random unicast, locally administered MAC, as the kernel gives a veth by itself;
-    chosen here so that creating the veth needs no second request to read it back."""
-    first, *rest = os.urandom(6)
-    return ":".join(f"{b:02x}" for b in [(first & 0xFE) | 0x02, *rest])
 
 
 class EndpointManager:
@@ -303,8 +294,17 @@ class EndpointManager:
             # Undone from before it begins, so a step failing after `link add` (address,
             # route, offloads) leaves no host end behind.  (No live attachment owns this
             # name: that was refused above.)
-            undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
-            host_mac, default_route = self._create_veth(att, req.netns)
+            undo.append(("delete veth", lambda: veth.delete(att.host_port)))
+            host_mac, default_route = veth.create(
+                req.netns,
+                host_port=att.host_port,
+                ifname=att.ifname,
+                mac=att.mac,
+                ip=att.ip,
+                prefixlen=att.prefixlen,
+                gateway=att.gateway,
+                mtu=att.mtu,
+            )
             att = replace(att, host_mac=host_mac, default_route=default_route)
             steps.done("veth")
             self.ovsdb.add_endpoint_port(
@@ -385,7 +385,7 @@ class EndpointManager:
 
         def delete_veth() -> None:
             try:
-                self._delete_veth(port)
+                veth.delete(port)
             except Exception as exc:  # raised below, in the caller's thread
                 failed.append(exc)
 
@@ -394,12 +394,12 @@ class EndpointManager:
         ids = (self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}
         port_mac = ids.get(MAC_KEY)
         requestlog.note(ip=ids.get(IP_KEY), pod=ids.get(POD_KEY))  # for the DEL's log line
-        veth = threading.Thread(target=delete_veth, name="delete-veth")
-        veth.start()
+        deleting = threading.Thread(target=delete_veth, name="delete-veth")
+        deleting.start()
         try:
             self.ovsdb.delete_port(port)
         finally:
-            veth.join()
+            deleting.join()
         if failed:
             raise failed[0]
         steps.done("port and veth")
@@ -528,9 +528,9 @@ class EndpointManager:
                 self._remove(ep.network, ep.container_id, ep.ifname)
                 removed.append(f"port {ep.port} of {ep.attachment} (its veth is gone)")
         ports = {a.endpoint.port for a in self.ovsdb.list_endpoint_ports(self.bridge)}
-        for veth in sorted(veths - ports):
-            self._delete_veth(veth)
-            removed.append(f"veth {veth} (no OVS port)")
+        for host_end in sorted(veths - ports):
+            veth.delete(host_end)
+            removed.append(f"veth {host_end} (no OVS port)")
         for ep in self.cluster.list_endpoints():
             if ep.host == self.host and (ep.network, ep.attachment) not in live:
                 self._release_store(ep.network, ep.attachment, ep.mac)
@@ -570,78 +570,3 @@ class EndpointManager:
             LOG.error(
                 "endpoint %s in %s keeps an unclaimed MAC: %s", ep.attachment, ep.network, exc
             )
-
-    def _create_veth(self, att: Attachment, pod_netns: str) -> tuple[str, bool]:
-        """The veth pair, configured on both ends; returns the host end's MAC and whether
-        the pod's default route now goes via this interface.  A pod that has a default
-        route already (its first network; this is a second attachment) keeps it: the
-        second network is reached through its connected subnet route.
-
-        The pod end is configured from this thread moved into the pod's namespace
-        (netns.in_namespace) rather than through pyroute2's NetNS, which starts a
-        helper and costs 8 ms of every ADD; the requests are controller/rtnl.py's
-        (pyroute2's cost 0.5 ms each).
-
-        Every link change in the host's namespace makes ovs-vswitchd reconfigure all its
-        ports (its if_notifier), 17 ms of its CPU at 90 ports, so the host end is
-        created up in one message and otherwise left alone: its tx checksum offload can
-        stay on, since what OVS sends into it carries complete checksums; only the pod
-        end's (the pod's TCP leaving with CHECKSUM_PARTIAL) must go off.  It is created
-        promiscuous too: vswitchd turns promiscuous mode on for every port it adds (a
-        link change, so one more reconfiguration per ADD) unless it is on already.  Two
-        changes remain that no request can avoid: the kernel notes the host end's missing
-        carrier after creating it, and its carrier when the pod end goes up (a veth's
-        peer cannot be created up: its flags are applied before the two are joined).
-
-        The host end is NOARP.  On the userspace datapath OVS reads it through a packet
-        socket and the host's own stack still sees every frame the pod sends; without
-        NOARP the host answered a pod's ARP for any of the host's addresses (the anycast
-        gateway, its own gateway address, which another network may reuse for a pod) with
-        the veth's MAC, racing the switch's answer, and the pod's packets then entered the
-        host beside br-int (found in the lab: a pod of an overlapping network resolved the
-        host's gateway address to its own veth).  The kernel datapath takes the frames
-        before the stack, so there it changes nothing.
-        """
-        host_mac = _random_mac()
-        peer_fd = os.open(netns.namespace_path(pod_netns), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with rtnl.Rtnl() as host:
-                try:
-                    host.add_veth(
-                        att.host_port,
-                        mac=host_mac,
-                        mtu=att.mtu,
-                        flags=rtnl.IFF_UP | rtnl.IFF_NOARP | rtnl.IFF_PROMISC,
-                        peer=att.ifname,
-                        peer_netns_fd=peer_fd,
-                        peer_mac=att.mac,
-                    )
-                except OSError as exc:
-                    if exc.errno == errno.EEXIST and host.link_index(att.host_port) is None:
-                        raise AttachError(
-                            f"CNI_IFNAME {att.ifname} exists already in {pod_netns}; pick "
-                            "another interface name for this attachment",
-                            code=ERR_INVALID_ENV,
-                            reason="ifname_exists",
-                        ) from None
-                    raise
-        finally:
-            os.close(peer_fd)
-        with netns.in_namespace(pod_netns), rtnl.Rtnl() as pod:
-            pod.set_up(rtnl.LOOPBACK_IFINDEX)
-            idx = pod.link_index(att.ifname)
-            if idx is None:  # the namespace's owner removed it meanwhile
-                raise AttachError(f"interface {att.ifname} vanished from {pod_netns}")
-            pod.set_up(idx)
-            pod.add_ipv4_address(idx, att.ip, att.prefixlen)
-            default_route = bool(att.gateway) and not pod.has_ipv4_default_route()
-            if default_route:
-                pod.add_ipv4_default_route(att.gateway, idx)
-            netns.disable_tx_checksum(None, att.ifname)
-        return host_mac, default_route
-
-    @staticmethod
-    def _delete_veth(host_port: str) -> None:
-        """Delete the veth pair; gone already (or going, with its netns) is fine."""
-        with rtnl.Rtnl() as host:
-            host.delete_link(host_port)
