@@ -110,6 +110,28 @@ def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
     return f"CNI_ARGS IP={req.ip}: {exc}"
 
 
+class _Beside:
+    """``fn`` run in a thread of its own while the caller does something else; ``join``
+    returns what it raised (None when it returned), for the caller to raise in its own
+    thread."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to the caller by join
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="beside-request")
+        self._thread.start()
+
+    def join(self) -> BaseException | None:
+        self._thread.join()
+        return self._error
+
+
 class EndpointManager:
     def __init__(
         self,
@@ -291,39 +313,11 @@ class EndpointManager:
                 mtu=req.mtu or mtu,
             )
             steps.done("ipam")  # the address and the MAC
-            # Undone from before it begins, so a step failing after `link add` (address,
-            # route, offloads) leaves no host end behind.  (No live attachment owns this
-            # name: that was refused above.)
-            undo.append(("delete veth", lambda: veth.delete(att.host_port)))
-            host_mac, default_route = veth.create(
-                req.netns,
-                host_port=att.host_port,
-                ifname=att.ifname,
-                mac=att.mac,
-                ip=att.ip,
-                prefixlen=att.prefixlen,
-                gateway=att.gateway,
-                mtu=att.mtu,
-            )
-            att = replace(att, host_mac=host_mac, default_route=default_route)
-            steps.done("veth")
-            self.ovsdb.add_endpoint_port(
-                self.bridge,
-                EndpointPort(
-                    att.host_port,
-                    req.network,
-                    network.vni,
-                    req.container_id,
-                    req.ifname,
-                    att.mac,
-                    att.ip,
-                    req.pod,
-                ),
-            )
-            steps.done("port")
-            undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
-            try:
-                self.cluster.put_endpoint(
+            # The endpoint record goes to the store while this thread makes the veth and
+            # the port: the store's round trips and vswitchd's reconfiguration overlap
+            # (its own agent ignores a record of this host: its ports come from OVSDB).
+            record = _Beside(
+                lambda: self.cluster.put_endpoint(
                     req.network,
                     self.host,
                     attachment_id,
@@ -335,15 +329,58 @@ class EndpointManager:
                     claimed=claim.revision,
                     pod=req.pod,
                 )
-            except AddressInUseError as exc:  # the claim was taken from us (another writer)
-                raise AttachError(str(exc), code=ERR_INVALID_ENV, reason="address_in_use") from None
-            steps.done("store")
-            undo.append(
-                (
-                    "unpublish",
-                    lambda: self.cluster.delete_endpoint(req.network, self.host, attachment_id),
-                )
             )
+            try:
+                # Undone from before it begins, so a step failing after `link add`
+                # (address, route, offloads) leaves no host end behind.  (No live
+                # attachment owns this name: that was refused above.)
+                undo.append(("delete veth", lambda: veth.delete(att.host_port)))
+                host_mac, default_route = veth.create(
+                    req.netns,
+                    host_port=att.host_port,
+                    ifname=att.ifname,
+                    mac=att.mac,
+                    ip=att.ip,
+                    prefixlen=att.prefixlen,
+                    gateway=att.gateway,
+                    mtu=att.mtu,
+                )
+                att = replace(att, host_mac=host_mac, default_route=default_route)
+                steps.done("veth")
+                # Undone from before too: a port add that timed out may have landed.
+                undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
+                self.ovsdb.add_endpoint_port(
+                    self.bridge,
+                    EndpointPort(
+                        att.host_port,
+                        req.network,
+                        network.vni,
+                        req.container_id,
+                        req.ifname,
+                        att.mac,
+                        att.ip,
+                        req.pod,
+                    ),
+                )
+                steps.done("port")
+            finally:
+                published = record.join()
+                if published is None:
+                    undo.append(
+                        (
+                            "unpublish",
+                            lambda: self.cluster.delete_endpoint(
+                                req.network, self.host, attachment_id
+                            ),
+                        )
+                    )
+            if isinstance(published, AddressInUseError):  # the claim was taken from us
+                raise AttachError(
+                    str(published), code=ERR_INVALID_ENV, reason="address_in_use"
+                ) from None
+            if published is not None:
+                raise published
+            steps.done("store")  # what the record took beyond the veth and the port
             self.publish()
             steps.done("flows")
             return att
@@ -378,30 +415,21 @@ class EndpointManager:
         steps = steps or _Steps()
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
-        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
-        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
-        # vanishes first, as when a runtime deletes the netns before DEL.
-        failed: list[Exception] = []
-
-        def delete_veth() -> None:
-            try:
-                veth.delete(port)
-            except Exception as exc:  # raised below, in the caller's thread
-                failed.append(exc)
-
         # The port's MAC, for its claim: an ADD killed after the port but before the
         # endpoint record left a claim no record releases.
         ids = (self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}
         port_mac = ids.get(MAC_KEY)
         requestlog.note(ip=ids.get(IP_KEY), pod=ids.get(POD_KEY))  # for the DEL's log line
-        deleting = threading.Thread(target=delete_veth, name="delete-veth")
-        deleting.start()
+        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
+        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
+        # vanishes first, as when a runtime deletes the netns before DEL.
+        deleting = _Beside(lambda: veth.delete(port))
         try:
             self.ovsdb.delete_port(port)
         finally:
-            deleting.join()
-        if failed:
-            raise failed[0]
+            failed = deleting.join()
+        if failed is not None:
+            raise failed
         steps.done("port and veth")
         self._release_store(network, attachment_id, port_mac)
         steps.done("store")
