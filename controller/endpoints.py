@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from pyroute2 import IPRoute
 
@@ -313,11 +314,30 @@ class EndpointManager:
                 mtu=req.mtu or mtu,
             )
             steps.done("ipam")  # the address and the MAC
-            # The endpoint record goes to the store while this thread makes the veth and
-            # the port: the store's round trips and vswitchd's reconfiguration overlap
-            # (its own agent ignores a record of this host: its ports come from OVSDB).
+            # Undone from before it begins, so a step failing after `link add` (address,
+            # route, offloads) leaves no host end behind.  (No live attachment owns this
+            # name: that was refused above.)
+            undo.append(("delete veth", lambda: veth.delete(att.host_port)))
+            host_mac, default_route = veth.create(
+                req.netns,
+                host_port=att.host_port,
+                ifname=att.ifname,
+                mac=att.mac,
+                ip=att.ip,
+                prefixlen=att.prefixlen,
+                gateway=att.gateway,
+                mtu=att.mtu,
+            )
+            att = replace(att, host_mac=host_mac, default_route=default_route)
+            steps.done("veth")
+            # The endpoint record goes to the store while this thread adds the port: the
+            # store's round trips overlap vswitchd's reconfiguration, which the port waits
+            # for (its own agent ignores a record of this host: its ports come from
+            # OVSDB).  Not beside the veth: a refused CNI_IFNAME must publish nothing, and
+            # the record's HTTP and JSON would hold the GIL the veth's requests need.
             record = _Beside(
-                lambda: self.cluster.put_endpoint(
+                partial(
+                    self.cluster.put_endpoint,
                     req.network,
                     self.host,
                     attachment_id,
@@ -331,23 +351,7 @@ class EndpointManager:
                 )
             )
             try:
-                # Undone from before it begins, so a step failing after `link add`
-                # (address, route, offloads) leaves no host end behind.  (No live
-                # attachment owns this name: that was refused above.)
-                undo.append(("delete veth", lambda: veth.delete(att.host_port)))
-                host_mac, default_route = veth.create(
-                    req.netns,
-                    host_port=att.host_port,
-                    ifname=att.ifname,
-                    mac=att.mac,
-                    ip=att.ip,
-                    prefixlen=att.prefixlen,
-                    gateway=att.gateway,
-                    mtu=att.mtu,
-                )
-                att = replace(att, host_mac=host_mac, default_route=default_route)
-                steps.done("veth")
-                # Undone from before too: a port add that timed out may have landed.
+                # Undone from before it begins: a port add that timed out may have landed.
                 undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
                 self.ovsdb.add_endpoint_port(
                     self.bridge,
@@ -380,7 +384,7 @@ class EndpointManager:
                 ) from None
             if published is not None:
                 raise published
-            steps.done("store")  # what the record took beyond the veth and the port
+            steps.done("store")  # what the record took beyond the port
             self.publish()
             steps.done("flows")
             return att
