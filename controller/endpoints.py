@@ -9,7 +9,6 @@ when any part is already gone.  ADD, DEL and CHECK of one attachment hold its lo
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import ipaddress
 import logging
@@ -18,12 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from cni import admission as request_checks
-from controller import netns, requestlog
+from controller import netns, requestlog, veth
 from controller.admission import (
     ERR_INVALID_ENV,
     ERR_TRY_AGAIN,
@@ -39,7 +38,6 @@ from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
 from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
-IFF_UP, IFF_NOARP = 0x1, 0x80  # linux/if.h
 # Seconds between tries to release what failed requests left while the store was away.
 CLEANUP_RETRY_FIRST, CLEANUP_RETRY_MAX = 0.5, 5.0
 
@@ -113,8 +111,26 @@ def _in_use(req: AttachRequest, exc: AddressInUseError) -> str:
     return f"CNI_ARGS IP={req.ip}: {exc}"
 
 
-def _has_default_route(ipr: IPRoute) -> bool:
-    return any(r.get("dst_len") == 0 for r in ipr.get_routes(family=socket.AF_INET))
+class _Beside:
+    """``fn`` run in a thread of its own while the caller does something else; ``join``
+    returns what it raised (None when it returned), for the caller to raise in its own
+    thread."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to the caller by join
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="beside-request")
+        self._thread.start()
+
+    def join(self) -> BaseException | None:
+        self._thread.join()
+        return self._error
 
 
 class EndpointManager:
@@ -301,27 +317,27 @@ class EndpointManager:
             # Undone from before it begins, so a step failing after `link add` (address,
             # route, offloads) leaves no host end behind.  (No live attachment owns this
             # name: that was refused above.)
-            undo.append(("delete veth", lambda: self._delete_veth(att.host_port)))
-            host_mac, default_route = self._create_veth(att, req.netns)
+            undo.append(("delete veth", lambda: veth.delete(att.host_port)))
+            host_mac, default_route = veth.create(
+                req.netns,
+                host_port=att.host_port,
+                ifname=att.ifname,
+                mac=att.mac,
+                ip=att.ip,
+                prefixlen=att.prefixlen,
+                gateway=att.gateway,
+                mtu=att.mtu,
+            )
             att = replace(att, host_mac=host_mac, default_route=default_route)
             steps.done("veth")
-            self.ovsdb.add_endpoint_port(
-                self.bridge,
-                EndpointPort(
-                    att.host_port,
-                    req.network,
-                    network.vni,
-                    req.container_id,
-                    req.ifname,
-                    att.mac,
-                    att.ip,
-                    req.pod,
-                ),
-            )
-            steps.done("port")
-            undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
-            try:
-                self.cluster.put_endpoint(
+            # The endpoint record goes to the store while this thread adds the port: the
+            # store's round trips overlap vswitchd's reconfiguration, which the port waits
+            # for (its own agent ignores a record of this host: its ports come from
+            # OVSDB).  Not beside the veth: a refused CNI_IFNAME must publish nothing, and
+            # the record's HTTP and JSON would hold the GIL the veth's requests need.
+            record = _Beside(
+                partial(
+                    self.cluster.put_endpoint,
                     req.network,
                     self.host,
                     attachment_id,
@@ -333,15 +349,42 @@ class EndpointManager:
                     claimed=claim.revision,
                     pod=req.pod,
                 )
-            except AddressInUseError as exc:  # the claim was taken from us (another writer)
-                raise AttachError(str(exc), code=ERR_INVALID_ENV, reason="address_in_use") from None
-            steps.done("store")
-            undo.append(
-                (
-                    "unpublish",
-                    lambda: self.cluster.delete_endpoint(req.network, self.host, attachment_id),
-                )
             )
+            try:
+                # Undone from before it begins: a port add that timed out may have landed.
+                undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
+                self.ovsdb.add_endpoint_port(
+                    self.bridge,
+                    EndpointPort(
+                        att.host_port,
+                        req.network,
+                        network.vni,
+                        req.container_id,
+                        req.ifname,
+                        att.mac,
+                        att.ip,
+                        req.pod,
+                    ),
+                )
+                steps.done("port")
+            finally:
+                published = record.join()
+                if published is None:
+                    undo.append(
+                        (
+                            "unpublish",
+                            lambda: self.cluster.delete_endpoint(
+                                req.network, self.host, attachment_id
+                            ),
+                        )
+                    )
+            if isinstance(published, AddressInUseError):  # the claim was taken from us
+                raise AttachError(
+                    str(published), code=ERR_INVALID_ENV, reason="address_in_use"
+                ) from None
+            if published is not None:
+                raise published
+            steps.done("store")  # what the record took beyond the port
             self.publish()
             steps.done("flows")
             return att
@@ -376,30 +419,21 @@ class EndpointManager:
         steps = steps or _Steps()
         attachment_id = f"{container_id}/{ifname}"
         port = host_port_name(container_id, ifname)
-        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
-        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
-        # vanishes first, as when a runtime deletes the netns before DEL.
-        failed: list[Exception] = []
-
-        def delete_veth() -> None:
-            try:
-                self._delete_veth(port)
-            except Exception as exc:  # raised below, in the caller's thread
-                failed.append(exc)
-
         # The port's MAC, for its claim: an ADD killed after the port but before the
         # endpoint record left a claim no record releases.
         ids = (self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}
         port_mac = ids.get(MAC_KEY)
         requestlog.note(ip=ids.get(IP_KEY), pod=ids.get(POD_KEY))  # for the DEL's log line
-        veth = threading.Thread(target=delete_veth, name="delete-veth")
-        veth.start()
+        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
+        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
+        # vanishes first, as when a runtime deletes the netns before DEL.
+        deleting = _Beside(lambda: veth.delete(port))
         try:
             self.ovsdb.delete_port(port)
         finally:
-            veth.join()
-        if failed:
-            raise failed[0]
+            failed = deleting.join()
+        if failed is not None:
+            raise failed
         steps.done("port and veth")
         self._release_store(network, attachment_id, port_mac)
         steps.done("store")
@@ -526,9 +560,9 @@ class EndpointManager:
                 self._remove(ep.network, ep.container_id, ep.ifname)
                 removed.append(f"port {ep.port} of {ep.attachment} (its veth is gone)")
         ports = {a.endpoint.port for a in self.ovsdb.list_endpoint_ports(self.bridge)}
-        for veth in sorted(veths - ports):
-            self._delete_veth(veth)
-            removed.append(f"veth {veth} (no OVS port)")
+        for host_end in sorted(veths - ports):
+            veth.delete(host_end)
+            removed.append(f"veth {host_end} (no OVS port)")
         for ep in self.cluster.list_endpoints():
             if ep.host == self.host and (ep.network, ep.attachment) not in live:
                 self._release_store(ep.network, ep.attachment, ep.mac)
@@ -568,80 +602,3 @@ class EndpointManager:
             LOG.error(
                 "endpoint %s in %s keeps an unclaimed MAC: %s", ep.attachment, ep.network, exc
             )
-
-    def _create_veth(self, att: Attachment, pod_netns: str) -> tuple[str, bool]:
-        """The veth pair, configured on both ends; returns the host end's MAC and whether
-        the pod's default route now goes via this interface.  A pod that has a default
-        route already (its first network; this is a second attachment) keeps it: the
-        second network is reached through its connected subnet route.
-
-        The pod end is configured from this thread moved into the pod's namespace
-        (netns.in_namespace) rather than through pyroute2's NetNS, which starts a
-        helper and costs 8 ms of every ADD.
-
-        Every link change in the host's namespace makes ovs-vswitchd reconfigure all its
-        ports (its if_notifier), 17 ms of its CPU at 90 ports, so the host end is
-        created up in one message and otherwise left alone: its tx checksum offload can
-        stay on, since what OVS sends into it carries complete checksums; only the pod
-        end's (the pod's TCP leaving with CHECKSUM_PARTIAL) must go off.
-
-        The host end is NOARP.  On the userspace datapath OVS reads it through a packet
-        socket and the host's own stack still sees every frame the pod sends; without
-        NOARP the host answered a pod's ARP for any of the host's addresses (the anycast
-        gateway, its own gateway address, which another network may reuse for a pod) with
-        the veth's MAC, racing the switch's answer, and the pod's packets then entered the
-        host beside br-int (found in the lab: a pod of an overlapping network resolved the
-        host's gateway address to its own veth).  The kernel datapath takes the frames
-        before the stack, so there it changes nothing.
-        """
-        with IPRoute() as ipr:
-            try:
-                ipr.link(
-                    "add",
-                    ifname=att.host_port,
-                    kind="veth",
-                    mtu=att.mtu,
-                    state="up",
-                    flags=IFF_UP | IFF_NOARP,
-                    change=IFF_UP | IFF_NOARP,
-                    peer={
-                        "ifname": att.ifname,
-                        "net_ns_fd": netns.namespace_path(pod_netns),
-                        "address": att.mac,
-                        "mtu": att.mtu,
-                    },
-                )
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST and not ipr.link_lookup(ifname=att.host_port):
-                    raise AttachError(
-                        f"CNI_IFNAME {att.ifname} exists already in {pod_netns}; pick another "
-                        "interface name for this attachment",
-                        code=ERR_INVALID_ENV,
-                        reason="ifname_exists",
-                    ) from None
-                raise
-            idx = ipr.link_lookup(ifname=att.host_port)[0]
-            host_mac = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
-        with netns.in_namespace(pod_netns), IPRoute() as pod:
-            lo = pod.link_lookup(ifname="lo")[0]
-            pod.link("set", index=lo, state="up")
-            idx = pod.link_lookup(ifname=att.ifname)[0]
-            pod.link("set", index=idx, state="up")
-            pod.addr("add", index=idx, address=att.ip, prefixlen=att.prefixlen)
-            default_route = bool(att.gateway) and not _has_default_route(pod)
-            if default_route:
-                pod.route("add", dst="0.0.0.0/0", gateway=att.gateway, oif=idx)
-            netns.disable_tx_checksum(None, att.ifname)
-        return host_mac, default_route
-
-    @staticmethod
-    def _delete_veth(host_port: str) -> None:
-        """Delete the veth pair; gone already (or going, with its netns) is fine."""
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=host_port)
-            if found:
-                try:
-                    ipr.link("del", index=found[0])
-                except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:
-                        raise

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
 import signal
+import socket
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from controller import netns as thread_netns
+from controller import rtnl, veth
 from lab import netns, ovs_host
 from lab.naming import INTEGRATION_BRIDGE
 from openflow.tables import table_names
@@ -188,3 +196,97 @@ def test_client_survives_an_ovsdb_server_restart(one_host_lab, client):
     )
     ports = [r["name"] for r in rows(name, "h1", "Port")]
     assert len(ports) == len(set(ports))
+
+
+@contextlib.contextmanager
+def database_writes(lab_name: str):
+    """Yields a list that, after the block, holds the transactions ovsdb-server received
+    meanwhile from clients other than ovs-vswitchd (whose own assert its lock): the
+    server's own count, from its jsonrpc log at debug level (written before it answers)."""
+    log = os.path.join(host_paths(lab_name).logdir, "ovsdb-server.log")
+    ovs(lab_name, "h1", "ovs-appctl", "-t", "ovsdb-server", "vlog/set", "jsonrpc:file:dbg")
+    found: list[list] = []
+    try:
+        with open(log) as f:
+            f.seek(0, os.SEEK_END)
+            yield found
+            for line in f.read().splitlines():
+                if 'received request, method="transact"' not in line:
+                    continue
+                ops = json.loads(line.split("params=", 1)[1].rsplit(", id=", 1)[0])[1:]
+                if {"op": "assert", "lock": "ovs_vswitchd"} not in ops:
+                    found.append(ops)
+    finally:
+        ovs(lab_name, "h1", "ovs-appctl", "-t", "ovsdb-server", "vlog/set", "jsonrpc:file:info")
+
+
+def test_a_port_add_and_a_delete_are_one_transaction_each(one_host_lab, client):
+    """An endpoint port (port, interface, its external_ids) goes in with the next_cfg bump
+    in one transaction, and its ofport is read from the update vswitchd's own transaction
+    brings, not asked for; a delete is one transaction too."""
+    name = one_host_lab.name
+    make_veth(name, "vtx1")
+    ep = EndpointPort("vtx1", "default", 5001, "c1", "eth0", "0a:58:64:40:00:02", "100.64.0.2")
+    try:
+        with database_writes(name) as added:
+            client.add_endpoint_port(INTEGRATION_BRIDGE, ep)
+            attached = client.list_endpoint_ports(INTEGRATION_BRIDGE)
+        assert [a.endpoint for a in attached] == [ep] and attached[0].ofport > 0
+        assert len(added) == 1
+        tables = sorted(op["table"] for op in added[0] if op["op"] in ("insert", "mutate"))
+        assert tables == ["Bridge", "Interface", "Open_vSwitch", "Port"]
+        with database_writes(name) as deleted:
+            client.delete_port("vtx1")
+        assert len(deleted) == 1
+    finally:
+        client.delete_port("vtx1")
+        netns.run_in_namespace(f"{name}-h1", ["ip", "link", "del", "vtx1"])
+
+
+IFF_LOWER_UP, IFF_RUNNING, IFF_DORMANT = 0x10000, 0x40, 0x20000  # carrier, not settings
+
+
+def test_vswitchd_takes_the_host_end_without_changing_it(one_host_lab, client):
+    """Each link change in the host's namespace makes vswitchd reconfigure every port.
+    The host end is made as vswitchd wants it (promiscuous, up), so opening it changes
+    none of its flags: every notification of it, from its creation until vswitchd has
+    applied the port, carries the same flags but for the carrier."""
+    name = one_host_lab.name
+    pod = f"{name}-vp{secrets.token_hex(2)}"
+    netns.create_namespace(pod)
+    try:
+        with thread_netns.in_namespace(f"{name}-h1"):
+            events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, rtnl.NETLINK_ROUTE)
+            events.bind((0, 1))  # RTNLGRP_LINK
+            veth.create(
+                pod,
+                host_port="ovotestp",
+                ifname="eth0",
+                mac="0a:58:64:40:00:03",
+                ip="100.64.0.3",
+                prefixlen=16,
+                gateway="100.64.0.1",
+                mtu=1450,
+            )
+            with rtnl.Rtnl() as host:
+                index = host.link_index("ovotestp")
+        ep = EndpointPort(
+            "ovotestp", "default", 5001, "c3", "eth0", "0a:58:64:40:00:03", "100.64.0.3"
+        )
+        client.add_endpoint_port(INTEGRATION_BRIDGE, ep)  # returns once vswitchd applied it
+        flags = set()
+        events.setblocking(False)
+        with contextlib.suppress(BlockingIOError), events:
+            while data := events.recv(65536):
+                offset = 0
+                while offset < len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    _, _, ifindex, ifflags, _ = struct.unpack_from("=BxHiII", data, offset + 16)
+                    if kind == rtnl.RTM_NEWLINK and ifindex == index:
+                        flags.add(ifflags & ~(IFF_LOWER_UP | IFF_RUNNING | IFF_DORMANT))
+                    offset += (length + 3) & ~3
+        assert len(flags) == 1 and flags.pop() & rtnl.IFF_PROMISC
+        assert client.interface(INTEGRATION_BRIDGE, "ovotestp")["ofport"] > 0
+    finally:
+        client.delete_port("ovotestp")
+        netns.delete_namespace(pod)  # takes the veth along

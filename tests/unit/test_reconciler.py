@@ -31,3 +31,13 @@ def test_a_change_that_raises_leaves_the_worker_alive_and_serving(caplog):
         assert "dropped a change it cannot apply: Upsert(key='junk'" in caplog.text
     finally:
         rec.stop()
+
+
+def test_a_submit_without_changes_waits_for_the_latest_version_and_makes_none():
+    """Two ADDs read br-int at once and both see both new ports: the second submits
+    nothing.  Its version must be one the worker will apply (the first's), not a new one
+    with nothing queued, which the worker only noticed at its next canary check."""
+    rec = Reconciler(lambda: 0, lambda g: None, lambda: None, canary_interval=3600)
+    first = rec.submit([Upsert("hosts/h2", Peer("198.18.0.2"), (2,))])
+    assert rec.submit([]) == first
+    assert rec.submit([Upsert("hosts/h3", Peer("198.18.0.3"), (3,))]) == first + 1
