@@ -33,6 +33,7 @@ from controller.endpoints import (
     mac_for,
 )
 from controller.membership import Membership
+from controller.policy_watch import PolicyWatch
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
 from openflow.incremental import Change, Object, Peer, Remove, SetTunnel, Upsert
@@ -64,6 +65,7 @@ class Agent:
         self.ovsdb: OvsdbClient | None = None
         self.reconciler: Reconciler | None = None
         self.endpoints: EndpointManager | None = None
+        self.policy: PolicyWatch | None = None
         self.api: ApiServer | None = None
         self.metrics: metrics.MetricsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -137,6 +139,14 @@ class Agent:
             LOG.warning("removed an orphan left while the agent was away: %s", what)
         # The store's state first, so the first full sync (on connect) has everything.
         revisions = self.cache.load()
+        self.policy = PolicyWatch(
+            self.cluster,
+            cfg.kubernetes_network,
+            self._network_index,
+            self.reconciler.submit,
+        )
+        policy_revisions = self.policy.load()
+        self.policy.compile_now()  # conntrack for the Kubernetes network from the start
         self._ensure_gateway()
         self._keep_underlay_route()
         if cfg.underlay_cidr:
@@ -146,6 +156,12 @@ class Agent:
             self._spawn(
                 lambda p=prefix, r=revision: self.cache.watch(p, r, self._stop), f"watch-{prefix}"
             )
+        for prefix, revision in policy_revisions.items():
+            self._spawn(
+                lambda p=prefix, r=revision: self.policy.watch(p, r, self._stop),
+                f"policy-watch-{prefix}",
+            )
+        self._spawn(lambda: self.policy.run(self._stop), "policy-compile")
         if self._connect_unix is not None:
             self._spawn(self._dial_watch, "dial-watch")
         handlers = {
@@ -171,6 +187,8 @@ class Agent:
         self._stop.set()
         if self.endpoints is not None:
             self.endpoints.wake_store_cleanup()  # to see the stop
+        if self.policy is not None:
+            self.policy.stop()
         if self.metrics is not None:
             self.metrics.close()
         if self.api is not None:
@@ -231,7 +249,10 @@ class Agent:
                 Upsert(k, o, LOCAL_RANK) for k, o in want.items() if self._local.get(k) != o
             ]
             self._local = want
-            return self.reconciler.submit(changes)
+            if self.policy is None:
+                return self.reconciler.submit(changes)
+            # A pod's port and its policy flows in one batch (PolicyWatch.submit_with).
+            return self.policy.submit_with(changes, self._pod_ports(want.values()))
 
     def _submit_remote(self, changes) -> int:
         """The cluster cache's changes to the reconciler; a new peer's underlay neighbour
@@ -439,11 +460,22 @@ class Agent:
         self._gateway = hoststate.GatewayPort(DEFAULT_NETWORK, 0, gw.mac, gw.ip, anycast)
         self._keep_egress(rewrite=True)
 
+    def _network_index(self, name: str) -> int | None:
+        network = self.cache.network(name)
+        return None if network is None else network.index
+
+    def _pod_ports(self, local) -> dict[str, int]:
+        """This host's endpoints in the Kubernetes network: IP -> OpenFlow port."""
+        net = self.config.kubernetes_network
+        return {o.ip: o.ofport for o in local if isinstance(o, LocalPort) and o.network == net}
+
     def _networks_changed(self) -> None:
         """A network record changed (the cluster cache's watch): the default network made
         after this agent started gets its gateway now (claimed, published with the host,
         the port made, its flows submitted), and the egress table follows the network's
         flag.  Failures are logged: the next change or full sync tries again."""
+        if self.policy is not None:
+            self.policy.changed()  # the Kubernetes network's index may be known now
         try:
             if self._host_gateway is None:
                 gateway = self._claim_gateway()

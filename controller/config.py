@@ -63,6 +63,12 @@ OPTS = [
     ),
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between canary flow checks"),
     cfg.StrOpt(
+        "kubernetes_network",
+        default="default",
+        help="the network Kubernetes pods are attached to: NetworkPolicy applies to its "
+        "endpoints that name a pod (K8S_POD_NAMESPACE/K8S_POD_NAME)",
+    ),
+    cfg.StrOpt(
         "metrics_address",
         default="127.0.0.1",
         help="the address Prometheus metrics are served on (http://ADDRESS:PORT/metrics)",
@@ -103,6 +109,7 @@ class AgentConfig:
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9810
     log_format: str = "kv"
+    kubernetes_network: str = "default"
 
 
 REQUIRED = ("host", "tunnel_ip")

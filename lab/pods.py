@@ -116,14 +116,18 @@ def pod_add(
     k8s: str | None = None,
     labels: Sequence[str] = (),
     ports: Sequence[str] = (),
+    ip: str | None = None,
 ) -> dict:
     """Create the pod's namespace and attach it with a CNI ADD; returns the attachment.
     ``k8s`` ("NAMESPACE/NAME") reaches the plugin as a runtime under kubelet sends it,
     in CNI_ARGS, so the endpoint's record names that Kubernetes pod; its Pod object, with
-    ``labels`` (K=V) and ``ports`` (NAME:PORT/PROTO), is applied to the store first."""
+    ``labels`` (K=V) and ``ports`` (NAME:PORT/PROTO), is applied to the store first.
+    ``ip``: a static address (CNI_ARGS IP=), as tests that need known addresses use."""
     if (labels or ports) and not k8s:
         raise LabError("--label and --port describe a Kubernetes pod; give --k8s NAMESPACE/NAME")
-    cni_args = k8s_cni_args(k8s) if k8s else ""
+    cni_args = ";".join(
+        ([k8s_cni_args(k8s)] if k8s else []) + ([f"IP={ip}"] if ip is not None else [])
+    )
     obj = k8s_pod_object(k8s, labels, ports) if k8s else None
     _validate(lab, host, pod)
     paths = LabPaths(state_root, lab)

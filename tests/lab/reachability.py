@@ -55,7 +55,8 @@ print("ready", flush=True)
 threading.Event().wait()
 """
 
-# Probes every (ip, port, proto) given as JSON on stdin at once; prints what answered.
+# Probes every (ip, port, proto) given as JSON in argv at once; prints what answered.  (Not
+# on stdin: every prober must start probing at once, not when its turn to be read comes.)
 PROBER = r"""
 import asyncio, json, socket, sys
 timeout = float(sys.argv[1])
@@ -80,7 +81,7 @@ async def udp(ip, port):
     finally:
         t.close()
 async def main():
-    targets = json.load(sys.stdin)
+    targets = json.loads(sys.argv[2])
     answers = await asyncio.gather(*((tcp if p == "TCP" else udp)(ip, port) for ip, port, p in targets))
     print(json.dumps(answers))
 asyncio.run(main())
@@ -132,12 +133,11 @@ def stop_servers(procs: Iterable[subprocess.Popen]) -> None:
 def _probe_from(src: ModelPod, targets: Sequence[tuple[str, int, str]], timeout: float):
     return subprocess.Popen(
         ["nsenter", f"--net={namespace_path(src.netns)}", "--", sys.executable, "-c"]
-        + [PROBER, str(timeout)],
-        stdin=subprocess.PIPE,
+        + [PROBER, str(timeout), json.dumps(targets)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    ), json.dumps(targets)
+    )
 
 
 def probe(
@@ -152,10 +152,10 @@ def probe(
             by_source.setdefault(s, []).append(d)
         running = []
         for src, dsts in by_source.items():
-            proc, stdin = _probe_from(src, [(d.ip, port, protocol) for d in dsts], timeout)
-            running.append((src, dsts, proc, stdin))
-        for src, dsts, proc, stdin in running:
-            out, err = proc.communicate(stdin, timeout=30 + 4 * timeout)
+            proc = _probe_from(src, [(d.ip, port, protocol) for d in dsts], timeout)
+            running.append((src, dsts, proc))
+        for src, dsts, proc in running:
+            out, err = proc.communicate(timeout=30 + 4 * timeout)
             if proc.returncode != 0:
                 raise RuntimeError(f"probing from {src.key} failed: {err.strip()}")
             for dst, answer in zip(dsts, json.loads(out), strict=True):
