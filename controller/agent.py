@@ -144,6 +144,7 @@ class Agent:
             cfg.kubernetes_network,
             self._network_index,
             self.reconciler.submit,
+            self._kubernetes_host_ip,
         )
         policy_revisions = self.policy.load()
         self.policy.compile_now()  # conntrack for the Kubernetes network from the start
@@ -464,6 +465,11 @@ class Agent:
         network = self.cache.network(name)
         return None if network is None else network.index
 
+    def _kubernetes_host_ip(self) -> str | None:
+        """This host's own address in the Kubernetes network (its gateway's), if any."""
+        gw = self._host_gateway
+        return gw.ip if gw is not None and gw.network == self.config.kubernetes_network else None
+
     def _pod_ports(self, local) -> dict[str, int]:
         """This host's endpoints in the Kubernetes network: IP -> OpenFlow port."""
         net = self.config.kubernetes_network
@@ -482,6 +488,8 @@ class Agent:
                 if gateway is None:
                     return
                 self._host_gateway = gateway
+                if self.policy is not None:
+                    self.policy.changed()  # the node's own address now reaches its pods
                 self.membership.publish([gateway])
                 self._ensure_gateway()
                 self.sync_local()

@@ -45,11 +45,13 @@ class PolicyWatch:
         network: str,
         network_index: Callable[[str], int | None],
         submit: Callable[[Sequence[Change]], int],
+        host_ip: Callable[[], str | None] = lambda: None,
     ):
         self._cluster = cluster
         self._network = network  # the Kubernetes network: its pods are policy's
         self._network_index = network_index  # its dense index (conntrack zone), once known
         self._submit = submit
+        self._host_ip = host_ip  # this host's own address in the network (its probes pass)
         self._lock = threading.Lock()  # the objects and addresses
         # One compile and submit at a time, so programs reach the engine in the order
         # they were compiled; the local ports are the last the agent gave (submit_with).
@@ -164,7 +166,7 @@ class PolicyWatch:
                 key=lambda p: p.ofport,
             )
         )
-        return PolicyProgram(state, HostView(index, local))
+        return PolicyProgram(state, HostView(index, local, self._host_ip()))
 
     def state(self) -> PolicyState:
         """Namespaces, pods with an address in the Kubernetes network, and policies."""

@@ -102,11 +102,17 @@ class LocalPod:
 @dataclass(frozen=True)
 class HostView:
     """What the compiler needs of one host: the dense index of the network Kubernetes
-    pods are on (its conntrack zone; other networks' packets pass policy untouched) and
-    the pods attached here."""
+    pods are on (its conntrack zone; other networks' packets pass policy untouched), the
+    pods attached here, and the host's own address in that network (its gateway's).
+
+    The host reaches its own pods whatever the policies say: kubelet's liveness and
+    readiness probes come from it, and a default deny of ingress must not kill every
+    pod it selects (Antrea and Calico allow the node the same way; the upstream e2e
+    suite, which probes pod to pod, never sees it)."""
 
     network: int
     local: tuple[LocalPod, ...]
+    host_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,10 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
     ids = rule_ids(state)
     index = _Index(state)
     flows = list(_fixed_flows(host.network, generation))
+    if host.host_ip is not None:  # the node to its own pods: kubelet's probes
+        node = match(eth_type=ETH_TYPE_IP, ipv4_src=host.host_ip)
+        c = cookie(Feature.POLICY, generation)
+        flows.append(Flow(INGRESS_RULES, PRIO_SELF, node, c, goto=POLICY_COMMIT))
     clauses: dict[tuple[Table, tuple[MatchField, ...]], set[Conjunction]] = defaultdict(set)
     allow_all: dict[tuple[Table, tuple[MatchField, ...]], int] = {}
     for direction in (EGRESS, INGRESS):

@@ -20,7 +20,7 @@ from openflow.cookies import Feature, feature_of, object_of
 from openflow.model import ETH_TYPE_IP, Conjunction, Flow, Output
 from openflow.simulate import Conntrack, Switch
 from openflow.tables import HOST_CONNTRACK, POLICY_CONNTRACK
-from tests.unit.netpol_e2e import ALL, CASES, Case, ip_of, pod_label, policy
+from tests.unit.netpol_e2e import ALL, CASES, Case, deny_ingress_x, ip_of, pod_label, policy
 
 NET = 3
 TUNNEL, GATEWAY, DELIVERED = 1000, 1001, 4000
@@ -396,3 +396,28 @@ def test_the_flows_do_not_depend_on_the_order_things_arrive_in():
     local = tuple(LocalPod(k, 10 + i) for i, k in enumerate(ALL))
     flows = compile_policy(state, HostView(NET, local), 1)
     assert compile_policy(shuffled, HostView(NET, tuple(reversed(local))), 1) == flows
+
+
+def test_the_node_reaches_its_own_pods_whatever_the_policies_say():
+    """kubelet's probes come from the host's own address: a default deny of ingress does not
+    cut them; another host's address is judged like any other."""
+    state = Case("", [deny_ingress_x], []).state()
+    view = HostView(NET, (LocalPod("x/a", 10),), host_ip="100.64.0.129")
+    switch = Switch((*compile_policy(state, view, 1), *_AFTER), ())
+
+    def from_(src: str) -> set[int]:
+        packet = {
+            "in_port": 2,
+            "reg1": 10,
+            "reg2": NET,
+            "eth_type": ETH_TYPE_IP,
+            "ip_proto": 6,
+            "ipv4_src": src,
+            "ipv4_dst": ip_of("x/a"),
+            "tcp_src": 40000,
+            "tcp_dst": 80,
+        }
+        return switch.process(packet, POLICY_CONNTRACK.table_id).ports
+
+    assert DELIVERED in from_("100.64.0.129")
+    assert DELIVERED not in from_("100.64.0.65")
