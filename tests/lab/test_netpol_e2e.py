@@ -196,6 +196,10 @@ def test_policy_check_agrees_with_real_connections(model):
             }
             assert not until(made, port, "TCP", want), f"{port}/TCP: the matrix is not the model's"
             assert want[("x/b", "x/a")] == (port == 80) and not want[("x/c", "x/a")]
+        for host in HOSTS:  # enforced everywhere: every agent holds both policies
+            _, status = ctl_json("status", "--lab", lab, "--host", host)
+            assert status["agent"]["counts"]["policies"] == 2, status["agent"]
+            assert status["cluster"]["policies"] == 2
         code, allowed = ctl_json(
             "policy", "check", "--lab", lab, "--from", "x/b", "--to", "x/a", "--port", "80/TCP"
         )
