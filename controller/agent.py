@@ -595,8 +595,14 @@ class Agent:
     # -- API ----------------------------------------------------------------------------
 
     def _api_status(self) -> dict:
+        policy = self.policy
         return status.agent_status(
-            self.config, self.ready.is_set(), self.datapath_type, self.reconciler, self.membership
+            self.config,
+            self.ready.is_set(),
+            self.datapath_type,
+            self.reconciler,
+            self.membership,
+            policy.policy_count() if policy is not None else 0,
         )
 
     def _api_attach(

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 
 from netpol.compile import HostView, LocalPod, PolicyProgram
 from netpol.model import Namespace, NetworkPolicy, Pod
-from netpol.state import PodAddress, PolicyState
+from netpol.state import PolicyState, from_records
 from openflow.incremental import Change, SetPolicy
 from store import k8s_objects
-from store.cluster import ClusterState, RecordError, decode_endpoint
+from store.cluster import ClusterState, RecordError
 from store.kv import CompactedError, KeyValue, KvError
+from store.policy_records import decode_record, endpoints_prefix
 
 LOG = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
@@ -65,7 +66,7 @@ class PolicyWatch:
 
     @property
     def _endpoints_prefix(self) -> str:
-        return f"endpoints/{self._network}/"
+        return endpoints_prefix(self._network)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -172,19 +173,8 @@ class PolicyWatch:
         """Namespaces, pods with an address in the Kubernetes network, and policies."""
         with self._lock:
             objects = list(self._objects.values())
-            addresses = sorted(self._addresses.values(), key=lambda a: (a[0], a[1]))
-        pods = {o.key: o for o in objects if isinstance(o, Pod)}
-        placed: dict[str, PodAddress] = {}
-        for key, ip in addresses:  # one address per pod: the lowest, if records disagree
-            if key in pods and key not in placed:
-                placed[key] = PodAddress(pods[key], ip)
-        return PolicyState(
-            tuple(sorted((o for o in objects if isinstance(o, Namespace)), key=lambda n: n.name)),
-            tuple(placed[k] for k in sorted(placed)),
-            tuple(
-                sorted((o for o in objects if isinstance(o, NetworkPolicy)), key=lambda p: p.key)
-            ),
-        )
+            addresses = list(self._addresses.values())
+        return from_records(objects, addresses)
 
     def policy_count(self) -> int:
         with self._lock:
@@ -204,17 +194,16 @@ class PolicyWatch:
         skipped (and what the key held before goes: it is no longer what the store says)."""
         self._forget(kv.key)
         try:
-            if kv.key.startswith(k8s_objects.PREFIX):
-                self._objects[kv.key] = k8s_objects.decode(kv)
-                return
-            ep = decode_endpoint(kv)
+            value = decode_record(kv)
         except RecordError as exc:
             if self._bad.get(kv.key) != kv.mod_revision:
                 self._bad[kv.key] = kv.mod_revision
                 LOG.warning("policy: skipping a broken record: %s", exc)
             return
-        if ep.pod is not None:
-            self._addresses[kv.key] = (ep.pod, ep.ip)
+        if isinstance(value, tuple):
+            self._addresses[kv.key] = value
+        elif value is not None:
+            self._objects[kv.key] = value
 
     def _forget(self, key: str) -> None:
         self._objects.pop(key, None)

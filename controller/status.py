@@ -46,8 +46,10 @@ def agent_status(
     datapath_type: str | None,
     reconciler: Reconciler,
     membership: Membership,
+    policies: int = 0,
 ) -> dict:
-    """The status as JSON-ready values; times are seconds since the epoch."""
+    """The status as JSON-ready values; times are seconds since the epoch.  ``policies``:
+    the NetworkPolicies the agent's PolicyWatch holds (what it compiles)."""
     counts = reconciler.counts()
     return {
         "host": config.host,
@@ -74,5 +76,6 @@ def agent_status(
             "remote_endpoints": counts.remote_endpoints,
             "flows": counts.flows,
             "groups": counts.groups,
+            "policies": policies,
         },
     }

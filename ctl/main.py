@@ -14,6 +14,7 @@ from ctl import (
     k8s_commands,
     lab_commands,
     network_commands,
+    policy_commands,
     status_commands,
     trace_commands,
 )
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow_commands.add_parser(sub)
     trace_commands.add_parser(sub)
     k8s_commands.add_parser(sub)
+    policy_commands.add_parser(sub)
     ref = sub.add_parser(
         "config-reference", help="print the agent's options as markdown (docs/config.md)"
     )

@@ -30,6 +30,7 @@ from ctl.status_report import (
 from ctl.store_options import add_store_options, open_store, resolved_options
 from lab import agent_proc
 from store import ClusterState
+from store.k8s_objects import NETWORK_POLICIES, K8sObjects
 from store.kv import KvError
 
 DEFAULT_SOCKET = "/run/ovs-overlay/agent.sock"  # controller/config.py's default
@@ -116,7 +117,8 @@ def read_cluster(opener) -> tuple[ClusterStatus | None, str | None]:
 
 
 def cluster_status(cluster: ClusterState) -> ClusterStatus:
-    """Hosts and networks with block usage: a full read, for the operator only."""
+    """Hosts and networks with block usage, and the NetworkPolicies stored: a full read,
+    for the operator only."""
     hosts = tuple(
         HostRow(h.name, h.alive, h.tunnel_ip, h.lease_left, h.endpoints, h.blocks)
         for h in cluster.host_summaries()
@@ -138,7 +140,8 @@ def cluster_status(cluster: ClusterState) -> ClusterStatus:
                 addresses_used=len(cluster.allocations(n.name)),
             )
         )
-    return ClusterStatus(hosts, tuple(networks))
+    policies = len(K8sObjects(cluster.kv).list(NETWORK_POLICIES))
+    return ClusterStatus(hosts, tuple(networks), policies)
 
 
 def _egress(network) -> str | None:

@@ -33,6 +33,7 @@ class AgentCounts:
     remote_endpoints: int
     flows: int
     groups: int
+    policies: int  # NetworkPolicies the agent holds and compiles
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class NetworkRow:
 class ClusterStatus:
     hosts: tuple[HostRow, ...]
     networks: tuple[NetworkRow, ...]
+    policies: int  # NetworkPolicies in the store
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def render(report: StatusReport, now: float | None = None) -> list[str]:
             f"  store {a.store.url}: {store} since {ago(a.store.since, now)}",
             f"  local endpoints {c.local_endpoints}, gateways {c.gateways}, networks "
             f"{c.networks}, peers {c.peers}, remote endpoints {c.remote_endpoints}, flows "
-            f"{c.flows}, groups {c.groups}",
+            f"{c.flows}, groups {c.groups}, policies {c.policies}",
         ]
     if report.cluster is not None:
         hosts, nets = report.cluster.hosts, report.cluster.networks
@@ -234,4 +236,5 @@ def render(report: StatusReport, now: float | None = None) -> list[str]:
                 for n in nets
             ],
         )
+        lines += ["", f"networkpolicies {report.cluster.policies}"]
     return lines

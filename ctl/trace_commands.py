@@ -24,13 +24,17 @@ from typing import Literal
 
 from controller.endpoints import host_port_name
 from controller.hoststate import GATEWAY_PORT
-from ctl import lab_host, trace_explain, trace_parse
+from ctl import lab_host, trace_explain, trace_parse, trace_policy
+from ctl.policy_commands import DEFAULT_NETWORK, rule_words
 from ctl.trace_explain import Directory, HostView, PacketFacts, Step
 from ctl.trace_hosts import DEFAULT_AGENT_CONFIG, HostSwitch, LabSwitches, local_agent
+from ctl.trace_policy import PolicyNames
 from ctl.trace_resolve import Endpointish, dest_mac, resolve
 from lab import naming
 from lab.lab import LabError, open_lab_cluster
+from openflow.tables import POLICY_STATE
 from store import open_cluster
+from store.policy_records import read_policy_state
 
 _PORT_LINE = re.compile(r"^\s*(\d+)\(([^)]+)\):")
 MAX_HOPS = 4  # pod -> tunnel -> pod is 2; more means a loop
@@ -43,6 +47,7 @@ class Drop:
     host: str
     table: str
     reason: str
+    isolated_by: tuple[str, ...] = ()  # a policy drop: the policies isolating the pod
 
 
 @dataclass(frozen=True)
@@ -106,17 +111,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
         lab_host.host_paths(args.lab, "h1", state)  # the lab exists
         where: LabSwitches | HostSwitch = LabSwitches(args.lab, state)
         opened = open_lab_cluster(args.lab, state)
+        kubernetes_network = DEFAULT_NETWORK  # the lab's agents keep the default
     else:
         agent = local_agent(args.config or DEFAULT_AGENT_CONFIG)
         where = agent.switch
         opened = closing(open_cluster(agent.store))
+        kubernetes_network = agent.kubernetes_network
     with opened as cluster:
         d = Directory(
             tuple(cluster.list_hosts()),
             tuple(cluster.list_networks()),
             tuple(cluster.list_endpoints()),
         )
-    report = trace(args, d, where)
+        policy_state, _ = read_policy_state(cluster.kv, kubernetes_network)
+    report = trace(args, d, where, PolicyNames.of(policy_state))
     if args.output == "json":
         print(json.dumps(dataclasses.asdict(report), indent=2))
     else:
@@ -224,7 +232,14 @@ def start_host(
     return host
 
 
-def trace(args: argparse.Namespace, d: Directory, where: LabSwitches | HostSwitch) -> TraceReport:
+def trace(
+    args: argparse.Namespace,
+    d: Directory,
+    where: LabSwitches | HostSwitch,
+    policy: PolicyNames | None = None,
+) -> TraceReport:
+    """Follow the packet across the hosts ``where`` reaches; ``policy`` (the state the
+    agents compile) names the NetworkPolicy rules and policies it meets."""
     lab = where.lab if isinstance(where, LabSwitches) else None
     src = resolve(d, lab, args.source, as_source=True)
     dst = resolve(d, lab, args.destination, as_source=False)
@@ -256,11 +271,24 @@ def trace(args: argparse.Namespace, d: Directory, where: LabSwitches | HostSwitc
         first_flow = first_flow or flow
         out = where.run(host, ["ovs-appctl", "ofproto/trace", where.bridge, flow])
         passes = trace_parse.parse(out, where.bridge)
-        steps += [trace_explain.explain(s, view, d, pkt.network) for p in passes for s in p.steps]
+        steps += [
+            trace_explain.explain(s, view, d, pkt.network, policy) for p in passes for s in p.steps
+        ]
+        if trace_policy.NEW_NOTE not in notes and any(
+            s.table_id == POLICY_STATE.table_id for p in passes for s in p.steps
+        ):
+            notes.append(trace_policy.NEW_NOTE)
         kind, last, outs = trace_explain.final(passes)
         if kind == trace_explain.DROPPED:
-            table = trace_explain.table_name(last.table_id) if last else "classifier"
-            reason = trace_explain.drop_reason(last.table_id if last else 0, pkt, view, d)
+            table_id = last.table_id if last else 0
+            table = trace_explain.table_name(table_id) if last else "classifier"
+            proto = args.proto.upper()
+            judged = trace_policy.isolation_drop(
+                table_id, policy, pkt.ip_src, pkt.ip_dst, proto, args.dport or 0
+            )
+            if judged is not None:
+                return report(trace_explain.DROPPED, None, Drop(host, table, *judged))
+            reason = trace_explain.drop_reason(table_id, pkt, view, d)
             return report(trace_explain.DROPPED, None, Drop(host, table, reason))
         name = ports.get(outs[-1], str(outs[-1]))
         if name == GATEWAY_PORT:
@@ -355,4 +383,7 @@ def render(r: TraceReport) -> list[str]:
         lines.append(f"  continue on {f.host}: {f.command}")
     else:
         lines.append(f"verdict: {r.verdict} to {r.delivered_to}")
+    for s in r.steps:
+        if s.rule is not None:
+            lines.append(f"  policy: {s.host} {s.table}: allowed by {rule_words(s.rule)}")
     return lines

@@ -12,7 +12,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from ctl import trace_policy
+from ctl.policy_commands import RuleName
 from ctl.trace_parse import RawStep, TracePass, fields
+from ctl.trace_policy import PolicyNames
 from openflow import cookies
 from openflow.tables import PIPELINE
 from store.cluster import Endpoint, Host, Network
@@ -89,6 +92,7 @@ class Step:
     matched: str
     explained: str
     actions: tuple[str, ...]
+    rule: RuleName | None = None  # the NetworkPolicy rule whose flow this is
 
 
 def table_name(table_id: int) -> str:
@@ -151,6 +155,13 @@ def describe_match(raw: RawStep, view: HostView, d: Directory, net: Network | No
                 words.append(f"{side} IP {value}" + (f" is {owner}" if owner else ""))
         elif key == "reg0":
             words.append(_reg0(value))
+        elif key == "reg1":
+            name = view.ports.get(_int(value), value)
+            words.append(f"decided: out of {view.port_roles.get(name, name)}")
+        elif key == "conj_id":
+            words.append(f"every clause of conjunction {value} held")
+        elif key == "ct_state":
+            words.append(f"conntrack state {value}")
         elif key in ("ip", "arp", "tcp", "udp", "icmp"):
             words.append(f"{key.upper()} packet")
         else:
@@ -216,11 +227,22 @@ def describe_actions(raw: RawStep, view: HostView, d: Directory) -> str:
     return "; ".join(words)
 
 
-def explain(raw: RawStep, view: HostView, d: Directory, network: str | None = None) -> Step:
+def explain(
+    raw: RawStep,
+    view: HostView,
+    d: Directory,
+    network: str | None = None,
+    policy: PolicyNames | None = None,
+) -> Step:
     """One step in words; ``network`` is the traced packet's, for the tables whose flows
-    do not match it (port_security): two networks may hold the same address and MAC."""
+    do not match it (port_security): two networks may hold the same address and MAC;
+    ``policy`` names the NetworkPolicy rules (ctl/trace_policy.py)."""
     f = fields(raw.match)
     net = _network(d, f) or next((n for n in d.networks if n.name == network), None)
+    explained = describe_actions(raw, view, d)
+    words = trace_policy.explain_step(raw, policy)
+    if words:
+        explained = f"{words}; {explained}" if explained else words
     return Step(
         host=view.host,
         table=table_name(raw.table_id),
@@ -228,8 +250,9 @@ def explain(raw: RawStep, view: HostView, d: Directory, network: str | None = No
         priority=raw.priority,
         feature=feature_name(raw.cookie),
         matched=describe_match(raw, view, d, net),
-        explained=describe_actions(raw, view, d),
+        explained=explained,
         actions=raw.actions,
+        rule=trace_policy.rule_of(raw, policy),
     )
 
 

@@ -66,6 +66,7 @@ class LocalAgent:
 
     switch: HostSwitch
     store: str  # the cluster state's URL
+    kubernetes_network: str  # the network NetworkPolicy applies to
 
 
 def local_agent(path: str) -> LocalAgent:
@@ -88,4 +89,6 @@ def local_agent(path: str) -> LocalAgent:
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     rundir = os.path.dirname(values.ovsdb_sock)
-    return LocalAgent(HostSwitch(values.host, values.bridge, rundir), values.store)
+    return LocalAgent(
+        HostSwitch(values.host, values.bridge, rundir), values.store, values.kubernetes_network
+    )

@@ -11,7 +11,7 @@ absent: it can neither be reached nor select anything that matters to a packet.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -74,3 +74,25 @@ def in_block(ip: str, cidr: str, excepts: tuple[str, ...]) -> bool:
     if addr not in ipaddress.ip_network(cidr):
         return False
     return not any(addr in ipaddress.ip_network(e) for e in excepts)
+
+
+def from_records(
+    objects: Iterable[Namespace | Pod | NetworkPolicy], addresses: Iterable[tuple[str, str]]
+) -> PolicyState:
+    """The PolicyState of the store's records: its Kubernetes objects, and ``addresses``
+    (pod key, IP) from the endpoint records of the network Kubernetes pods are on.  The
+    agent (controller/policy_watch.py) and ``ovs-overlayctl policy check`` both build it
+    here, so the check judges exactly what the agent compiles.  A pod has one address: the
+    lowest, if records disagree; a Pod without an endpoint, or an endpoint without a Pod,
+    is absent."""
+    objects = list(objects)
+    pods = {o.key: o for o in objects if isinstance(o, Pod)}
+    placed: dict[str, PodAddress] = {}
+    for key, ip in sorted(addresses):
+        if key in pods and key not in placed:
+            placed[key] = PodAddress(pods[key], ip)
+    return PolicyState(
+        tuple(sorted((o for o in objects if isinstance(o, Namespace)), key=lambda n: n.name)),
+        tuple(placed[k] for k in sorted(placed)),
+        tuple(sorted((o for o in objects if isinstance(o, NetworkPolicy)), key=lambda p: p.key)),
+    )

@@ -14,7 +14,10 @@ import time
 
 import pytest
 
+from ctl import policy_commands
 from lab import pods
+from lab.lab import open_lab_cluster
+from store.policy_records import read_policy_state
 from tests.helpers import CTL, run, running_lab
 from tests.lab import reachability as r
 from tests.unit import netpol_e2e as e2e
@@ -152,4 +155,97 @@ def test_upstream_case_by_real_connections(model, name):
             [namespace(ns, {"ns": ns}) for ns in case.namespace_labels]
             + [pod(key, None) for key in case.pod_labels],
         )
+        assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"
+
+
+# -- the tools: policy check and trace on the same model ---------------------------------
+
+DENY_X = as_policy(e2e.policy("deny", "x", {}, ingress=[]))
+ALLOW_B_80 = as_policy(
+    e2e.policy(
+        "allow-b",
+        "x",
+        e2e.pod_label("a"),
+        ingress=[{"from": [{"podSelector": e2e.pod_label("b")}], "ports": [{"port": 80}]}],
+    )
+)
+
+
+def delete(lab: str, objects: list[dict]) -> None:
+    docs = "".join(f"---\n{json.dumps(o)}\n" for o in objects)
+    done = run([*CTL, "delete", "--ignore-not-found", "--lab", lab, "-f", "-"], input=docs)
+    assert done.returncode == 0, done.stderr
+
+
+def ctl_json(*argv: str) -> tuple[int, dict]:
+    done = run([*CTL, *argv, "-o", "json"])
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_policy_check_agrees_with_real_connections(model):
+    """Every pair of the 9x9 matrix: the model's answer (the store read as the agents read
+    it) is what a real connection does; the command answers by its exit status."""
+    lab, made = model
+    apply(lab, [DENY_X, ALLOW_B_80])
+    try:
+        for port in r.PORTS:
+            want = {
+                (f, t): check(lab, f, t, port).allowed
+                for f, t in itertools.product(e2e.ALL, e2e.ALL)
+            }
+            assert not until(made, port, "TCP", want), f"{port}/TCP: the matrix is not the model's"
+            assert want[("x/b", "x/a")] == (port == 80) and not want[("x/c", "x/a")]
+        for host in HOSTS:  # enforced everywhere: every agent holds both policies
+            _, status = ctl_json("status", "--lab", lab, "--host", host)
+            assert status["agent"]["counts"]["policies"] == 2, status["agent"]
+            assert status["cluster"]["policies"] == 2
+        code, allowed = ctl_json(
+            "policy", "check", "--lab", lab, "--from", "x/b", "--to", "x/a", "--port", "80/TCP"
+        )
+        assert code == 0 and allowed["ingress"]["allowed_by"] == [
+            {"policy": "x/allow-b", "direction": "Ingress", "index": 0}
+        ]
+        code, denied = ctl_json(
+            "policy", "check", "--lab", lab, "--from", "x/b", "--to", "x/a", "--port", "81/TCP"
+        )
+        assert code == 1 and denied["ingress"]["isolated_by"] == ["x/allow-b", "x/deny"]
+    finally:
+        delete(lab, [DENY_X, ALLOW_B_80])
+        assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"
+
+
+def check(lab: str, src: str, dst: str, port: int):
+    with open_lab_cluster(lab) as cluster:
+        state, _ = read_policy_state(cluster.kv, "default")
+    return policy_commands.check(state, src, dst, "TCP", port)
+
+
+def test_trace_names_the_isolating_policy_and_then_the_allowing_rule(model):
+    lab, made = model
+    argv = ("trace", "--lab", lab, "--from", "x/b", "--to", "x/a", "--proto", "tcp")
+    apply(lab, [DENY_X])
+    try:
+        pairs = itertools.product(e2e.ALL, e2e.ALL)
+        want = {(f, t): not t.startswith("x/") or f == t for f, t in pairs}  # x isolated
+        assert not until(made, 80, "TCP", want), "default deny ingress is not enforced"
+        _, dropped = ctl_json(*argv, "--dport", "80")
+        assert dropped["verdict"] == "dropped", dropped
+        assert dropped["drop"]["table"] == "ingress_isolation"
+        assert dropped["drop"]["isolated_by"] == ["x/deny"]
+        assert "x/deny isolate(s) x/a for ingress" in dropped["drop"]["reason"]
+        apply(lab, [ALLOW_B_80])
+        want[("x/b", "x/a")] = True
+        assert not until(made, 80, "TCP", want), "the allow rule is not enforced"
+        _, delivered = ctl_json(*argv, "--dport", "80")
+        assert delivered["verdict"] == "delivered", delivered
+        rules = [(s["host"], s["table"], s["rule"]) for s in delivered["steps"] if s["rule"]]
+        x_a_host = HOSTS[e2e.ALL.index("x/a") % len(HOSTS)]
+        assert rules == [
+            (x_a_host, "ingress_rules", {"policy": "x/allow-b", "direction": "Ingress", "index": 0})
+        ]
+        text = run([*CTL, *argv, "--dport", "80"]).stdout
+        assert "allowed by rule ingress[0] of policy x/allow-b" in text
+    finally:
+        delete(lab, [DENY_X, ALLOW_B_80])
         assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"

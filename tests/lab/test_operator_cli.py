@@ -75,6 +75,7 @@ def test_status_json_has_the_agent_from_its_engine_and_the_cluster_from_the_stor
     )
     # The engine's counts are what br-int has.
     assert (c.flows, c.groups) == (len(flows(name, "h1")), len(groups(name, "h1")))
+    assert c.policies == 0 and report.cluster.policies == 0  # no NetworkPolicy here
     hosts = {h.name: h for h in report.cluster.hosts}
     assert sorted(hosts) == ["h1", "h2", "h3"] and all(h.alive for h in hosts.values())
     assert hosts["h2"].tunnel_ip == "198.18.0.2" and hosts["h2"].lease_left > 0

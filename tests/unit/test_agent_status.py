@@ -63,7 +63,7 @@ def test_status_counts_come_from_the_engine_and_the_store_health_from_the_keepal
         ]
     )
     try:
-        status = agent_status(_config(url), True, "netdev", rec, member)
+        status = agent_status(_config(url), True, "netdev", rec, member, policies=2)
     finally:
         cluster.close()
     assert json.loads(json.dumps(status)) == status  # what the API sends
@@ -75,6 +75,7 @@ def test_status_counts_come_from_the_engine_and_the_store_health_from_the_keepal
         "remote_endpoints": 1,
         "flows": len(rec._engine.flows()),
         "groups": 1,
+        "policies": 2,
     }
     assert status["store"]["url"] == url and status["store"]["reachable"] is True
     assert status["framework"] == "os-ken" and status["version"] == version() != "unknown"

@@ -35,7 +35,7 @@ AGENT = AgentStatus(
     tunnel_type="vxlan",
     tunnel_ip="198.18.0.1",
     store=StoreHealth("etcd://198.18.1.1:2379", False, NOW - 3),
-    counts=AgentCounts(2, 1, 1, 2, 4, 31, 1),
+    counts=AgentCounts(2, 1, 1, 2, 4, 31, 1, 3),
 )
 CLUSTER = ClusterStatus(
     hosts=(
@@ -43,6 +43,7 @@ CLUSTER = ClusterStatus(
         HostRow("h9", False, None, None, 1, 1),
     ),
     networks=(NetworkRow("default", 5001, 1, "100.64.0.0/16", None, True, None, 2, 128, 3),),
+    policies=5,
 )
 
 
@@ -91,7 +92,7 @@ def test_the_terminal_view():
         "  bridge br-int (netdev), tunnel vxlan from 198.18.0.1",
         "  store etcd://198.18.1.1:2379: UNREACHABLE since 3 s ago (2027-01-15 07:59:57 UTC)",
         "  local endpoints 2, gateways 1, networks 1, peers 2, remote endpoints 4, flows 31, "
-        "groups 1",
+        "groups 1, policies 3",
     ]
     assert lines[5:] == [
         "",
@@ -104,6 +105,8 @@ def test_the_terminal_view():
         "NAME     VNI   INDEX  CIDR           MTU  GATEWAY  EGRESS  BLOCKS  "
         "ADDRESSES (USED/IN BLOCKS)",
         "default  5001  1      100.64.0.0/16  -    yes      -       2       3/128",
+        "",
+        "networkpolicies 5",
     ]
 
 
