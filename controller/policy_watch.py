@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from netpol.compile import HostView, LocalPod, PolicyProgram
+from netpol.compile import PolicyProgram, host_program
 from netpol.model import Namespace, NetworkPolicy, Pod
 from netpol.state import PolicyState, from_records
 from openflow.incremental import Change, SetPolicy
@@ -159,15 +159,7 @@ class PolicyWatch:
         index = self._network_index(self._network)
         if index is None:
             return None
-        state = self.state()
-        ports = self._ports
-        local = tuple(
-            sorted(
-                (LocalPod(p.key, ports[p.ip]) for p in state.pods if p.ip in ports),
-                key=lambda p: p.ofport,
-            )
-        )
-        return PolicyProgram(state, HostView(index, local, self._host_ip()))
+        return host_program(self.state(), index, self._ports, self._host_ip())
 
     def state(self) -> PolicyState:
         """Namespaces, pods with an address in the Kubernetes network, and policies."""
@@ -190,16 +182,20 @@ class PolicyWatch:
                 self._take(kv)
 
     def _take(self, kv: KeyValue) -> None:
-        """One record into the view (the lock held); a broken one is logged once and
-        skipped (and what the key held before goes: it is no longer what the store says)."""
-        self._forget(kv.key)
+        """One record into the view (the lock held); a broken one is skipped (and what the
+        key held before goes: it is no longer what the store says) and a broken ``k8s/``
+        record logged once per revision.  A broken endpoint record is not logged here: the
+        cluster cache reports it, once."""
+        self._objects.pop(kv.key, None)
+        self._addresses.pop(kv.key, None)
         try:
             value = decode_record(kv)
         except RecordError as exc:
-            if self._bad.get(kv.key) != kv.mod_revision:
-                self._bad[kv.key] = kv.mod_revision
+            if kv.key.startswith(k8s_objects.PREFIX) and self._bad.get(kv.key) != kv.mod_revision:
                 LOG.warning("policy: skipping a broken record: %s", exc)
+            self._bad[kv.key] = kv.mod_revision
             return
+        self._bad.pop(kv.key, None)
         if isinstance(value, tuple):
             self._addresses[kv.key] = value
         elif value is not None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from netpol.evaluate import EGRESS, INGRESS, RuleRef, peer_matches
@@ -126,6 +127,18 @@ class PolicyProgram:
 
     def flows(self, generation: int) -> tuple[Flow, ...]:
         return compile_policy(self.state, self.view, generation)
+
+
+def host_program(
+    state: PolicyState, network: int, ports: Mapping[str, int], host_ip: str | None
+) -> PolicyProgram:
+    """One host's program: the cluster's policy state, and the pods of it attached here
+    (``ports``: this host's endpoints in the network, IP -> OpenFlow port)."""
+    local = sorted(
+        (LocalPod(p.key, ports[p.ip]) for p in state.pods if p.ip in ports),
+        key=lambda p: p.ofport,
+    )
+    return PolicyProgram(state, HostView(network, tuple(local), host_ip))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from openflow.model import (
     CT_NEW,
     CT_RPL,
     CT_TRK,
+    ETH_TYPE_IP,
     FIELD_BITS,
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -121,15 +122,17 @@ _PORTS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst
 
 
 def _tuple_of(pkt: dict) -> Tuple5 | None:
-    if "ipv4_src" not in pkt or "ipv4_dst" not in pkt or "ip_proto" not in pkt:
+    if int(pkt.get("eth_type", 0)) != ETH_TYPE_IP:
         return None
-    proto = int(pkt["ip_proto"])
+    # A field the packet does not set is 0, as in OVS's flow key (and tracked as such).
+    src, dst = pkt.get("ipv4_src", "0.0.0.0"), pkt.get("ipv4_dst", "0.0.0.0")
+    proto = int(pkt.get("ip_proto", 0))
     names = _PORTS.get(proto)
     if names is None:  # ICMP and others: by addresses (no echo id in the model)
-        return (str(pkt["ipv4_src"]), str(pkt["ipv4_dst"]), proto, None, None)
+        return (str(src), str(dst), proto, None, None)
     if names[0] not in pkt or names[1] not in pkt:
         return None
-    return (str(pkt["ipv4_src"]), str(pkt["ipv4_dst"]), proto, pkt[names[0]], pkt[names[1]])
+    return (str(src), str(dst), proto, pkt[names[0]], pkt[names[1]])
 
 
 def _set_tuple(pkt: dict, t: Tuple5) -> None:

@@ -4,6 +4,7 @@ and ofproto/trace forwards packets where openflow.simulate says they go."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import re
 
@@ -11,6 +12,7 @@ import pytest
 
 from controller import hoststate
 from lab import lab, pods
+from netpol.compile import host_program
 from openflow import pipeline
 from openflow.model import (
     ETH_TYPE_ARP,
@@ -38,6 +40,7 @@ from openflow.model import (
 from openflow.simulate import Switch
 from ovsdb.client import OvsdbClient
 from store import open_cluster
+from store.policy_records import read_policy_state
 from tests.helpers import host_paths, ovs, running_lab
 
 pytestmark = pytest.mark.integration
@@ -82,7 +85,13 @@ def _model(name: str):
             ],
         )
         generation = int(br.external_ids["ovs-overlay-generation"])
+        # The policy program as the agent compiles it (no Kubernetes pods here: conntrack
+        # for the network, and the node's own address let through to its pods).
+        policy, _ = read_policy_state(cluster.kv, "default")
+        ports = {p.endpoint.ip: p.ofport for p in client.list_endpoint_ports("br-int")}
+        program = host_program(policy, default.index, ports, mine.ip)
     cluster.close()
+    state = dataclasses.replace(state, policy=program)
     return state, pipeline.build(state, generation)
 
 
