@@ -20,7 +20,7 @@ makes four transitions, each timed from the start of the ``ovs-overlayctl apply`
 Probes: each host's client probes the next host's server (h1 -> h2 -> h3 -> h1: every
 host's ingress, probed from every host; every pair would triple the probes' load on a
 2-core machine and slow what is measured).  The prober starts a new TCP connection
-(SO_LINGER 0, so no TIME_WAIT piles up) every ``--interval`` (20 ms) with a 250 ms
+(SO_LINGER 0, so no TIME_WAIT piles up) every ``--interval`` (20 ms) with a 1 s
 timeout; a denied SYN is dropped, so a failure is a timeout.  A pair is enforced at the
 start of the first attempt after which every attempt had the new outcome; "probes" is
 the last pair's.  The agents' side: ``ovs-ofctl dump-flows br-int`` with a cookie mask
@@ -62,6 +62,10 @@ from openflow.cookies import Feature, feature_mask, object_mask  # noqa: E402
 HOSTS = ("h1", "h2", "h3")
 NS = "bench"
 PORT = 80
+# A connection attempt that has not connected by then was dropped.  250 ms was too short
+# on this 2-core machine under load (an allowed attempt now and then timed out while the
+# prober waited for the CPU); a second is what TCP waits before its first SYN retry.
+PROBE_TIMEOUT = 1.0
 POLL_PAUSE = 0.02  # between one host's polls: each is an ovs-ofctl process
 CTL = [sys.executable, "-m", "ctl.main"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,7 +269,7 @@ def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present
             c["netns"],
             PROBER,
             str(args.interval),
-            "0.25",
+            str(PROBE_TIMEOUT),
             "0.5",
             "15",
             "ok" if want_ok else "fail",
@@ -295,13 +299,13 @@ def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present
                 p.kill()  # the PID we started
                 p.wait()
     pairs = []
+    blips = 0  # attempts before the change with its outcome (a slow allowed one, say)
     for (client, server), per_target in zip(ring(clients, servers), results, strict=True):
         for attempts in per_target:
             before = [ok for t, ok in attempts if t < start]
-            if not before or any(ok == want_ok for ok in before):
-                raise RuntimeError(
-                    f"{client['name']} -> {server['name']}: the new outcome before the change"
-                )
+            if not before:
+                raise RuntimeError(f"{client['name']} -> {server['name']}: no probe before")
+            blips += sum(1 for ok in before if ok == want_ok)
             at = settled_at(attempts, want_ok, start)
             if at is None or at < start:
                 raise RuntimeError(f"{client['name']} -> {server['name']}: never settled")
@@ -317,6 +321,7 @@ def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present
         "probes_first": min(pairs),
         "flows": max(flows),
         "poll": statistics.median(polls),
+        "blips": blips,
         "probes after write": max(pairs) - written,
         "flows after write": max(flows) - written,
     }
@@ -387,7 +392,8 @@ def enforcement(args) -> None:
                     f"run {run} {label}: written {r['written'] * 1000:.0f} ms, "
                     f"apply {r['apply'] * 1000:.0f} ms, probes "
                     f"{r['probes_first'] * 1000:.0f}-{r['probes'] * 1000:.0f} ms, flows "
-                    f"{r['flows'] * 1000:.0f} ms (poll {r['poll'] * 1000:.0f} ms)",
+                    f"{r['flows'] * 1000:.0f} ms (poll {r['poll'] * 1000:.0f} ms)"
+                    + (f", {r['blips']} attempts before it had its outcome" if r["blips"] else ""),
                     flush=True,
                 )
     finally:
