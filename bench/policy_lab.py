@@ -22,8 +22,10 @@ host's ingress, probed from every host; every pair would triple the probes' load
 2-core machine and slow what is measured).  The prober starts a new TCP connection
 (SO_LINGER 0, so no TIME_WAIT piles up) every ``--interval`` (20 ms) with a 1 s
 timeout; a denied SYN is dropped, so a failure is a timeout.  A pair is enforced at the
-start of the first attempt after which every attempt had the new outcome; "probes" is
-the last pair's.  The agents' side: ``ovs-ofctl dump-flows br-int`` with a cookie mask
+start of the first five attempts in a row with the new outcome after which the old one
+never came twice in a row; lone old outcomes after it are counted and printed (about one
+allowed attempt in a thousand fails under this machine's load, with no change pending
+too); "probes" is the last pair's.  The agents' side: ``ovs-ofctl dump-flows br-int`` with a cookie mask
 (openflow/cookies.py), polled on each host (20 ms apart), until the flows are there (or
 gone): the isolation flows (Feature.POLICY_ISOLATION) for deny, the allow rule's own
 flows (object_mask(POLICY_RULE, its id)) for allow; "flows" is the end of the first poll
@@ -250,15 +252,27 @@ class FlowWatch:
         self._thread.join()
 
 
-def settled_at(attempts: list[list], want: bool, go: float) -> float | None:
-    """The start of the first attempt after which every attempt had ``want``."""
-    at = None
-    for t, ok in sorted(attempts):
-        if ok != want:
-            at = None
-        elif at is None:
-            at = t
-    return at
+def settled_at(attempts: list[list], want: bool, run: int = 5) -> tuple[float | None, int]:
+    """The start of the first ``run`` attempts in a row with ``want`` after which the old
+    outcome never won twice in a row, and how many single old outcomes came after it (a
+    lone failed connection among allowed ones is a lost or slow SYN, and happens with no
+    change pending too; a lone allowed one among denied ones would be a leak)."""
+    ordered = sorted(attempts)
+    at, streak, odd = None, 0, 0
+    for i, (_, ok) in enumerate(ordered):
+        if ok == want:
+            streak += 1
+            if streak == run and at is None:
+                at = ordered[i - run + 1][0]
+            continue
+        streak = 0
+        lone = at is not None and i + 1 < len(ordered) and ordered[i + 1][1] == want
+        lone = lone and (i == 0 or ordered[i - 1][1] == want)
+        if lone:
+            odd += 1
+        else:
+            at, odd = None, 0
+    return at, odd
 
 
 def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present, args):
@@ -300,13 +314,15 @@ def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present
                 p.wait()
     pairs = []
     blips = 0  # attempts before the change with its outcome (a slow allowed one, say)
+    after = 0  # lone attempts after enforcement with the old outcome
     for (client, server), per_target in zip(ring(clients, servers), results, strict=True):
         for attempts in per_target:
             before = [ok for t, ok in attempts if t < start]
             if not before:
                 raise RuntimeError(f"{client['name']} -> {server['name']}: no probe before")
             blips += sum(1 for ok in before if ok == want_ok)
-            at = settled_at(attempts, want_ok, start)
+            at, odd = settled_at(attempts, want_ok)
+            after += odd
             if at is None or at < start:
                 raise RuntimeError(f"{client['name']} -> {server['name']}: never settled")
             pairs.append(at - start)
@@ -322,6 +338,7 @@ def transition(lab_name, clients, servers, verb, objects, want_ok, mask, present
         "flows": max(flows),
         "poll": statistics.median(polls),
         "blips": blips,
+        "after": after,
         "probes after write": max(pairs) - written,
         "flows after write": max(flows) - written,
     }
@@ -393,7 +410,8 @@ def enforcement(args) -> None:
                     f"apply {r['apply'] * 1000:.0f} ms, probes "
                     f"{r['probes_first'] * 1000:.0f}-{r['probes'] * 1000:.0f} ms, flows "
                     f"{r['flows'] * 1000:.0f} ms (poll {r['poll'] * 1000:.0f} ms)"
-                    + (f", {r['blips']} attempts before it had its outcome" if r["blips"] else ""),
+                    + (f", {r['blips']} attempts before it had its outcome" if r["blips"] else "")
+                    + (f", {r['after']} lone old outcomes after it" if r["after"] else ""),
                     flush=True,
                 )
     finally:
