@@ -20,19 +20,20 @@ makes four transitions, each timed from the start of the ``ovs-overlayctl apply`
 Probes: each host's client probes the next host's server (h1 -> h2 -> h3 -> h1: every
 host's ingress, probed from every host; every pair would triple the probes' load on a
 2-core machine and slow what is measured).  The prober starts a new TCP connection
-(SO_LINGER 0, so no TIME_WAIT piles up) every ``--interval`` (20 ms) with a 1 s
-timeout; a denied SYN is dropped, so a failure is a timeout.  A pair is enforced at the
-start of the first five attempts in a row with the new outcome after which the old one
-never came twice in a row; lone old outcomes after it are counted and printed (about one
-allowed attempt in a thousand fails under this machine's load, with no change pending
-too); "probes" is the last pair's.  The agents' side: ``ovs-ofctl dump-flows br-int`` with a cookie mask
-(openflow/cookies.py), polled on each host (20 ms apart), until the flows are there (or
-gone): the isolation flows (Feature.POLICY_ISOLATION) for deny, the allow rule's own
-flows (object_mask(POLICY_RULE, its id)) for allow; "flows" is the end of the first poll
-that sees it, on the last host.  "written" is when the command printed its object's
-line (right after the store write; PYTHONUNBUFFERED), so "after write" is the agents'
-part and the rest is the command's start (Python, imports, opening the store).  Every
-time is printed per run; the table gives p50/p99/max (with 10 runs, p99 is the max).
+(SO_LINGER 0, so no TIME_WAIT piles up) every ``--interval`` (20 ms) with a 1 s timeout;
+a denied SYN is dropped, so a failure is a timeout.  A pair is enforced at the start of
+the first five attempts in a row with the new outcome after which the old one never came
+twice in a row; lone old outcomes after it are counted and printed (about one allowed
+attempt in a thousand fails under this machine's load, with no change pending too);
+"probes" is the last pair's.  The agents' side: ``ovs-ofctl dump-flows br-int`` with a
+cookie mask (openflow/cookies.py), polled on each host (20 ms apart), until the flows
+are there (or gone): the isolation flows (Feature.POLICY_ISOLATION) for deny, the allow
+rule's own flows (object_mask(POLICY_RULE, its id)) for allow; "flows" is the end of the
+first poll that sees it, on the last host.  "written" is when the command printed its
+object's line (right after the store write; PYTHONUNBUFFERED), so "after write" is the
+agents' part and the rest is the command's start (Python, imports, opening the store).
+Every time is printed per run; the table gives p50/p99/max (with 10 runs, p99 is the
+max).
 
 Throughput: in the same lab kind (a fresh 3-host lab), ``iperf3 -t SECONDS`` from a
 client pod on h1 to a server pod on h2, alternating "no policy" and "allow policy" (the
@@ -503,6 +504,11 @@ def throughput(args) -> None:
     if got["allow policy"]:
         ratio = statistics.median(got["allow policy"]) / statistics.median(got["no policy"])
         print(f"\nratio allow policy / no policy (medians): {ratio:.3f}")
+        pairs = [p / n for n, p in zip(got["no policy"], got["allow policy"], strict=True)]
+        print(
+            f"median of the runs' own ratios (each policy run / the run before it): "
+            f"{statistics.median(pairs):.3f}"
+        )
 
 
 def rule_packets(lab_name: str, host: str, mask: tuple[int, int]) -> int:
