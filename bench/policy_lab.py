@@ -38,9 +38,12 @@ max).
 Throughput: in the same lab kind (a fresh 3-host lab), ``iperf3 -t SECONDS`` from a
 client pod on h1 to a server pod on h2, alternating "no policy" and "allow policy" (the
 allow policy plus the default deny: the server is isolated and the flow allowed by a
-rule), ``--repeat`` times each.  ``--only throughput --no-policy`` measures the
-no-policy case alone: run it from a checkout of the pipeline before policy was wired
-(3b6b3b9) to see what the always-on conntrack costs.
+rule; its counter is checked to have moved), ``--repeat`` times each; with each run the
+CPU the two hosts' ovs-vswitchd spent per GB received (the userspace datapath runs
+there, conntrack included), which the machine's load changes far less than throughput.
+``--only throughput --no-policy`` measures the no-policy case alone: run it from a
+checkout of the pipeline before policy was wired (3b6b3b9) to see what the always-on
+conntrack costs.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from controller.netns import namespace_path  # noqa: E402
-from lab import lab, netns, pods  # noqa: E402
+from lab import lab, naming, netns, ovs_host, pods  # noqa: E402
 from openflow.cookies import Feature, feature_mask, object_mask  # noqa: E402
 
 HOSTS = ("h1", "h2", "h3")
@@ -450,8 +453,23 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def iperf(src: dict, dst: dict, seconds: int) -> float:
-    """Gbit/s received, from src's pod to dst's pod."""
+def vswitchd_cpu(lab_name: str, hosts: tuple[str, ...]) -> float:
+    """User + system CPU seconds the hosts' ovs-vswitchd have spent (where the userspace
+    datapath, conntrack included, runs): fields 14 and 15 of /proc/PID/stat."""
+    total = 0.0
+    for host in hosts:
+        hp = lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).host(host)
+        with open(f"/proc/{ovs_host.daemon_pid(hp, 'ovs-vswitchd')}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def iperf(lab_name: str, src: dict, dst: dict, seconds: int) -> tuple[float, float]:
+    """Gbit/s received, from src's pod to dst's pod, and the two hosts' ovs-vswitchd CPU
+    seconds per GB received (a cost the machine's load does not change as it changes
+    throughput)."""
+    hosts = (src["host"], dst["host"])
     server = subprocess.Popen(
         ["iperf3", "-s", "-1", "-B", dst["ip"]],
         stdout=subprocess.DEVNULL,
@@ -461,33 +479,43 @@ def iperf(src: dict, dst: dict, seconds: int) -> float:
         for _ in range(100):
             if ":5201" in netns.run_in_namespace(dst["netns"], ["ss", "-ltn"]).stdout:
                 break
+        cpu = vswitchd_cpu(lab_name, hosts)
         out = netns.run_in_namespace(
             src["netns"],
             ["iperf3", "-c", dst["ip"], "-t", str(seconds), "-J"],
             timeout=seconds + 30,
         ).stdout
+        cpu = vswitchd_cpu(lab_name, hosts) - cpu
     finally:
         server.wait(timeout=30)
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    received = json.loads(out)["end"]["sum_received"]
+    return received["bits_per_second"] / 1e9, cpu / (received["bytes"] / 1e9)
 
 
 def throughput(args) -> None:
     name = "b" + secrets.token_hex(3)
     got: dict[str, list[float]] = {"no policy": [], "allow policy": []}
+    cpu: dict[str, list[float]] = {"no policy": [], "allow policy": []}
+
+    def measure(what: str) -> None:
+        gbps, cpu_per_gb = iperf(name, client, server, args.seconds)
+        got[what].append(gbps)
+        cpu[what].append(cpu_per_gb)
+
     try:
         lab.up(name, len(HOSTS))
         clients, servers = model_pods(name, 5201)
         client, server = clients[0], servers[1]  # h1 -> h2
         allow_policy = allow(5201)
+        rule = object_mask(Feature.POLICY_RULE, rule_id(allow_policy))
         for _ in range(args.repeat):
-            got["no policy"].append(iperf(client, server, args.seconds))
+            measure("no policy")
             if args.no_policy:
                 continue
             ctl(name, "apply", [DENY, allow_policy])
-            _wait_flows(name, object_mask(Feature.POLICY_RULE, rule_id(allow_policy)), True)
-            rule = object_mask(Feature.POLICY_RULE, rule_id(allow_policy))
+            _wait_flows(name, rule, True)
             before = rule_packets(name, server["host"], rule)
-            got["allow policy"].append(iperf(client, server, args.seconds))
+            measure("allow policy")
             if rule_packets(name, server["host"], rule) == before:
                 raise RuntimeError("the allow rule's flows counted no packet: not the policy path")
             ctl(name, "delete", [DENY, allow_policy])
@@ -495,12 +523,15 @@ def throughput(args) -> None:
     finally:
         lab.down(name)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}, {os.getloadavg()[1]:.1f}\n")
-    print("| h1 pod -> h2 pod | median Gbit/s | runs (alternating) |")
-    print("|---|---:|---|")
+    print("| h1 pod -> h2 pod | median Gbit/s | runs (alternating) | vswitchd CPU s/GB, median |")
+    print("|---|---:|---|---:|")
     for what, values in got.items():
         if values:
             runs = ", ".join(f"{x:.2f}" for x in values)
-            print(f"| {what} | {statistics.median(values):.2f} | {runs} |")
+            print(
+                f"| {what} | {statistics.median(values):.2f} | {runs} "
+                f"| {statistics.median(cpu[what]):.2f} |"
+            )
     if got["allow policy"]:
         ratio = statistics.median(got["allow policy"]) / statistics.median(got["no policy"])
         print(f"\nratio allow policy / no policy (medians): {ratio:.3f}")
@@ -509,6 +540,8 @@ def throughput(args) -> None:
             f"median of the runs' own ratios (each policy run / the run before it): "
             f"{statistics.median(pairs):.3f}"
         )
+        per_gb = statistics.median(cpu["no policy"]) / statistics.median(cpu["allow policy"])
+        print(f"vswitchd CPU per GB, no policy / allow policy (medians): {per_gb:.3f}")
 
 
 def rule_packets(lab_name: str, host: str, mask: tuple[int, int]) -> int:
