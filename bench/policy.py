@@ -12,7 +12,9 @@ egress to DNS pods on UDP and TCP 53.
     .venv/bin/python -m bench.policy [--pods 5000] [--policies 1000] [--hosts 50] [--runs 5]
 
 It prints the flows by table, the conjunctions and what the same rules would cost as
-the product of their clauses (flows without conjunctions), and the compile time.
+the product of their clauses (flows without conjunctions), and the compile time.  The
+lab part (apply to enforcement on every host, pod-to-pod TCP with a policy) is
+bench/policy_lab.py.
 """
 
 from __future__ import annotations
