@@ -38,8 +38,10 @@
 #define DEFAULT_SOCKET "/run/ovs-overlay/agent.sock"
 #define PYTHON_PLUGIN "ovs-overlay-python"
 #define ANSWER_HEADER "ovs-overlay-cni 1 "
-/* The agent reads at most 1 MiB per request (controller/api.py); escaping may double. */
-#define MAX_STDIN (400 * 1024)
+/* The agent reads at most 1 MiB per request (controller/api.py MAX_REQUEST): a bigger
+ * request (escaping makes a control byte six) goes to the Python plugin instead. */
+#define MAX_REQUEST (1 << 20)
+#define MAX_STDIN (MAX_REQUEST / 2)
 #define TIMEOUT_SECONDS 60 /* as the Python plugin's AGENT_TIMEOUT */
 
 extern char **environ;
@@ -143,11 +145,11 @@ static int agent_socket(const struct buf *in, char *out, size_t size)
     const char *p = k + sizeof key - 1;
     if (memmem(p, (size_t)(end - p), key, sizeof key - 1) != NULL)
         return -1; /* more than one: only a JSON parser knows which is the top level's */
-    while (p < end && strchr(" \t\r\n", *p))
+    while (p < end && *p != '\0' && strchr(" \t\r\n", *p))
         p++;
     if (p == end || *p++ != ':')
         return -1;
-    while (p < end && strchr(" \t\r\n", *p))
+    while (p < end && *p != '\0' && strchr(" \t\r\n", *p))
         p++;
     if (p == end || *p++ != '"')
         return -1;
@@ -212,6 +214,8 @@ int main(int argc, char **argv)
     put_str(&req, "}, \"stdin\": ");
     put_json_string(&req, in.data, in.len);
     put(&req, "}", 1);
+    if (req.len > MAX_REQUEST)
+        fallback(argv, &in, NULL); /* more than the agent reads: it never saw it */
 
     for (size_t sent = 0; sent < req.len; sent += (size_t)n) {
         n = send(sock, req.data + sent, req.len - sent, MSG_NOSIGNAL);

@@ -234,26 +234,31 @@ class Agent:
                     f"tunnel port {self.tunnel.name} has no OpenFlow port on {cfg.bridge}"
                 )
             want: dict[str, Object] = {}
+            pods: dict[str, tuple[int, str | None]] = {}  # the Kubernetes network's, by IP
             for a in endpoint_ports(interfaces):
                 if a.ofport and a.ofport > 0:
                     ep = a.endpoint
                     want[f"port/{ep.port}"] = LocalPort(ep.network, a.ofport, ep.mac, ep.ip)
+                    if ep.network == cfg.kubernetes_network:
+                        pods[ep.ip] = (a.ofport, ep.pod)
             for gw in self._gateway_ports(interfaces.get(hoststate.GATEWAY_PORT)):
                 key = f"gateway/{hoststate.GATEWAY_PORT}"
                 want[key] = Gateway(gw.network, gw.ofport, gw.mac, gw.ip, gw.anycast)
             changes: list[Change] = []
             if tunnel["ofport"] != self._tunnel_ofport:
                 changes.append(SetTunnel(tunnel["ofport"]))
-                self._tunnel_ofport = tunnel["ofport"]
             changes += [Remove(k) for k in self._local.keys() - want.keys()]
             changes += [
                 Upsert(k, o, LOCAL_RANK) for k, o in want.items() if self._local.get(k) != o
             ]
-            self._local = want
             if self.policy is None:
-                return self.reconciler.submit(changes)
-            # A pod's port and its policy flows in one batch (PolicyWatch.submit_with).
-            return self.policy.submit_with(changes, self._pod_ports(want.values()))
+                version = self.reconciler.submit(changes)
+            else:  # a pod's port and its policy flows in one batch (PolicyWatch.submit_with)
+                version = self.policy.submit_with(changes, pods)
+            # Only once submitted: a failure above leaves the next call the same diff.
+            self._local = want
+            self._tunnel_ofport = tunnel["ofport"]
+            return version
 
     def _submit_remote(self, changes) -> int:
         """The cluster cache's changes to the reconciler; a new peer's underlay neighbour
@@ -469,11 +474,6 @@ class Agent:
         """This host's own address in the Kubernetes network (its gateway's), if any."""
         gw = self._host_gateway
         return gw.ip if gw is not None and gw.network == self.config.kubernetes_network else None
-
-    def _pod_ports(self, local) -> dict[str, int]:
-        """This host's endpoints in the Kubernetes network: IP -> OpenFlow port."""
-        net = self.config.kubernetes_network
-        return {o.ip: o.ofport for o in local if isinstance(o, LocalPort) and o.network == net}
 
     def _networks_changed(self) -> None:
         """A network record changed (the cluster cache's watch): the default network made

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from netpol.compile import PolicyProgram, host_program
 from netpol.model import Namespace, NetworkPolicy, Pod
-from netpol.state import PolicyState, from_records
+from netpol.state import LOCAL_REVISION, PolicyState, from_records
 from openflow.incremental import Change, SetPolicy
 from store import k8s_objects
 from store.cluster import ClusterState, RecordError
@@ -57,9 +57,11 @@ class PolicyWatch:
         # One compile and submit at a time, so programs reach the engine in the order
         # they were compiled; the local ports are the last the agent gave (submit_with).
         self._compile_lock = threading.Lock()
-        self._ports: dict[str, int] = {}  # this host's endpoints in the network: IP -> ofport
+        # This host's endpoints in the network, from its OVSDB: IP -> (ofport, pod key or None).
+        self._ports: dict[str, tuple[int, str | None]] = {}
         self._objects: dict[str, Namespace | Pod | NetworkPolicy] = {}  # by k8s/ key
-        self._addresses: dict[str, tuple[str, str]] = {}  # endpoint key -> (pod key, IP)
+        # endpoint key -> (pod key, IP, the record's revision)
+        self._addresses: dict[str, tuple[str, str, int]] = {}
         self._bad: dict[str, int] = {}  # key -> mod_revision already logged as broken
         self._due = threading.Event()
         self._last: PolicyProgram | None = None
@@ -115,8 +117,10 @@ class PolicyWatch:
             self._due.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Compile and submit whenever something changed, until ``stop``: one compile for
-        whatever arrived meanwhile.  A failure is logged and the next change retries."""
+        """Make and submit the program whenever something changed, until ``stop``: one
+        for whatever arrived meanwhile.  A failure here is logged and the next change
+        retries; the compile itself runs in the reconciler's engine, which drops a program
+        that does not compile (logged) and keeps the one it has."""
         while not stop.is_set():
             self._due.wait()
             self._due.clear()
@@ -138,10 +142,14 @@ class PolicyWatch:
     def compile_now(self) -> None:
         self.submit_with([], None)
 
-    def submit_with(self, changes: list[Change], ports: dict[str, int] | None) -> int:
+    def submit_with(
+        self, changes: list[Change], ports: dict[str, tuple[int, str | None]] | None
+    ) -> int:
         """Submit ``changes`` (the agent's local ports) with the policy program they make
-        (``ports``: the local endpoints now; None: unchanged), in one batch: a new pod's
-        port never has flows before its policy flows.  Returns the reconciler's version."""
+        (``ports``: the local endpoints now, IP -> (ofport, pod key), from OVSDB; None:
+        unchanged), in one batch: a new pod's port never has flows before its policy
+        flows.  The pods here are known from OVSDB, not from the store's watch, which may
+        not have brought the new pod's record yet.  Returns the reconciler's version."""
         with self._compile_lock:
             if ports is not None:
                 self._ports = ports
@@ -159,14 +167,17 @@ class PolicyWatch:
         index = self._network_index(self._network)
         if index is None:
             return None
-        return host_program(self.state(), index, self._ports, self._host_ip())
+        ports = {ip: ofport for ip, (ofport, _) in self._ports.items()}
+        return host_program(self.state(), index, ports, self._host_ip())
 
     def state(self) -> PolicyState:
-        """Namespaces, pods with an address in the Kubernetes network, and policies."""
+        """Namespaces, pods with an address in the Kubernetes network (this host's own
+        from its OVSDB, newer than any record), and policies."""
         with self._lock:
             objects = list(self._objects.values())
             addresses = list(self._addresses.values())
-        return from_records(objects, addresses)
+        local = [(pod, ip, LOCAL_REVISION) for ip, (_, pod) in self._ports.items() if pod]
+        return from_records(objects, addresses + local)
 
     def policy_count(self) -> int:
         with self._lock:

@@ -76,23 +76,32 @@ def in_block(ip: str, cidr: str, excepts: tuple[str, ...]) -> bool:
     return not any(addr in ipaddress.ip_network(e) for e in excepts)
 
 
+# The revision a host's own ports have in ``from_records``: newer than any record, since
+# this host's OVSDB says where its pods are now (the store may not have told it yet).
+LOCAL_REVISION = 1 << 62
+
+
 def from_records(
-    objects: Iterable[Namespace | Pod | NetworkPolicy], addresses: Iterable[tuple[str, str]]
+    objects: Iterable[Namespace | Pod | NetworkPolicy], addresses: Iterable[tuple[str, str, int]]
 ) -> PolicyState:
     """The PolicyState of the store's records: its Kubernetes objects, and ``addresses``
-    (pod key, IP) from the endpoint records of the network Kubernetes pods are on.  The
-    agent (controller/policy_watch.py) and ``ovs-overlayctl policy check`` both build it
-    here, so the check judges exactly what the agent compiles.  A pod has one address: the
-    lowest, if records disagree; a Pod without an endpoint, or an endpoint without a Pod,
-    is absent."""
+    (pod key, IP, revision) from the endpoint records of the network Kubernetes pods are
+    on (the record's mod_revision; LOCAL_REVISION for this host's own ports).  The agent
+    (controller/policy_watch.py) and ``ovs-overlayctl policy check`` both build it here,
+    so the check judges exactly what the agent compiles.  A pod has one address: the
+    newest, if records disagree (a pod rescheduled from a host that died left its old
+    record behind: the new one is the pod); a Pod without an endpoint, or an endpoint
+    without a Pod, is absent."""
     objects = list(objects)
     pods = {o.key: o for o in objects if isinstance(o, Pod)}
-    placed: dict[str, PodAddress] = {}
-    for key, ip in sorted(addresses):
-        if key in pods and key not in placed:
-            placed[key] = PodAddress(pods[key], ip)
+    newest: dict[str, tuple[int, str]] = {}
+    for key, ip, revision in addresses:
+        if key in pods:
+            best = newest.get(key)
+            if best is None or (-revision, ip) < (-best[0], best[1]):
+                newest[key] = (revision, ip)
     return PolicyState(
         tuple(sorted((o for o in objects if isinstance(o, Namespace)), key=lambda n: n.name)),
-        tuple(placed[k] for k in sorted(placed)),
+        tuple(PodAddress(pods[k], newest[k][1]) for k in sorted(newest)),
         tuple(sorted((o for o in objects if isinstance(o, NetworkPolicy)), key=lambda p: p.key)),
     )

@@ -276,21 +276,26 @@ class Engine:
                 raise TypeError(f"{change.key}: not a pipeline object: {change.obj!r}")
         if any(isinstance(c, SetTunnel) and c.ofport != self.tunnel_ofport for c in changes):
             return self._apply_everything(changes, messages), []
-        policy = [c for c in changes if isinstance(c, SetPolicy)]
+        policy = [c.program for c in changes if isinstance(c, SetPolicy)]
         changes = [c for c in changes if not isinstance(c, SetPolicy)]
+        # The program's flows first: a compile that raises leaves the engine as it was
+        # (the reconciler drops the change and logs it), never a program without its flows.
+        program = policy[-1] if policy else self._policy
+        flows = None
+        if program != self._policy and program is not None:
+            flows = program.flows(self.generation)
         messages_out, shadowed = self._apply_objects(changes, messages)
-        if policy and policy[-1].program != self._policy:
-            messages_out += self._set_policy(policy[-1].program, messages)
+        if program != self._policy:
+            messages_out += self._set_policy(program, flows, messages)
         return messages_out, shadowed
 
-    def _set_policy(self, program: PolicyProgram | None, messages: bool) -> list[Message]:
+    def _set_policy(
+        self, program: PolicyProgram | None, flows: tuple[Flow, ...] | None, messages: bool
+    ) -> list[Message]:
         old_units: dict[Hashable, tuple[Flow, ...]] = {}
         self._policy = program
-        self._set_unit(("policy",), self._policy_flows(), old_units)
+        self._set_unit(("policy",), flows, old_units)
         return self._messages(old_units, {}) if messages else []
-
-    def _policy_flows(self) -> tuple[Flow, ...] | None:
-        return None if self._policy is None else self._policy.flows(self.generation)
 
     def _apply_objects(
         self, changes: list[Change], messages: bool
@@ -617,6 +622,9 @@ class Engine:
     def _apply_everything(self, changes: list[Change], messages: bool) -> list[Message]:
         """A change the per-object handlers do not cover (the tunnel's port number): take
         it, recompute everything, and diff the whole pipeline."""
+        for change in changes:  # a program that does not compile raises before anything changes
+            if isinstance(change, SetPolicy) and change.program is not None:
+                change.program.flows(self.generation)
         before_flows, before_groups = self.flows(), self.groups()
         for change in changes:
             if isinstance(change, SetTunnel):

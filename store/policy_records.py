@@ -16,7 +16,7 @@ from store import k8s_objects
 from store.cluster import RecordError, decode_endpoint
 from store.kv import KeyValue, KvStore
 
-Record = Namespace | Pod | NetworkPolicy | tuple[str, str]
+Record = Namespace | Pod | NetworkPolicy | tuple[str, str, int]
 
 
 def endpoints_prefix(network: str) -> str:
@@ -24,20 +24,20 @@ def endpoints_prefix(network: str) -> str:
 
 
 def decode_record(kv: KeyValue) -> Record | None:
-    """A ``k8s/`` record as its netpol.model value, an endpoint record as (pod key, IP),
-    or None for an endpoint that belongs to no Kubernetes pod; RecordError names what is
-    wrong with a broken one."""
+    """A ``k8s/`` record as its netpol.model value, an endpoint record as (pod key, IP,
+    its revision), or None for an endpoint that belongs to no Kubernetes pod; RecordError
+    names what is wrong with a broken one."""
     if kv.key.startswith(k8s_objects.PREFIX):
         return k8s_objects.decode(kv)
     ep = decode_endpoint(kv)
-    return None if ep.pod is None else (ep.pod, ep.ip)
+    return None if ep.pod is None else (ep.pod, ep.ip, kv.mod_revision)
 
 
 def read_policy_state(kv: KvStore, network: str) -> tuple[PolicyState, tuple[str, ...]]:
     """The PolicyState the agents compile now, from one listing of each prefix, and the
     errors of the records skipped (one sentence each)."""
     objects: list[Namespace | Pod | NetworkPolicy] = []
-    addresses: list[tuple[str, str]] = []
+    addresses: list[tuple[str, str, int]] = []
     skipped: list[str] = []
     for prefix in (k8s_objects.PREFIX, endpoints_prefix(network)):
         for record in kv.range(prefix)[0]:

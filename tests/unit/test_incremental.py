@@ -333,3 +333,27 @@ def test_the_engine_holds_no_flows_per_endpoint():
     del msgs
     assert _live_flows() == held
     assert len(engine.flows()) == len(engine.local_flows()) + 200 + 1  # + the tunnel flow
+
+
+class _Broken(PolicyProgram):
+    """A program whose compile raises: a compiler bug, as the engine must survive it."""
+
+    def flows(self, generation: int):
+        raise RuntimeError("compiler bug")
+
+
+def test_a_program_that_does_not_compile_leaves_the_engine_as_it_was():
+    engine = _base()
+    good = PROGRAMS[1]
+    engine.apply([SetPolicy(good)])
+    before = set(engine.flows())
+    broken = _Broken(good.state, HostView(1, ()))
+    try:
+        engine.apply([Upsert("hosts/h3", Peer("198.18.0.3"), (3,)), SetPolicy(broken)])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the compile's error must reach the reconciler")
+    assert engine.state().policy == good and set(engine.flows()) == before
+    engine.recompute()  # the reconciler's fallback after a failure: still whole
+    assert set(engine.flows()) == before

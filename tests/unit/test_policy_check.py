@@ -129,3 +129,19 @@ def test_the_command_answers_by_its_exit_status(store, capsys):
     assert report.ingress.isolated_by == ("x/deny", "x/from-b")
     assert ctl_main.main([*argv[:6], "--to", "z/c", "--port", "80"]) == 1
     assert "pod z/c is not in the policy state" in capsys.readouterr().err
+
+
+def test_the_agent_polices_a_new_pod_known_from_its_ovsdb_before_the_stores_watch(store):
+    """z/c's record has not reached the policy watch (the ADD publishes before the watch
+    event): its port's ofport and pod name from OVSDB go with the port's flows, so its
+    first packet already meets its policy."""
+    from controller.policy_watch import PolicyWatch
+
+    _, cluster = store
+    submitted = []
+    watch = PolicyWatch(cluster, "default", lambda name: 1, lambda c: submitted.append(c) or 1)
+    watch.load()
+    watch.submit_with([], {ip_of("z/c"): (7, "z/c")})
+    [program] = [c.program for c in submitted[-1]]
+    assert ("z/c", ip_of("z/c")) in [(p.key, p.ip) for p in program.state.pods]
+    assert [(lp.key, lp.ofport) for lp in program.view.local] == [("z/c", 7)]

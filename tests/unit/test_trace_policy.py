@@ -40,7 +40,7 @@ STATE = from_records(  # as the store is read: sorted by key
         *(model.parse_pod(pod_object(k)) for k in IPS),
         *(model.parse_network_policy(p) for p in POLICIES),
     ],
-    IPS.items(),
+    [(k, ip, 1) for k, ip in IPS.items()],
 )
 NAMES = PolicyNames.of(STATE)
 D = Directory(
