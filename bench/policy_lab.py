@@ -208,10 +208,10 @@ def in_pod(netns_name: str, script: str, *argv: str, stdin=None) -> subprocess.P
     )
 
 
-def flow_count(lab_name: str, host: str, mask: tuple[int, int]) -> int:
-    """Flows on the host's br-int under a cookie mask; ovs-ofctl reaches the host's
+def dump_flows(lab_name: str, host: str, mask: tuple[int, int]) -> str:
+    """The host's br-int flows under a cookie mask; ovs-ofctl reaches the host's
     ovs-vswitchd by its unix socket (OVS_RUNDIR in the host's env), no namespace needed."""
-    out = subprocess.run(
+    return subprocess.run(
         [
             "ovs-ofctl",
             "-O",
@@ -225,6 +225,11 @@ def flow_count(lab_name: str, host: str, mask: tuple[int, int]) -> int:
         text=True,
         check=True,
     ).stdout
+
+
+def flow_count(lab_name: str, host: str, mask: tuple[int, int]) -> int:
+    """Flows on the host's br-int under a cookie mask."""
+    out = dump_flows(lab_name, host, mask)
     return sum(1 for line in out.splitlines() if "cookie=" in line)
 
 
@@ -549,20 +554,7 @@ def throughput(args) -> None:
 def rule_packets(lab_name: str, host: str, mask: tuple[int, int]) -> int:
     """Packets the rule's flows on the host's br-int counted (new connections only: the
     rest of a connection passes as established)."""
-    out = subprocess.run(
-        [
-            "ovs-ofctl",
-            "-O",
-            "OpenFlow13",
-            "dump-flows",
-            "br-int",
-            f"cookie={mask[0]:#x}/{mask[1]:#x}",
-        ],
-        env=lab.host_env(lab_name, host),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = dump_flows(lab_name, host, mask)
     return sum(int(m) for m in re.findall(r"n_packets=(\d+)", out))
 
 
