@@ -19,7 +19,9 @@ APT_PACKAGES=(
   containernetworking-plugins  # reference CNI plugins (host-local IPAM) for the CNI tests
   podman runc          # a real runtime driving the plugin (tests/lab/test_runtime.py)
   containerd           # its CRI plugin drives the plugin (lab containerd, tests/lab/test_containerd.py)
-  busybox-static       # the root of that test's containers
+  docker.io            # dockerd 20.10 per lab host (lab docker, tests/lab/test_docker.py); by
+                       # path (/usr/sbin/dockerd, /usr/bin/docker), in the lab's namespaces only
+  busybox-static       # the root of those tests' containers and of the lab's Docker image
   nftables             # that test reads the root namespace's ruleset (nft list ruleset)
   libpcap0.8           # scapy sends and sniffs through libpcap (the lab's forged-packet tests)
   etcd-server etcd-client  # the distributed cluster state: real etcd in tests and the lab
@@ -36,9 +38,10 @@ setup_apt() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "quickstart: installing Debian packages: ${missing[*]}"
-  # Installing openvswitch-switch would start the machine's own OVS service in the root
-  # namespace; the lab runs its own daemons per host, so keep services from starting for
-  # the duration of the install (the standard policy-rc.d mechanism).
+  # Installing openvswitch-switch (or docker.io, etcd-server) would start the machine's
+  # own service in the root namespace (docker.io's: docker0 and iptables rules); the lab
+  # runs its own daemons per host, so keep services from starting for the duration of the
+  # install (the standard policy-rc.d mechanism).
   local policy=/usr/sbin/policy-rc.d made_policy=0
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1

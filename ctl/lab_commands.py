@@ -7,7 +7,7 @@ import itertools
 import signal
 import sys
 
-from lab import containerd, lab, naming, pods, running
+from lab import containerd, docker, lab, naming, pods, running
 from lab.progress import Progress
 
 
@@ -101,6 +101,30 @@ def add_parser(subparsers) -> None:
     ctrd.add_argument("host")
     ctrd.set_defaults(func=cmd_containerd)
 
+    dock = sub.add_parser(
+        "docker",
+        help="dockerd on a lab host (private roots, socket and plugin discovery), its CLI",
+    )
+    dock_sub = dock.add_subparsers(dest="docker_command", required=True)
+    for action in docker.ACTIONS:
+        what = {
+            "start": "start dockerd in the host (imports ovs-overlay-lab/busybox the first time)",
+            "stop": "stop dockerd (SIGTERM: its containers stop first)",
+            "restart": "stop dockerd if it runs, then start it",
+            "kill": "kill dockerd (SIGKILL: a crash; its containers live on until it restarts)",
+        }[action]
+        a = dock_sub.add_parser(action, help=what)
+        a.add_argument("--lab", required=True)
+        a.add_argument("host")
+        a.set_defaults(func=cmd_docker, docker_action=action)
+    dex = dock_sub.add_parser(
+        "exec", help="run the docker CLI (or any command) against the host's dockerd"
+    )
+    dex.add_argument("--lab", required=True)
+    dex.add_argument("host")
+    dex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- docker ARGS ...")
+    dex.set_defaults(func=cmd_docker_exec)
+
     pod = sub.add_parser("pod", help="lab pods: a namespace attached through the host's agent")
     pod_sub = pod.add_subparsers(dest="pod_command", required=True)
     pod_add = pod_sub.add_parser("add", help="create a pod and attach it; prints its IP")
@@ -179,6 +203,23 @@ def cmd_containerd(args) -> int:
         )
         print(f"containerd of {args.host}: socket {paths.socket}, log {paths.log}")
     return 0
+
+
+def cmd_docker(args) -> int:
+    pid = docker.control(args.lab, args.host, args.docker_action, args.state_dir)
+    if pid is not None:
+        paths = docker.DockerPaths.of_host(lab.LabPaths(args.state_dir, args.lab).host(args.host))
+        print(
+            f"dockerd of {args.host}: pid {pid}, socket {paths.socket}, log {paths.log}; "
+            f"'ovs-overlayctl lab docker exec --lab {args.lab} {args.host} -- docker ps'"
+        )
+    return 0
+
+
+def cmd_docker_exec(args) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    docker.exec_cli(args.lab, args.host, argv, args.state_dir)
+    return 0  # not reached: exec replaced this process
 
 
 def cmd_down(args) -> int:

@@ -31,6 +31,14 @@ def socket_path(paths: OvsHostPaths) -> str:
     return os.path.join(paths.rundir, "agent.sock")
 
 
+def plugin_dir(paths: OvsHostPaths) -> str:
+    """``[docker] plugin_dir``: the agent serves Docker's remote network and IPAM drivers
+    on ``ovs-overlay.sock`` here, and the host's dockerd sees this directory as its
+    ``/run/docker/plugins`` (lab/docker.py).  Set on every host: an unused socket costs
+    nothing, and dockerd can be started on any host at any time."""
+    return os.path.join(paths.rundir, "docker-plugins")
+
+
 def pidfile(paths: OvsHostPaths) -> str:
     return os.path.join(paths.rundir, "ovs-overlay-agent.pid")
 
@@ -63,7 +71,10 @@ def write_config(
             f"host_ttl = {host_ttl}\n"
             # the host's own loopback: each lab host is a network namespace of its own
             f"metrics_address = 127.0.0.1\nmetrics_port = {METRICS_PORT}\n"
+            "[docker]\n"
+            f"plugin_dir = {plugin_dir(paths)}\n"
         )
+    os.makedirs(plugin_dir(paths), exist_ok=True)
     return conf
 
 

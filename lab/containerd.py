@@ -308,12 +308,12 @@ def remove(host: OvsHostPaths) -> list[str]:
         removed.append(f"process containerd pid {pid}")
     sandboxes = set()
     for shim in _shims(paths):
-        argv = _cmdline(shim)
+        argv = cmdline(shim)
         if "-id" in argv:
             sandboxes.add(argv[argv.index("-id") + 1])
-        children = _children(shim)
-        cgroups = [c for child in children for c in _own_cgroups(child)]
-        for child in children:
+        pods = children(shim)
+        cgroups = [c for child in pods for c in _own_cgroups(child)]
+        for child in pods:
             ovs_host.terminate(child, signal.SIGKILL)
             removed.append(f"process pid {child} (a pod of containerd shim {shim})")
         ovs_host.terminate(shim, signal.SIGKILL)
@@ -328,10 +328,8 @@ def remove(host: OvsHostPaths) -> list[str]:
     if os.path.isdir(sandboxes_dir):
         sandboxes.update(os.listdir(sandboxes_dir))
     removed += _remove_machine_entries(paths, sandboxes)
-    for mount in _mounts_under(paths.root):
-        if ctypes.CDLL(None, use_errno=True).umount2(mount.encode(), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            raise ContainerdError(f"could not unmount {mount}: {os.strerror(err)}")
+    for mount in mounts_under(paths.root):
+        unmount(mount)
         removed.append(f"mount {mount}")
     shutil.rmtree(paths.root)
     removed.append(f"state {paths.root}")
@@ -375,7 +373,7 @@ def _remove_machine_entries(paths: ContainerdPaths, sandboxes: set[str]) -> list
     return removed
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a.decode(errors="replace") for a in f.read().split(b"\0")]
@@ -389,7 +387,7 @@ def _shims(paths: ContainerdPaths) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        argv = _cmdline(int(entry))
+        argv = cmdline(int(entry))
         if argv and os.path.basename(argv[0]) == SHIM and "-address" in argv:
             at = argv.index("-address")
             if argv[at + 1 : at + 2] == [paths.socket]:
@@ -397,7 +395,7 @@ def _shims(paths: ContainerdPaths) -> list[int]:
     return found
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (a shim's containers: it is their reaper)."""
     out = []
     for entry in os.listdir("/proc"):
@@ -416,7 +414,7 @@ def _children(pid: int) -> list[int]:
 def _own_cgroups(pid: int) -> list[str]:
     """The cgroup directories runc made for a container: in every hierarchy, the one
     ``pid`` is in, if its name is a container id (64 hex digits)."""
-    mounts = _cgroup_mounts()
+    mounts = cgroup_mounts()
     out = []
     try:
         with open(f"/proc/{pid}/cgroup") as f:
@@ -435,7 +433,7 @@ def _own_cgroups(pid: int) -> list[str]:
     return out
 
 
-def _cgroup_mounts() -> dict[str, str]:
+def cgroup_mounts() -> dict[str, str]:
     """Hierarchy (controller list, ``systemd``, or ``unified`` for cgroup2) -> mount point."""
     out = {}
     with open("/proc/self/mountinfo") as f:
@@ -452,7 +450,14 @@ def _cgroup_mounts() -> dict[str, str]:
     return out
 
 
-def _mounts_under(root: str) -> list[str]:
+def unmount(point: str) -> None:
+    """Detach the mount at ``point`` (lazily: its last user may still hold it)."""
+    if ctypes.CDLL(None, use_errno=True).umount2(point.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise ContainerdError(f"could not unmount {point}: {os.strerror(err)}")
+
+
+def mounts_under(root: str) -> list[str]:
     """Mount points under ``root``, deepest first."""
     prefix = root.rstrip("/") + "/"
     points = []

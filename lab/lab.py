@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctl import cni_install
-from lab import agent_proc, containerd, naming, netns, ovs_host
+from lab import agent_proc, containerd, docker, naming, netns, ovs_host
 from lab import etcd_members as etcd
 from lab.progress import QUIET, Progress
 from openflow.tables import table_names
@@ -425,7 +425,9 @@ def down(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> list[str]:
     if os.path.isdir(hosts_dir):
         for host in sorted(os.listdir(hosts_dir)):
             host_paths = paths.host(host)
-            # containerd and its pods first: their CNI DELs (if any) need the agent.
+            # dockerd, containerd and their containers first: their drivers' and CNI
+            # DELs (if any) need the agent.
+            removed += [f"{line} ({host})" for line in docker.remove(host_paths)]
             made_dirs.update(
                 containerd.read_made_dirs(containerd.ContainerdPaths.of_host(host_paths))
             )

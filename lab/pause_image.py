@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static: runs in an otherwise empty root
 IMAGE_NAME = "localhost/ovs-overlay/pause:lab"
@@ -26,8 +27,14 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
-def _layer() -> bytes:
-    """The root file system: /bin/busybox and a symlink per applet."""
+def busybox_layer(applets: Sequence[str] = APPLETS) -> bytes:
+    """A root file system as a plain tar: /bin/busybox and a symlink per applet in /bin
+    (the lab's Docker image is this tar with every applet, imported by ``docker import``)."""
+    if not os.path.exists(BUSYBOX):
+        raise FileNotFoundError(
+            f"{BUSYBOX} is missing: the lab's images are built from it; "
+            "install busybox-static (./quickstart.sh does)"
+        )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         bindir = tarfile.TarInfo("bin")
@@ -39,7 +46,7 @@ def _layer() -> bytes:
             data = f.read()
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-        for applet in APPLETS:
+        for applet in applets:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
             tar.addfile(link)
@@ -53,12 +60,7 @@ def _blob(data: bytes) -> tuple[str, dict]:
 
 def write_image(path: str, name: str = IMAGE_NAME) -> str:
     """Write the image as an OCI layout tarball at ``path``; returns the image's name."""
-    if not os.path.exists(BUSYBOX):
-        raise FileNotFoundError(
-            f"{BUSYBOX} is missing: the lab's sandbox image is built from it; "
-            "install busybox-static (./quickstart.sh does)"
-        )
-    layer = _layer()
+    layer = busybox_layer()
     layer_digest, layer_desc = _blob(layer)
     config = json.dumps(
         {
