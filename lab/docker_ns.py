@@ -10,8 +10,8 @@ dockerd 20.10 writes to machine-wide paths that no flag or config key moves, eac
 running it here (lab/docker.py says what it checks):
 
 - ``/run/docker/plugins``: where it discovers plugins' sockets (a constant in
-  pkg/plugins), and ``/run/docker/libnetwork/<controller id>.sock``, the socket runc's
-  prestart hook ``libnetwork-setkey`` calls back on (a constant in libnetwork);
+  pkg/plugins; the spec directories ``/etc/docker/plugins`` and ``/usr/lib/docker/plugins``
+  are read too, and hold nothing here);
 - ``/run/containerd/s/<hash>``: the sockets of the shims its containerd child starts (a
   constant in containerd 1.6's runtime/v2/shim, as for the lab's own containerd);
 - ``/etc/docker/key.json``: its identity key (the flag for it is gone from 20.10's CLI);
@@ -27,7 +27,11 @@ one that was killed); ``/etc/docker`` and ``/opt`` are bind mounts of directorie
 lab; ``/proc/sys/kernel/keys`` is read-only (dockerd logs a warning and goes on).  The
 mounts live as long as the namespace's last process (dockerd, its containerd, the shims and
 containers) and none of them is visible outside it.  ``/sys`` is the machine's, as
-for the lab's other daemons: dockerd only reads it.
+for the lab's other daemons: dockerd only reads it.  (libnetwork's sockets and network
+namespaces go under the exec root in 20.10.)  One machine-wide effect is left: dockerd's
+containerd child asks ``modprobe aufs`` as it loads its aufs snapshotter (its config is
+dockerd's, with no way to disable a plugin); Debian 12's kernels have no aufs, so it fails
+and loads nothing.
 """
 
 from __future__ import annotations
