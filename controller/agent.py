@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
@@ -24,6 +25,9 @@ from pyroute2 import IPRoute
 from controller import cni_gateway, egress, hoststate, metrics, nftables, status, underlay
 from controller.api import ApiError, ApiServer
 from controller.cluster_cache import ClusterCache
+from controller.cnm import cleanup as cnm_cleanup
+from controller.cnm.common import Context as CnmContext
+from controller.cnm.server import CnmServer
 from controller.config import AgentConfig
 from controller.endpoints import (
     HOST_PORT_PREFIX,
@@ -67,6 +71,7 @@ class Agent:
         self.endpoints: EndpointManager | None = None
         self.policy: PolicyWatch | None = None
         self.api: ApiServer | None = None
+        self.cnm: CnmServer | None = None  # Docker's drivers, with [docker] plugin_dir
         self.metrics: metrics.MetricsServer | None = None
         self._threads: list[threading.Thread] = []
         self._solicited: set[str] = set()
@@ -135,8 +140,13 @@ class Agent:
         self._spawn(lambda: self.membership.run(self._stop), "keepalive")
         gateway = self._host_gateway
         keep = [(gateway.network, self._gateway_attachment())] if gateway else []
+        cnm = CnmContext(cfg.host, self.cluster, self.endpoints)
+        if cfg.docker_plugin_dir:  # Docker's addresses may have no port yet: not orphans
+            keep += cnm_cleanup.keep(cnm, time.time())
         for what in self.endpoints.reconcile(keep):
             LOG.warning("removed an orphan left while the agent was away: %s", what)
+        if cfg.docker_plugin_dir:  # after reconcile: it removed the ports of dead sandboxes
+            cnm_cleanup.collect(cnm, time.time(), activate=False)
         # The store's state first, so the first full sync (on connect) has everything.
         revisions = self.cache.load()
         self.policy = PolicyWatch(
@@ -176,6 +186,10 @@ class Agent:
         handlers["cni"] = lambda env, stdin: cni_gateway.serve(handlers, cfg.socket, env, stdin)
         self.api = ApiServer(cfg.socket, handlers)
         self.api.start()
+        if cfg.docker_plugin_dir:
+            self.cnm = CnmServer(cfg.docker_plugin_dir, cnm)
+            self.cnm.start()
+            LOG.info("serving Docker's ovs-overlay drivers on %s", self.cnm.path)
         self.metrics = metrics.serve(cfg.metrics_address, cfg.metrics_port, self._metrics)
         LOG.info(
             "agent for host %s started (tunnel %s from %s)",
@@ -194,6 +208,8 @@ class Agent:
             self.metrics.close()
         if self.api is not None:
             self.api.stop()
+        if self.cnm is not None:
+            self.cnm.stop()
         if self.reconciler is not None:
             self.reconciler.stop()
         if self.ovsdb is not None:

@@ -89,6 +89,18 @@ OPTS = [
 ]
 
 
+DOCKER_GROUP = "docker"
+
+DOCKER_OPTS = [
+    cfg.StrOpt(
+        "plugin_dir",
+        help="serve Docker's libnetwork remote network and IPAM drivers on "
+        "PLUGIN_DIR/ovs-overlay.sock (driver name ovs-overlay), e.g. /run/docker/plugins; "
+        "unset: no Docker driver",
+    ),
+]
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     host: str
@@ -110,6 +122,7 @@ class AgentConfig:
     metrics_port: int = 9810
     log_format: str = "kv"
     kubernetes_network: str = "default"
+    docker_plugin_dir: str | None = None  # [docker] plugin_dir
 
 
 REQUIRED = ("host", "tunnel_ip")
@@ -125,11 +138,12 @@ def reference() -> str:
         "edit by hand.  Options go in the `[agent]` section of the file given to",
         "`ovs-overlay-agent --config-file` (or `ryu-manager --config-file`), or in the",
         "environment as `OS_AGENT__<OPTION>` (upper case), which wins over the file.",
+        "Options shown as `[SECTION] option` go in that section instead.",
         "",
         "| option | type | default | allowed | what |",
         "|---|---|---|---|---|",
     ]
-    for opt in OPTS:
+    for group, opt in [*((GROUP, o) for o in OPTS), *((DOCKER_GROUP, o) for o in DOCKER_OPTS)]:
         allowed = []
         if getattr(opt.type, "choices", None):
             allowed.append(", ".join(f"`{c}`" for c in opt.type.choices))
@@ -144,12 +158,14 @@ def reference() -> str:
             default = f"`{opt.default}`"
         kind = type(opt).__name__.removesuffix("Opt").lower()
         what = opt.help.replace("|", "\\|")
-        lines.append(f"| `{opt.dest}` | {kind} | {default} | {'; '.join(allowed)} | {what} |")
+        name = opt.dest if group == GROUP else f"[{group}] {opt.dest}"
+        lines.append(f"| `{name}` | {kind} | {default} | {'; '.join(allowed)} | {what} |")
     return "\n".join(lines) + "\n"
 
 
 def register(conf) -> None:
     conf.register_opts(OPTS, group=GROUP)
+    conf.register_opts(DOCKER_OPTS, group=DOCKER_GROUP)
 
 
 def from_conf(conf, controller_port: int) -> AgentConfig:
@@ -166,4 +182,12 @@ def from_conf(conf, controller_port: int) -> AgentConfig:
                 f"[agent] underlay_cidr {values['underlay_cidr']!r} is not a network like "
                 "198.18.0.0/16; fix it in the agent's config file"
             ) from None
-    return AgentConfig(controller_port=controller_port, **values)
+    plugin_dir = conf[DOCKER_GROUP].plugin_dir
+    if plugin_dir and not plugin_dir.startswith("/"):
+        raise ValueError(
+            f"[docker] plugin_dir {plugin_dir!r} is not an absolute path; use e.g. "
+            "/run/docker/plugins"
+        )
+    return AgentConfig(
+        controller_port=controller_port, docker_plugin_dir=plugin_dir or None, **values
+    )

@@ -34,7 +34,7 @@ from controller.admission import (
 )
 from ovsdb.client import OvsdbClient
 from ovsdb.endpoint import IP_KEY, MAC_KEY, POD_KEY, EndpointPort
-from store.cluster import AddressExhaustedError, AddressInUseError, StoreError
+from store.cluster import AddressExhaustedError, AddressInUseError, Network, StoreError
 from store.kv import KvError
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +82,15 @@ def host_port_name(container_id: str, ifname: str) -> str:
 
 
 mac_for = request_checks.derived_mac
+
+# Docker's endpoints and address claims hold attachment ids under this prefix
+# (controller/cnm/): no CNI attachment has one (CNI's container ids refuse ':').
+DOCKER_ATTACHMENT_PREFIX = "docker:"
+
+
+def is_docker(attachment: str) -> bool:
+    """Whether an attachment id is one of Docker's (controller/cnm/), not a CNI one."""
+    return attachment.startswith(DOCKER_ATTACHMENT_PREFIX)
 
 
 class _Steps:
@@ -330,74 +339,106 @@ class EndpointManager:
             )
             att = replace(att, host_mac=host_mac, default_route=default_route)
             steps.done("veth")
-            # The endpoint record goes to the store while this thread adds the port: the
-            # store's round trips overlap vswitchd's reconfiguration, which the port waits
-            # for (its own agent ignores a record of this host: its ports come from
-            # OVSDB).  Not beside the veth: a refused CNI_IFNAME must publish nothing, and
-            # the record's HTTP and JSON would hold the GIL the veth's requests need.
-            record = _Beside(
-                partial(
-                    self.cluster.put_endpoint,
+            self.plug(
+                network,
+                EndpointPort(
+                    att.host_port,
                     req.network,
-                    self.host,
-                    attachment_id,
-                    mac=att.mac,
-                    ip=att.ip,
-                    container_id=req.container_id,
-                    ifname=req.ifname,
-                    known=network,
-                    claimed=claim.revision,
-                    pod=req.pod,
-                )
+                    network.vni,
+                    req.container_id,
+                    req.ifname,
+                    att.mac,
+                    att.ip,
+                    req.pod,
+                ),
+                undo,
+                claimed=claim.revision,
+                steps=steps,
             )
-            try:
-                # Undone from before it begins: a port add that timed out may have landed.
-                undo.append(("delete port", lambda: self.ovsdb.delete_port(att.host_port)))
-                self.ovsdb.add_endpoint_port(
-                    self.bridge,
-                    EndpointPort(
-                        att.host_port,
-                        req.network,
-                        network.vni,
-                        req.container_id,
-                        req.ifname,
-                        att.mac,
-                        att.ip,
-                        req.pod,
-                    ),
-                )
-                steps.done("port")
-            finally:
-                published = record.join()
-                if published is None:
-                    undo.append(
-                        (
-                            "unpublish",
-                            lambda: self.cluster.delete_endpoint(
-                                req.network, self.host, attachment_id
-                            ),
-                        )
-                    )
-            if isinstance(published, AddressInUseError):  # the claim was taken from us
-                raise AttachError(
-                    str(published), code=ERR_INVALID_ENV, reason="address_in_use"
-                ) from None
-            if published is not None:
-                raise published
             steps.done("store")  # what the record took beyond the port
             self.publish()
             steps.done("flows")
             return att
         except Exception:
-            for what, step in reversed(undo):
-                try:
-                    step()
-                except KvError as exc:
-                    LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
-                    self._defer(req.network, attachment_id, claimed_mac)
-                except Exception:
-                    LOG.exception("rolling back %s for %s failed", what, attachment_id)
+            self.roll_back(undo, req.network, attachment_id, claimed_mac)
             raise
+
+    def plug(
+        self,
+        network: Network,
+        port: EndpointPort,
+        undo: list[tuple[str, Callable[[], None]]],
+        *,
+        claimed: int = 0,
+        steps: _Steps | None = None,
+    ) -> None:
+        """Put ``port`` (its host end exists) on br-int tagged by network, and publish its
+        endpoint record (claiming its MAC against ``claimed``, the revision of its address
+        claim, 0 if unknown), appending the undo of each to ``undo``.  The CNI ADD and
+        Docker's Join both end here, so a port is the same whoever asked for it.
+
+        The endpoint record goes to the store while this thread adds the port: the
+        store's round trips overlap vswitchd's reconfiguration, which the port waits for
+        (its own agent ignores a record of this host: its ports come from OVSDB).  Not
+        beside the veth: a refused CNI_IFNAME must publish nothing, and the record's HTTP
+        and JSON would hold the GIL the veth's requests need."""
+        steps = steps or _Steps()
+        attachment_id = port.attachment
+        record = _Beside(
+            partial(
+                self.cluster.put_endpoint,
+                port.network,
+                self.host,
+                attachment_id,
+                mac=port.mac,
+                ip=port.ip,
+                container_id=port.container_id,
+                ifname=port.ifname,
+                known=network,
+                claimed=claimed,
+                pod=port.pod,
+            )
+        )
+        try:
+            # Undone from before it begins: a port add that timed out may have landed.
+            undo.append(("delete port", lambda: self.ovsdb.delete_port(port.port)))
+            self.ovsdb.add_endpoint_port(self.bridge, port)
+            steps.done("port")
+        finally:
+            published = record.join()
+            if published is None:
+                undo.append(
+                    (
+                        "unpublish",
+                        lambda: self.cluster.delete_endpoint(
+                            port.network, self.host, attachment_id
+                        ),
+                    )
+                )
+        if isinstance(published, AddressInUseError):  # the claim was taken from us
+            raise AttachError(
+                str(published), code=ERR_INVALID_ENV, reason="address_in_use"
+            ) from None
+        if published is not None:
+            raise published
+
+    def roll_back(
+        self,
+        undo: list[tuple[str, Callable[[], None]]],
+        network: str,
+        attachment_id: str,
+        mac: str | None,
+    ) -> None:
+        """Undo a failed request's steps in reverse; a store that is away defers the
+        release of its records (keep_store_clean), anything else is logged."""
+        for what, step in reversed(undo):
+            try:
+                step()
+            except KvError as exc:
+                LOG.warning("rolling back %s for %s: %s; later", what, attachment_id, exc)
+                self._defer(network, attachment_id, mac)
+            except Exception:
+                LOG.exception("rolling back %s for %s failed", what, attachment_id)
 
     def detach(self, network: str, container_id: str, ifname: str) -> None:
         """Remove every trace of an attachment; parts already gone are fine.  Unlike ADD,
@@ -424,9 +465,17 @@ class EndpointManager:
         ids = (self.ovsdb.interface(self.bridge, port) or {}).get("external_ids") or {}
         port_mac = ids.get(MAC_KEY)
         requestlog.note(ip=ids.get(IP_KEY), pod=ids.get(POD_KEY))  # for the DEL's log line
-        # The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
-        # ~15 ms to drop the port: both at once.  vswitchd copes with a device that
-        # vanishes first, as when a runtime deletes the netns before DEL.
+        self.unplug(port)
+        steps.done("port and veth")
+        self._release_store(network, attachment_id, port_mac)
+        steps.done("store")
+
+    def unplug(self, port: str) -> None:
+        """Delete ``port`` from br-int and its veth pair; either already gone is fine.
+
+        The kernel takes ~20 ms to destroy a veth (RCU grace periods) and vswitchd
+        ~15 ms to drop the port: both at once.  vswitchd copes with a device that
+        vanishes first, as when a runtime deletes the netns before DEL."""
         deleting = _Beside(lambda: veth.delete(port))
         try:
             self.ovsdb.delete_port(port)
@@ -434,9 +483,6 @@ class EndpointManager:
             failed = deleting.join()
         if failed is not None:
             raise failed
-        steps.done("port and veth")
-        self._release_store(network, attachment_id, port_mac)
-        steps.done("store")
 
     def _release_store(self, network: str, attachment: str, mac: str | None = None) -> None:
         """Everything the store holds for ``attachment`` of this host: its endpoint record
@@ -520,15 +566,22 @@ class EndpointManager:
                     )
 
     def gc(self, network: str, keep: list[str]) -> list[str]:
-        """Detach every attachment of ``network`` on this host that is not in ``keep``."""
+        """Detach every attachment of ``network`` on this host that is not in ``keep``
+        (CNI GC: the runtime's list); Docker's endpoints are not the runtime's to judge
+        (controller/cnm/ keeps them)."""
         removed = []
         for att in self.ovsdb.list_endpoint_ports(self.bridge):
             ep = att.endpoint
-            if ep.network == network and ep.attachment not in keep:
+            if ep.network == network and ep.attachment not in keep and not is_docker(ep.attachment):
                 self.detach(network, ep.container_id, ep.ifname)
                 removed.append(ep.attachment)
         for ep in self.cluster.list_endpoints(network):
-            if ep.host == self.host and ep.attachment not in keep and ep.attachment not in removed:
+            if (
+                ep.host == self.host
+                and ep.attachment not in keep
+                and ep.attachment not in removed
+                and not is_docker(ep.attachment)
+            ):
                 self.detach(network, ep.container_id, ep.ifname)
                 removed.append(ep.attachment)
         for attachment in removed:

@@ -39,6 +39,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # The API's operations as CNI names them (the plugin maps ADD to attach, ...).
 COMMANDS = {"attach": "ADD", "detach": "DEL", "check": "CHECK", "gc": "GC", "status": "STATUS"}
+CNM_COMMAND = "CNM"  # the command label of a refused Docker driver request
 
 # Why a request was refused: a short, closed vocabulary (a label, so bounded).  Raise
 # sites name one (ApiError's ``reason``); otherwise the CNI code's default applies.
@@ -82,6 +83,16 @@ CNI_REQUEST_SECONDS = Histogram(
     "CNI requests served by the agent, by command (ADD, DEL, CHECK) and result (ok or the "
     "CNI error code), from the request's arrival on the agent's socket to its answer",
     ["command", "result"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CNM_REQUEST_SECONDS = Histogram(
+    "ovs_overlay_cnm_request_seconds",
+    "Docker libnetwork remote driver requests served by the agent, by method (e.g. "
+    "NetworkDriver.Join; 'unknown' for any other path) and result: 'ok', 'refused' (an Err "
+    "answer; also counted in ovs_overlay_refused_requests with command CNM) or 'error' (an "
+    "unexpected exception in the agent, logged with its traceback)",
+    ["method", "result"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )

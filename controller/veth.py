@@ -101,6 +101,37 @@ def create(
     return host_mac, default_route
 
 
+def create_pair(host_port: str, *, peer: str, peer_mac: str, mtu: int) -> str:
+    """A veth pair with both ends in this thread's namespace, for a runtime that moves the
+    container end itself (Docker's libnetwork: Join answers the end's name, libnetwork
+    moves it into the sandbox, renames it and gives it its address and routes).  Returns
+    the host end's MAC.
+
+    The host end is made as ``create`` makes it (up, NOARP, promiscuous: why, there).
+    TX checksum offload goes off on both ends: the container end's for the reason
+    ``create`` gives (the userspace datapath does not finish CHECKSUM_PARTIAL), and the
+    host end's too, since here no later step can tell which way libnetwork will use it;
+    the ethtool setting stays with the device when it changes namespace."""
+    host_mac = random_mac()
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with rtnl.Rtnl() as host:
+            host.add_veth(
+                host_port,
+                mac=host_mac,
+                mtu=mtu,
+                flags=rtnl.IFF_UP | rtnl.IFF_NOARP | rtnl.IFF_PROMISC,
+                peer=peer,
+                peer_netns_fd=own,
+                peer_mac=peer_mac,
+            )
+    finally:
+        os.close(own)
+    netns.disable_tx_checksum(None, peer)
+    netns.disable_tx_checksum(None, host_port)
+    return host_mac
+
+
 def delete(host_port: str) -> None:
     """Delete the veth pair; gone already (or going, with its netns) is fine."""
     with rtnl.Rtnl() as host:

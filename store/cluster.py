@@ -890,6 +890,40 @@ class ClusterState:
                 self._unpick(network, kv.value)
                 return kv.value
 
+    def rebind_address(
+        self, network: str, address: str, old: str, new: str, host: str, mac: str | None = None
+    ) -> bool:
+        """Move the claim on ``address`` (and on ``mac``, if ``old`` holds it) from
+        attachment ``old`` to ``new`` in one transaction: an address claimed before its
+        owner had a name (Docker's IPAM asks before the endpoint exists) takes the
+        endpoint's name when it comes.  False when ``old`` does not hold ``address`` (it
+        was released, or never claimed); True when ``new`` holds it afterwards (a repeat
+        is fine)."""
+        _check_attachment(old)
+        _check_attachment(new)
+        ip_key, prefix = _ipam_prefix(network) + address, "attachments/"
+        old_key, new_key = f"{prefix}{network}/{old}", f"{prefix}{network}/{new}"
+        while True:
+            held, moved = self.kv.get(ip_key), self.kv.get(new_key)
+            if held is not None and held.value == new and moved is not None:
+                return True
+            if held is None or held.value != old or moved is not None:
+                return False
+            compares = [Compare(ip_key, held.mod_revision), Compare(new_key, 0)]
+            ops: list = [Put(ip_key, new), Delete(old_key), Put(new_key, address)]
+            if mac:
+                claim = self.kv.get(_mac_key(network, mac))
+                if claim is not None and claim.value == _mac_claim(old, host):
+                    compares.append(Compare(claim.key, claim.mod_revision))
+                    ops.append(Put(claim.key, _mac_claim(new, host)))
+            if self.kv.txn(compares, ops).succeeded:
+                return True
+
+    def holder(self, network: str, address: str) -> str | None:
+        """The attachment holding ``address`` in ``network``, None if it is free."""
+        kv = self.kv.get(_ipam_prefix(network) + address)
+        return kv.value if kv is not None else None
+
     def allocations(self, network: str) -> dict[str, str]:
         """Address to attachment, for every address in use in ``network``."""
         prefix = _ipam_prefix(network)

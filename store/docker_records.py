@@ -1,0 +1,150 @@
+"""What a host's agent keeps about Docker's networks and endpoints (controller/cnm/).
+
+Keys::
+
+    docker/HOST/networks/DOCKER_NETWORK_ID   {"network", "created"}
+    docker/HOST/endpoints/DOCKER_ENDPOINT_ID {"docker_network", "network", "attachment",
+                                              "ip", "mac", "joined", "sandbox", "created"}
+
+Docker's networks are local-scoped (controller/cnm/driver.py says why), so a Docker
+network id means something on one host only: each host keeps its own records, under its
+name.  They live in the store rather than in the agent's memory so that a restarted agent
+(or a restarted dockerd, which does not replay CreateNetwork) still knows which ovs-overlay
+network a Docker network is, and which endpoints are Docker's.
+
+Records are decoded tolerantly: one that does not parse (another writer, a later version)
+is skipped by the readers here and named in the log, never a reason to fail a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from store.kv import KvStore
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DockerNetwork:
+    """A Docker network id mapped onto an ovs-overlay network; ``created``: the driver
+    made the ovs-overlay network for it (and may delete it with it)."""
+
+    docker_id: str
+    network: str
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class DockerEndpoint:
+    """A Docker endpoint: its address claim (``attachment``), and once joined its port."""
+
+    docker_id: str
+    docker_network: str
+    network: str
+    attachment: str
+    ip: str
+    mac: str
+    joined: bool = False
+    sandbox: str | None = None  # the SandboxKey Join named (for operators)
+    created: float = 0.0  # epoch seconds of CreateEndpoint: the age of an unjoined one
+
+
+def _prefix(host: str, kind: str) -> str:
+    return f"docker/{host}/{kind}/"
+
+
+def put_network(kv: KvStore, host: str, net: DockerNetwork) -> None:
+    kv.put(
+        _prefix(host, "networks") + net.docker_id,
+        json.dumps({"network": net.network, "created": net.created}),
+    )
+
+
+def get_network(kv: KvStore, host: str, docker_id: str) -> DockerNetwork | None:
+    found = kv.get(_prefix(host, "networks") + docker_id)
+    return None if found is None else _decode_network(docker_id, found.value)
+
+
+def list_networks(kv: KvStore, host: str) -> list[DockerNetwork]:
+    prefix = _prefix(host, "networks")
+    out = []
+    for item in kv.range(prefix)[0]:
+        net = _decode_network(item.key[len(prefix) :], item.value)
+        if net is not None:
+            out.append(net)
+    return out
+
+
+def delete_network(kv: KvStore, host: str, docker_id: str) -> bool:
+    return kv.delete(_prefix(host, "networks") + docker_id)
+
+
+def put_endpoint(kv: KvStore, host: str, ep: DockerEndpoint) -> None:
+    record = asdict(ep)
+    del record["docker_id"]
+    kv.put(_prefix(host, "endpoints") + ep.docker_id, json.dumps(record))
+
+
+def get_endpoint(kv: KvStore, host: str, docker_id: str) -> DockerEndpoint | None:
+    found = kv.get(_prefix(host, "endpoints") + docker_id)
+    return None if found is None else _decode_endpoint(docker_id, found.value)
+
+
+def list_endpoints(kv: KvStore, host: str) -> list[DockerEndpoint]:
+    prefix = _prefix(host, "endpoints")
+    out = []
+    for item in kv.range(prefix)[0]:
+        ep = _decode_endpoint(item.key[len(prefix) :], item.value)
+        if ep is not None:
+            out.append(ep)
+    return out
+
+
+def delete_endpoint(kv: KvStore, host: str, docker_id: str) -> bool:
+    return kv.delete(_prefix(host, "endpoints") + docker_id)
+
+
+def _load(kind: str, docker_id: str, value: str) -> dict | None:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        d = None
+    if not isinstance(d, dict):
+        LOG.warning(
+            "skipping Docker %s record %s: not a JSON object: %.60r", kind, docker_id, value
+        )
+        return None
+    return d
+
+
+def _decode_network(docker_id: str, value: str) -> DockerNetwork | None:
+    d = _load("network", docker_id, value)
+    if d is None:
+        return None
+    network = d.get("network")
+    if not isinstance(network, str) or not network:
+        LOG.warning("skipping Docker network record %s: no network name", docker_id)
+        return None
+    return DockerNetwork(docker_id, network, d.get("created") is True)
+
+
+def _decode_endpoint(docker_id: str, value: str) -> DockerEndpoint | None:
+    d = _load("endpoint", docker_id, value)
+    if d is None:
+        return None
+    fields = ("docker_network", "network", "attachment", "ip", "mac")
+    if not all(isinstance(d.get(f), str) and d.get(f) for f in fields):
+        LOG.warning("skipping Docker endpoint record %s: one of %s is missing", docker_id, fields)
+        return None
+    sandbox = d.get("sandbox")
+    created = d.get("created")
+    return DockerEndpoint(
+        docker_id,
+        *(d[f] for f in fields),
+        joined=d.get("joined") is True,
+        sandbox=sandbox if isinstance(sandbox, str) else None,
+        created=float(created) if isinstance(created, int | float) else 0.0,
+    )

@@ -1,0 +1,297 @@
+"""Docker's remote drivers over their real socket, on a real OVSDB and real namespaces:
+HTTP/1.1 + JSON as dockerd speaks it (bodies shaped as libnetwork's api.go), with the test
+doing libnetwork's own part of a Join (moving the container end into a sandbox netns and
+naming it eth0).  Every scenario ends by counting what is left: ports, veths, address and
+MAC claims, endpoint records, Docker records."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+from controller import netns as agent_netns
+from controller.cnm.common import Context, endpoint_attachment
+from controller.cnm.server import CnmServer
+from controller.endpoints import EndpointManager, mac_for
+from controller.hoststate import gateway_ip
+from lab import naming, netns
+from openflow.tables import table_names
+from ovsdb.client import IntegrationBridge, OvsdbClient
+from ovsdb.datapath import choose_datapath_type
+from store import open_cluster
+from tests.helpers import host_paths, run
+
+pytestmark = pytest.mark.integration
+
+BRIDGE = "br-cnm"
+NID = "1" * 64
+
+
+class Docker:
+    """dockerd's side of the socket: one kept-alive HTTP/1.1 connection, as pkg/plugins."""
+
+    def __init__(self, path: str):
+        self.conn = http.client.HTTPConnection("plugin")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        self.conn.sock = sock
+
+    def call(self, method: str, body: object = None, raw: bytes | None = None):
+        data = raw if raw is not None else json.dumps(body).encode()
+        headers = {"Accept": "application/vnd.docker.plugins.v1.2+json"}
+        self.conn.request("POST", f"/{method}", data, headers)
+        resp = self.conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    def ok(self, method: str, body: object = None) -> dict:
+        status, answer = self.call(method, body)
+        assert status == 200 and "Err" not in answer, answer
+        return answer
+
+    def refused(self, method: str, body: object = None, raw: bytes | None = None) -> str:
+        status, answer = self.call(method, body, raw)
+        assert status == 500, answer
+        return answer["Err"]
+
+
+@pytest.fixture
+def driver(one_host_lab, tmp_path):
+    """The driver's socket served from the lab host's namespace (its threads are born
+    there), over a SQLite store with network blue; yields (docker, ctx, host ns, sandbox)."""
+    cluster = open_cluster(f"sqlite:///{tmp_path}/cluster.db")
+    cluster.create_network("blue", vni=5002, cidr="100.65.0.0/16")
+    ovsdb = OvsdbClient(host_paths(one_host_lab.name).db_sock)
+    ovsdb.ensure_integration_bridge(
+        IntegrationBridge(BRIDGE, choose_datapath_type(), 6653, table_names())
+    )
+    manager = EndpointManager(
+        "h1",
+        BRIDGE,
+        ovsdb,
+        cluster,
+        mtu_for=lambda network: 1450,
+        gateway_for=lambda network: gateway_ip(network.cidr),
+        publish=lambda: None,  # no OpenFlow here: flows are the agent's, tested in tests/lab
+        missing_port_flows=lambda ofport: [],
+    )
+    ctx = Context("h1", cluster, manager)
+    host_ns = naming.host_namespace(one_host_lab.name, "h1")
+    plugins = tempfile.mkdtemp(prefix="cnm")  # short: a unix socket path has 108 bytes
+    sandboxes = []
+
+    def sandbox() -> str:
+        name = f"{one_host_lab.name}-sb{len(sandboxes)}"
+        netns.create_namespace(name)
+        sandboxes.append(name)
+        return name
+
+    server = CnmServer(plugins, ctx)
+    with agent_netns.in_namespace(host_ns):
+        server.start()
+    docker = Docker(server.path)
+    try:
+        yield docker, ctx, host_ns, sandbox
+    finally:
+        docker.conn.close()
+        server.stop()
+        shutil.rmtree(plugins)
+        for end in leftovers(ctx, host_ns)["veths"]:  # the lab's host outlives this test
+            run(["ip", "-n", host_ns, "link", "del", end])
+        for name in sandboxes:
+            netns.delete_namespace(name)
+        ovsdb.delete_bridge(BRIDGE)
+        ovsdb.close()
+        cluster.close()
+
+
+def ip_in(namespace: str, *argv: str) -> str:
+    result = run(["ip", "-n", namespace, *argv])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def move_into(host_ns: str, peer: str, sandbox: str, address: str, gateway: str) -> None:
+    """libnetwork's part of a Join: the container end into the sandbox as eth0, addressed."""
+    ip_in(host_ns, "link", "set", peer, "netns", sandbox)
+    ip_in(sandbox, "link", "set", peer, "name", "eth0")
+    ip_in(sandbox, "addr", "add", address, "dev", "eth0")
+    ip_in(sandbox, "link", "set", "eth0", "up")
+    ip_in(sandbox, "route", "add", "default", "via", gateway)
+
+
+def leftovers(ctx: Context, host_ns: str) -> dict:
+    links = ip_in(host_ns, "-br", "link").split("\n")
+    cluster = ctx.cluster
+    return {
+        "veths": [
+            line.split()[0].split("@")[0] for line in links if line.startswith(("ovo", "ovd"))
+        ],
+        "ports": [p.endpoint.port for p in ctx.endpoints.ovsdb.list_endpoint_ports(BRIDGE)],
+        "addresses": cluster.allocations("blue"),
+        "macs": cluster.mac_claims_of("h1"),
+        "endpoints": cluster.list_endpoints(),
+        "docker": [kv.key for kv in cluster.kv.range("docker/")[0]],
+    }
+
+
+NOTHING = {"veths": [], "ports": [], "addresses": {}, "macs": [], "endpoints": [], "docker": []}
+
+
+def create_network(docker: Docker) -> str:
+    pool = docker.ok(
+        "IpamDriver.RequestPool",
+        {"AddressSpace": "ovs-overlay", "Pool": "", "SubPool": "", "Options": {"network": "blue"}},
+    )
+    gw = docker.ok(
+        "IpamDriver.RequestAddress",
+        {
+            "PoolID": pool["PoolID"],
+            "Address": "",
+            "Options": {"RequestAddressType": "com.docker.network.gateway"},
+        },
+    )
+    docker.ok(
+        "NetworkDriver.CreateNetwork",
+        {
+            "NetworkID": NID,
+            "Options": {
+                "com.docker.network.enable_ipv6": False,
+                "com.docker.network.generic": {"network": "blue"},
+            },
+            "IPv4Data": [
+                {"AddressSpace": "ovs-overlay", "Pool": pool["Pool"], "Gateway": gw["Address"]}
+            ],
+            "IPv6Data": [],
+        },
+    )
+    return pool["PoolID"]
+
+
+def create_endpoint(docker: Docker, pool_id: str) -> tuple[str, str, str]:
+    """RequestAddress then CreateEndpoint, as libnetwork orders them: (id, address, MAC)."""
+    eid = secrets.token_hex(32)
+    address = docker.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})["Address"]
+    answer = docker.ok(
+        "NetworkDriver.CreateEndpoint",
+        {
+            "NetworkID": NID,
+            "EndpointID": eid,
+            "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""},
+            "Options": {},
+        },
+    )
+    return eid, address, answer["Interface"]["MacAddress"]
+
+
+def join(docker: Docker, eid: str, sandbox: str) -> dict:
+    return docker.ok(
+        "NetworkDriver.Join",
+        {
+            "NetworkID": NID,
+            "EndpointID": eid,
+            "SandboxKey": f"/var/run/docker/netns/{sandbox}",
+            "Options": {},
+        },
+    )
+
+
+def test_a_container_lifecycle_as_dockerd_drives_it_leaves_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    assert docker.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert docker.ok("NetworkDriver.GetCapabilities", {})["Scope"] == "local"
+    pool_id = create_network(docker)
+    eid, address, mac = create_endpoint(docker, pool_id)
+    ip = address.split("/")[0]
+    assert mac == mac_for(ip)
+    sb = sandbox()
+    answer = join(docker, eid, sb)
+    peer = answer["InterfaceName"]["SrcName"]
+    assert answer["InterfaceName"]["DstPrefix"] == "eth"
+    assert answer["Gateway"] == "100.65.0.1" and answer["DisableGatewayService"] is True
+    # The port is tagged by network like a CNI pod's, so pipeline, trace and endpoint list
+    # see it; both veth ends at the network's MTU with TX checksum offload off.
+    [port] = ctx.endpoints.ovsdb.list_endpoint_ports(BRIDGE)
+    ep = port.endpoint
+    assert (ep.network, ep.vni, ep.ip, ep.mac) == ("blue", 5002, ip, mac)
+    assert ep.attachment == endpoint_attachment(eid)
+    [record] = ctx.cluster.list_endpoints("blue")
+    assert (record.host, record.ip, record.mac) == ("h1", ip, mac)
+    for end in (ep.port, peer):
+        assert "mtu 1450 " in ip_in(host_ns, "link", "show", end)
+        tx = run(["ip", "netns", "exec", host_ns, "ethtool", "-k", end]).stdout
+        assert "tx-checksumming: off" in tx
+    assert f"link/ether {mac} " in ip_in(host_ns, "link", "show", peer)
+    move_into(host_ns, peer, sb, address, answer["Gateway"])
+    assert join(docker, eid, sb) == answer  # a repeated Join changes nothing
+    docker.ok("NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": eid})
+    assert "eth0" not in ip_in(sb, "-br", "link")  # the pair went with the host end
+    assert ctx.cluster.holder("blue", ip) == endpoint_attachment(eid)  # still DeleteEndpoint's
+    assert docker.ok("NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": eid}) == {}
+    docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    docker.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": ip})
+    assert docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid}) == {}
+    docker.ok("IpamDriver.ReleasePool", {"PoolID": pool_id})
+    docker.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert leftovers(ctx, host_ns) == NOTHING
+    assert ctx.cluster.get_network("blue") is not None  # not the driver's to delete
+
+
+def test_malformed_requests_get_err_and_change_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, _, _ = create_endpoint(docker, pool_id)
+    before = leftovers(ctx, host_ns)
+    assert "not JSON" in docker.refused("NetworkDriver.Join", raw=b'{"NetworkID": ')
+    assert "EndpointID" in docker.refused(
+        "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": "x/y"}
+    )
+    unknown = {"NetworkID": NID, "EndpointID": "f" * 64, "SandboxKey": "/x"}
+    assert "CreateEndpoint first" in docker.refused("NetworkDriver.Join", unknown)
+    other = {
+        "NetworkID": "2" * 64,
+        "EndpointID": "f" * 64,
+        "Interface": {"Address": "100.65.0.9/16"},
+    }
+    assert "no CreateNetwork reached this agent" in docker.refused(
+        "NetworkDriver.CreateEndpoint", other
+    )
+    status, answer = docker.call("NetworkDriver.NoSuchMethod", {})
+    assert status == 404 and "is not a method" in answer["Err"]
+    assert leftovers(ctx, host_ns) == before
+    # The connection and the server live on: the next request is served.
+    join(docker, eid, sandbox())
+    assert len(leftovers(ctx, host_ns)["ports"]) == 1
+
+
+def test_what_a_killed_dockerd_left_goes_at_the_next_activate(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    # A running container, whose sandbox then dies with dockerd's containers.
+    gone, gone_address, _ = create_endpoint(docker, pool_id)
+    sb = sandbox()
+    answer = join(docker, gone, sb)
+    move_into(host_ns, answer["InterfaceName"]["SrcName"], sb, gone_address, "100.65.0.1")
+    # Joined, but dockerd died before moving the container end.
+    unmoved = create_endpoint(docker, pool_id)[0]
+    join(docker, unmoved, sandbox())
+    # Created, never joined; and an address asked for, never bound.
+    create_endpoint(docker, pool_id)
+    docker.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})
+    # dockerd is killed; its containers' sandboxes die; a new dockerd activates the driver.
+    netns.delete_namespace(sb)
+    restarted = Docker(docker.conn.sock.getpeername())
+    try:
+        restarted.ok("Plugin.Activate")
+    finally:
+        restarted.conn.close()
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]  # the network stays, as in dockerd
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
