@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from lab import docker, lab, naming, netns, ovs_host
-from tests.helpers import host_paths, running_lab
+from lab import docker, lab, naming, netns, ovs_host, pods
+from store import docker_records, open_cluster
+from tests.helpers import create_network, host_paths, pod_ports, running_lab, store_pods
 
 pytestmark = pytest.mark.lab
 
@@ -173,3 +175,201 @@ def test_lab_down_ends_a_killed_dockerds_containers():
             os.path.isdir(point + parent)
             for point in set(docker.containerd.cgroup_mounts().values())
         )
+
+
+# --- Docker networks on the overlay (the agent's remote drivers, controller/cnm/) ---
+
+OVERLAY_CIDR = naming.DEFAULT_CIDR
+# libnetwork 20.10 checks a pool it did not name against the host's routes and asks the
+# IPAM driver again while it overlaps, and every host routes its overlay networks (the
+# gateway): so the Docker network names its subnet.
+SUBNET = ("--subnet",)  # then the CIDR
+
+
+def docker_network(lab_name: str, host: str, name: str, network: str, cidr: str) -> None:
+    dk(
+        lab_name,
+        host,
+        "network",
+        "create",
+        "-d",
+        "ovs-overlay",
+        "--ipam-driver",
+        "ovs-overlay",
+        *SUBNET,
+        cidr,
+        "--ipam-opt",
+        f"network={network}",
+        "--opt",
+        f"network={network}",
+        name,
+    )
+
+
+def run_container(lab_name: str, host: str, name: str, network: str) -> str:
+    """A container sleeping on Docker network ``network``; returns its address."""
+    dk(
+        lab_name,
+        host,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        docker.IMAGE,
+        "sleep",
+        "600",
+    )
+    return dk(
+        lab_name,
+        host,
+        "inspect",
+        "--format",
+        f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
+        name,
+    )
+
+
+def reaches(lab_name: str, host: str, container: str, ip: str) -> bool:
+    probe = docker.cli(
+        paths(lab_name, host), "exec", container, "ping", "-c", "1", "-W", "2", ip, check=False
+    )
+    return probe.returncode == 0
+
+
+def counts(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> dict:
+    """What an endpoint holds, on both hosts: veth ends in the host's namespace (host end
+    ``ovo*``, a container end not yet moved ``ovd*``), br-int ports, the network's address
+    claims and endpoint records, and the agents' Docker records."""
+    allocations, endpoints = store_pods(lab_name, network)
+    cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
+    try:
+        nets = sum(len(docker_records.list_networks(cluster.kv, h)) for h in HOSTS)
+        eps = sum(len(docker_records.list_endpoints(cluster.kv, h)) for h in HOSTS)
+    finally:
+        cluster.close()
+    links = []
+    for h in HOSTS:
+        out = netns.run_in_namespace(naming.host_namespace(lab_name, h), ["ip", "-br", "link"])
+        links += [line.split()[0] for line in out.stdout.splitlines()]
+    return {
+        "veths": len([link for link in links if link.startswith(("ovo", "ovd"))]),
+        "ports": sum(len(pod_ports(lab_name, h)) for h in HOSTS),
+        "claims": len(allocations),
+        "endpoints": len(endpoints),
+        "docker networks": nets,
+        "docker endpoints": eps,
+    }
+
+
+def test_containers_on_two_hosts_reach_each_other_and_rm_leaves_nothing(docker_lab):
+    before = counts(docker_lab)
+    for host in HOSTS:
+        docker_network(docker_lab, host, "blue", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
+    ip1 = run_container(docker_lab, "h1", "web1", "blue")
+    ip2 = run_container(docker_lab, "h2", "web2", "blue")
+    assert ip1 != ip2 and ip1.startswith("100.64.") and ip2.startswith("100.64.")
+    grown = counts(docker_lab)
+    assert grown["ports"] == before["ports"] + 2 and grown["claims"] == before["claims"] + 2
+    assert grown["docker endpoints"] == before["docker endpoints"] + 2
+    assert reaches(docker_lab, "h1", "web1", ip2) and reaches(docker_lab, "h2", "web2", ip1)
+    for host, name in (("h1", "web1"), ("h2", "web2")):
+        dk(docker_lab, host, "rm", "-f", name)
+        dk(docker_lab, host, "network", "rm", "blue")
+    assert counts(docker_lab) == before
+
+
+def test_a_pod_and_a_container_reach_each_other_and_the_node_and_outside(docker_lab):
+    docker_network(docker_lab, "h1", "green", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
+    ip = run_container(docker_lab, "h1", "app", "green")
+    pod = pods.pod_add(docker_lab, "h2", "cli")["ip"]
+    try:
+        assert reaches(docker_lab, "h1", "app", pod)
+        assert lab.ping_from(pods.pod_namespace(docker_lab, "h2", "cli"), ip)
+        # The node reaches its container from its gateway address, as it does a pod, and
+        # the container reaches the outside through the host's egress SNAT.
+        assert lab.ping(docker_lab, "h1", ip)
+        assert reaches(docker_lab, "h1", "app", naming.EXT_IP)
+    finally:
+        pods.pod_del(docker_lab, "h2", "cli")
+        dk(docker_lab, "h1", "rm", "-f", "app")
+        dk(docker_lab, "h1", "network", "rm", "green")
+
+
+def test_docker_networks_stay_apart_even_with_one_subnet(docker_lab):
+    cidr = "100.80.0.0/16"
+    create_network(docker_lab, "red", cidr, 5101)
+    create_network(docker_lab, "teal", cidr, 5102)
+    for host in HOSTS:
+        docker_network(docker_lab, host, "red", "red", cidr)
+        docker_network(docker_lab, host, "teal", "teal", cidr)
+    try:
+        red = {
+            name: (host, run_container(docker_lab, host, name, "red"))
+            for host, name in (("h1", "red1"), ("h1", "red3"), ("h2", "red2"))
+        }
+        teal_ip = run_container(docker_lab, "h2", "teal2", "teal")
+        for src, (host, _) in red.items():
+            assert all(reaches(docker_lab, host, src, ip) for _, ip in red.values())
+        # The same subnet in both: an address of red that teal does not use (teal has its
+        # own hosts' gateway addresses and teal2) must not answer from teal, on either host.
+        in_teal = set(addresses(docker_lab, "teal"))
+        assert teal_ip in in_teal
+        targets = [ip for _, ip in red.values() if ip not in in_teal]
+        assert targets and {h for h, ip in red.values() if ip in targets} == set(HOSTS)
+        for ip in targets:
+            assert not reaches(docker_lab, "h2", "teal2", ip), ip
+    finally:
+        for host, name in (("h1", "red1"), ("h1", "red3"), ("h2", "red2"), ("h2", "teal2")):
+            docker.cli(paths(docker_lab, host), "rm", "-f", name, check=False)
+        for host in HOSTS:
+            for net in ("red", "teal"):
+                docker.cli(paths(docker_lab, host), "network", "rm", net, check=False)
+
+
+def addresses(lab_name: str, network: str) -> list[str]:
+    """Every address claimed in ``network``: endpoints and the hosts' gateways."""
+    cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
+    try:
+        return list(cluster.allocations(network))
+    finally:
+        cluster.close()
+
+
+def test_a_dockerd_killed_mid_run_leaks_nothing_once_restarted(docker_lab):
+    docker_network(docker_lab, "h1", "mid", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
+    before = counts(docker_lab)
+    run = subprocess.Popen(
+        [
+            docker.DOCKER,
+            "run",
+            "--name",
+            "midrun",
+            "--network",
+            "mid",
+            docker.IMAGE,
+            "sleep",
+            "600",
+        ],
+        env=docker.cli_env(paths(docker_lab, "h1")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Killed once the agent has plugged the container (its port is on br-int), while
+        # `docker run` still waits on it.
+        deadline = time.monotonic() + 60
+        while counts(docker_lab)["ports"] == before["ports"]:
+            assert time.monotonic() < deadline, "docker run never plugged its container"
+            time.sleep(0.05)
+        docker.control(docker_lab, "h1", "kill")
+    finally:
+        run.wait()
+    assert counts(docker_lab)["ports"] == before["ports"] + 1  # the container runs on
+    docker.control(docker_lab, "h1", "start")
+    assert dk(docker_lab, "h1", "inspect", "--format", "{{.State.Running}}", "midrun") == "false"
+    assert counts(docker_lab) == before
+    dk(docker_lab, "h1", "rm", "midrun")
+    dk(docker_lab, "h1", "network", "rm", "mid")
+    assert counts(docker_lab)["docker networks"] == before["docker networks"] - 1
