@@ -146,7 +146,12 @@ NOTHING = {"veths": [], "ports": [], "addresses": {}, "macs": [], "endpoints": [
 def create_network(docker: Docker) -> str:
     pool = docker.ok(
         "IpamDriver.RequestPool",
-        {"AddressSpace": "ovs-overlay", "Pool": "", "SubPool": "", "Options": {"network": "blue"}},
+        {
+            "AddressSpace": "ovs-overlay",
+            "Pool": "100.65.0.0/16",
+            "SubPool": "",
+            "Options": {"network": "blue"},
+        },
     )
     gw = docker.ok(
         "IpamDriver.RequestAddress",
