@@ -155,6 +155,14 @@ def test_the_gateway_is_answered_not_claimed_and_addresses_come_from_this_hosts_
     assert cluster.mac_holder("blue", mac_for(ip))[0] == cluster.holder("blue", ip)
 
 
+def test_a_static_address_is_claimed_and_one_in_use_is_refused(ctx, cluster):
+    wanted = {"PoolID": "blue", "Address": "100.65.3.7", "Options": {}}
+    assert ok(ctx, "IpamDriver.RequestAddress", wanted)["Address"] == "100.65.3.7/16"
+    assert "100.65.3.7 in network blue is already used" in refused(
+        ctx, "IpamDriver.RequestAddress", wanted
+    )
+
+
 def test_release_address_releases_an_unbound_claim_once(ctx, cluster):
     ip = ok(ctx, "IpamDriver.RequestAddress", {"PoolID": "blue", "Address": ""})["Address"]
     release = {"PoolID": "blue", "Address": ip.split("/")[0]}
