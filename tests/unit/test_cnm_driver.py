@@ -6,7 +6,13 @@ tests/integration/test_cnm_driver.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
 
 import pytest
 
@@ -14,7 +20,7 @@ from controller import metrics
 from controller.cnm import cleanup, ipam
 from controller.cnm.common import UNBOUND_TTL, Context, endpoint_attachment, unbound_owner
 from controller.cnm.network import DOCKER_VNI_BASE
-from controller.cnm.server import serve
+from controller.cnm.server import MAX_BODY, CnmServer, serve
 from controller.endpoints import EndpointManager, mac_for
 from store import docker_records, open_cluster
 
@@ -314,3 +320,34 @@ def test_broken_docker_records_are_skipped_not_fatal(ctx, cluster):
         ctx, "NetworkDriver.CreateEndpoint", endpoint_request("100.65.0.5/16")
     )
     assert ok(ctx, "Plugin.Activate", None)["Implements"]
+
+
+def test_the_socket_is_root_only_and_a_stuck_client_blocks_no_other(ctx):
+    plugins = tempfile.mkdtemp(prefix="cnm")  # short: a unix socket path has 108 bytes
+    server = CnmServer(os.path.join(plugins, "d"), ctx)
+    server.start()
+    stuck = socket.socket(socket.AF_UNIX)
+    try:
+        assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(server.path)).st_mode) == 0o700
+        stuck.connect(server.path)
+        stuck.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nContent-Le")  # and nothing more
+        conn = http.client.HTTPConnection("plugin")
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.connect(server.path)
+        conn.request("POST", "/NetworkDriver.GetCapabilities", b"{}")
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["Scope"] == "local"
+        conn.close()
+        big = socket.socket(socket.AF_UNIX)
+        big.connect(server.path)
+        big.sendall(
+            b"POST /IpamDriver.RequestPool HTTP/1.1\r\n"
+            + f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+        )
+        with big, big.makefile("rb") as reply:
+            assert reply.readline().split()[1] == b"413"  # refused before a byte of body
+    finally:
+        stuck.close()
+        server.stop()
+        shutil.rmtree(plugins)
