@@ -268,6 +268,11 @@ def test_malformed_requests_get_err_and_change_nothing(driver):
     assert "no CreateNetwork reached this agent" in docker.refused(
         "NetworkDriver.CreateEndpoint", other
     )
+    lost, _, _ = create_endpoint(docker, pool_id)
+    ctx.cluster.release_attachment("blue", "h1", endpoint_attachment(lost), derive_mac=mac_for)
+    before = leftovers(ctx, host_ns)
+    lost_join = {"NetworkID": NID, "EndpointID": lost, "SandboxKey": "/x"}
+    assert "no longer holds its address" in docker.refused("NetworkDriver.Join", lost_join)
     status, answer = docker.call("NetworkDriver.NoSuchMethod", {})
     assert status == 404 and "is not a method" in answer["Err"]
     assert leftovers(ctx, host_ns) == before
