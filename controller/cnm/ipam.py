@@ -32,7 +32,7 @@ ADDRESS_SPACE = "ovs-overlay"
 NEW_POOL_PREFIX = "new:"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # Options["RequestAddressType"] of a gateway
 FIX = (
-    "docker network create -d ovs-overlay --ipam-driver ovs-overlay "
+    "docker network create -d ovs-overlay --ipam-driver ovs-overlay --subnet CIDR "
     "--ipam-opt network=NAME --opt network=NAME DOCKER_NAME"
 )
 
@@ -61,6 +61,16 @@ def request_pool(ctx: Context, body: dict) -> dict:
     if wanted is not None and not isinstance(wanted, str):
         raise CnmError("--ipam-opt network must name an ovs-overlay network")
     net = resolve(ctx, wanted, pool, "--ipam-opt")
+    if not pool:
+        # libnetwork (requestPoolHelper) checks a pool it did not ask for against the
+        # host's routes, and on an overlap releases it and asks again, forever: every
+        # host has a route into the default network (its gateway port), and this driver
+        # has only the one pool to give.  Asking with --subnet skips that check.
+        raise CnmError(
+            f"give the subnet: add --subnet {net.cidr} (ovs-overlay network {net.name}'s "
+            "CIDR); without it dockerd re-asks forever for a pool that overlaps this "
+            "host's route into the network"
+        )
     if net is None:
         return {"PoolID": NEW_POOL_PREFIX + _cidr(pool), "Pool": _cidr(pool), "Data": {}}
     return {"PoolID": net.name, "Pool": net.cidr, "Data": {}}

@@ -282,6 +282,14 @@ def join(ctx: Context, body: dict) -> dict:
             "first (or recreate the container)"
         )
     _, net = _network_of(ctx, ep.docker_network)
+    if ctx.cluster.holder(net.name, ep.ip) != ep.attachment:
+        # Released behind its back (a failed Join's rollback while the store was away is
+        # finished by the agent's store cleanup, which releases the whole attachment).
+        raise CnmError(
+            f"endpoint {ep.docker_id[:12]} no longer holds its address {ep.ip} in {net.name}; "
+            "remove the container and run it again",
+            reason="address_in_use",
+        )
     port, peer = port_names(ep)
     manager = ctx.endpoints
     gateway = manager.gateway_for(net)

@@ -12,11 +12,13 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 
 import pytest
 
 from controller import netns as agent_netns
-from controller.cnm.common import Context, endpoint_attachment
+from controller.cnm import cleanup
+from controller.cnm.common import UNBOUND_TTL, Context, endpoint_attachment
 from controller.cnm.server import CnmServer
 from controller.endpoints import EndpointManager, mac_for
 from controller.hoststate import gateway_ip
@@ -24,7 +26,7 @@ from lab import naming, netns
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import choose_datapath_type
-from store import open_cluster
+from store import docker_records, open_cluster
 from tests.helpers import host_paths, run
 
 pytestmark = pytest.mark.integration
@@ -146,7 +148,12 @@ NOTHING = {"veths": [], "ports": [], "addresses": {}, "macs": [], "endpoints": [
 def create_network(docker: Docker) -> str:
     pool = docker.ok(
         "IpamDriver.RequestPool",
-        {"AddressSpace": "ovs-overlay", "Pool": "", "SubPool": "", "Options": {"network": "blue"}},
+        {
+            "AddressSpace": "ovs-overlay",
+            "Pool": "100.65.0.0/16",
+            "SubPool": "",
+            "Options": {"network": "blue"},
+        },
     )
     gw = docker.ok(
         "IpamDriver.RequestAddress",
@@ -261,6 +268,11 @@ def test_malformed_requests_get_err_and_change_nothing(driver):
     assert "no CreateNetwork reached this agent" in docker.refused(
         "NetworkDriver.CreateEndpoint", other
     )
+    lost, _, _ = create_endpoint(docker, pool_id)
+    ctx.cluster.release_attachment("blue", "h1", endpoint_attachment(lost), derive_mac=mac_for)
+    before = leftovers(ctx, host_ns)
+    lost_join = {"NetworkID": NID, "EndpointID": lost, "SandboxKey": "/x"}
+    assert "no longer holds its address" in docker.refused("NetworkDriver.Join", lost_join)
     status, answer = docker.call("NetworkDriver.NoSuchMethod", {})
     assert status == 404 and "is not a method" in answer["Err"]
     assert leftovers(ctx, host_ns) == before
@@ -295,3 +307,28 @@ def test_what_a_killed_dockerd_left_goes_at_the_next_activate(driver):
     assert {k: v for k, v in left.items() if k != "docker"} == {
         k: v for k, v in NOTHING.items() if k != "docker"
     }
+
+
+def test_an_agent_restart_keeps_what_docker_holds_and_drops_what_it_left(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    live, live_address, _ = create_endpoint(docker, pool_id)
+    sb = sandbox()
+    answer = join(docker, live, sb)
+    move_into(host_ns, answer["InterfaceName"]["SrcName"], sb, live_address, "100.65.0.1")
+    _, unjoined_address, _ = create_endpoint(docker, pool_id)
+    pending = docker.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})
+    # The agent's start: its general reconcile, told what Docker holds, then Docker's own.
+    now = time.time()
+    with agent_netns.in_namespace(host_ns):
+        removed = ctx.endpoints.reconcile(cleanup.keep(ctx, now))
+        removed += cleanup.collect(ctx, now, activate=False)
+    assert removed == []
+    held = ctx.cluster.allocations("blue")
+    for address in (live_address, unjoined_address, pending["Address"]):
+        assert address.split("/")[0] in held
+    # Past the grace period, what never came to be goes; the live container stays.
+    with agent_netns.in_namespace(host_ns):
+        cleanup.collect(ctx, now + UNBOUND_TTL, activate=False)
+    assert set(ctx.cluster.allocations("blue")) == {live_address.split("/")[0]}
+    assert [ep.docker_id for ep in docker_records.list_endpoints(ctx.cluster.kv, "h1")] == [live]

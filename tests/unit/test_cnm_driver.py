@@ -6,7 +6,13 @@ tests/integration/test_cnm_driver.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
 
 import pytest
 
@@ -14,7 +20,7 @@ from controller import metrics
 from controller.cnm import cleanup, ipam
 from controller.cnm.common import UNBOUND_TTL, Context, endpoint_attachment, unbound_owner
 from controller.cnm.network import DOCKER_VNI_BASE
-from controller.cnm.server import serve
+from controller.cnm.server import MAX_BODY, CnmServer, serve
 from controller.endpoints import EndpointManager, mac_for
 from store import docker_records, open_cluster
 
@@ -63,10 +69,10 @@ def everything(cluster) -> list[tuple[str, str]]:
     return [(kv.key, kv.value) for kv in cluster.kv.range("")[0]]
 
 
-def pool_request(**options) -> dict:
+def pool_request(pool: str = "100.65.0.0/16", **options) -> dict:
     return {
         "AddressSpace": "ovs-overlay",
-        "Pool": "",
+        "Pool": pool,
         "SubPool": "",
         "Options": options,
         "V6": False,
@@ -120,12 +126,15 @@ def test_a_pool_is_the_named_network_or_the_one_with_that_subnet(ctx, cluster):
     answer = ok(ctx, "IpamDriver.RequestPool", pool_request(network="blue"))
     assert (answer["PoolID"], answer["Pool"]) == ("blue", "100.65.0.0/16")
     by_subnet = pool_request()
-    by_subnet["Pool"] = "100.65.0.0/16"
     assert ok(ctx, "IpamDriver.RequestPool", by_subnet)["PoolID"] == "blue"
     cluster.create_network("green", vni=5003, cidr="100.65.0.0/16")
     err = refused(ctx, "IpamDriver.RequestPool", by_subnet)
     assert "blue, green" in err and "--ipam-opt network=NAME" in err
-    assert "--ipam-opt network=NAME" in refused(ctx, "IpamDriver.RequestPool", pool_request())
+    assert "--ipam-opt network=NAME" in refused(ctx, "IpamDriver.RequestPool", pool_request(""))
+    # Without the subnet libnetwork would re-ask forever (a pool overlapping a host route).
+    assert "--subnet 100.65.0.0/16" in refused(
+        ctx, "IpamDriver.RequestPool", pool_request("", network="blue")
+    )
     assert "no such ovs-overlay network" in refused(
         ctx, "IpamDriver.RequestPool", pool_request(network="red")
     )
@@ -150,6 +159,14 @@ def test_the_gateway_is_answered_not_claimed_and_addresses_come_from_this_hosts_
     assert unbound_owner(cluster.holder("blue", ip))[0] == "h1"
     assert block.cidr.split("/")[0].rsplit(".", 1)[0] == ip.rsplit(".", 1)[0]
     assert cluster.mac_holder("blue", mac_for(ip))[0] == cluster.holder("blue", ip)
+
+
+def test_a_static_address_is_claimed_and_one_in_use_is_refused(ctx, cluster):
+    wanted = {"PoolID": "blue", "Address": "100.65.3.7", "Options": {}}
+    assert ok(ctx, "IpamDriver.RequestAddress", wanted)["Address"] == "100.65.3.7/16"
+    assert "100.65.3.7 in network blue is already used" in refused(
+        ctx, "IpamDriver.RequestAddress", wanted
+    )
 
 
 def test_release_address_releases_an_unbound_claim_once(ctx, cluster):
@@ -184,8 +201,7 @@ def test_create_network_maps_an_existing_network_and_delete_keeps_it(ctx, cluste
 
 
 def test_a_new_subnet_makes_a_network_with_a_vni_and_delete_removes_it(ctx, cluster):
-    pool = pool_request()
-    pool["Pool"] = "100.70.0.0/24"
+    pool = pool_request("100.70.0.0/24")
     pool_id = ok(ctx, "IpamDriver.RequestPool", pool)["PoolID"]
     assert pool_id == "new:100.70.0.0/24"
     assert ok(ctx, "IpamDriver.RequestAddress", gateway_request(pool_id))["Address"] == (
@@ -304,3 +320,34 @@ def test_broken_docker_records_are_skipped_not_fatal(ctx, cluster):
         ctx, "NetworkDriver.CreateEndpoint", endpoint_request("100.65.0.5/16")
     )
     assert ok(ctx, "Plugin.Activate", None)["Implements"]
+
+
+def test_the_socket_is_root_only_and_a_stuck_client_blocks_no_other(ctx):
+    plugins = tempfile.mkdtemp(prefix="cnm")  # short: a unix socket path has 108 bytes
+    server = CnmServer(os.path.join(plugins, "d"), ctx)
+    server.start()
+    stuck = socket.socket(socket.AF_UNIX)
+    try:
+        assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(server.path)).st_mode) == 0o700
+        stuck.connect(server.path)
+        stuck.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nContent-Le")  # and nothing more
+        conn = http.client.HTTPConnection("plugin")
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.connect(server.path)
+        conn.request("POST", "/NetworkDriver.GetCapabilities", b"{}")
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["Scope"] == "local"
+        conn.close()
+        big = socket.socket(socket.AF_UNIX)
+        big.connect(server.path)
+        big.sendall(
+            b"POST /IpamDriver.RequestPool HTTP/1.1\r\n"
+            + f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+        )
+        with big, big.makefile("rb") as reply:
+            assert reply.readline().split()[1] == b"413"  # refused before a byte of body
+    finally:
+        stuck.close()
+        server.stop()
+        shutil.rmtree(plugins)
