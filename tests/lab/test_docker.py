@@ -180,10 +180,9 @@ def test_lab_down_ends_a_killed_dockerds_containers():
 # --- Docker networks on the overlay (the agent's remote drivers, controller/cnm/) ---
 
 OVERLAY_CIDR = naming.DEFAULT_CIDR
-# libnetwork 20.10 checks a pool it did not name against the host's routes and asks the
-# IPAM driver again while it overlaps, and every host routes its overlay networks (the
-# gateway): so the Docker network names its subnet.
-SUBNET = ("--subnet",)  # then the CIDR
+# --subnet is required (controller/cnm/ipam.py): libnetwork 20.10 checks a pool it did not
+# name against the host's routes and asks again while it overlaps, and every host routes
+# its overlay networks (its gateway address).
 
 
 def docker_network(lab_name: str, host: str, name: str, network: str, cidr: str) -> None:
@@ -196,7 +195,7 @@ def docker_network(lab_name: str, host: str, name: str, network: str, cidr: str)
         "ovs-overlay",
         "--ipam-driver",
         "ovs-overlay",
-        *SUBNET,
+        "--subnet",
         cidr,
         "--ipam-opt",
         f"network={network}",
