@@ -97,6 +97,26 @@ def test_a_container_runs_and_nothing_reaches_the_machine(docker_lab):
         check=True,
     ).stdout.split()
     assert "netns" not in seen and "plugins" in seen
+    # What it writes to /etc/docker and /opt is the lab's (same files), not the machine's.
+    root = paths(docker_lab, "h1").root
+    inodes = subprocess.run(
+        [
+            "nsenter",
+            "-m",
+            "-t",
+            str(pid),
+            "stat",
+            "-c",
+            "%i",
+            "/etc/docker/key.json",
+            "/opt/containerd",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    lab_files = (os.path.join(root, "etc", "key.json"), os.path.join(root, "opt", "containerd"))
+    assert [int(i) for i in inodes] == [os.stat(f).st_ino for f in lab_files]
 
 
 def test_stop_leaves_nothing_running(docker_lab):
