@@ -360,4 +360,4 @@ def print_status(status: lab.LabStatus) -> None:
 
 
 def _daemon_order(daemon: str) -> int:
-    return ["ovsdb-server", "ovs-vswitchd", "ovs-overlay-agent"].index(daemon)
+    return ["ovsdb-server", "ovs-vswitchd", "ovs-overlay-agent", "dockerd"].index(daemon)

@@ -496,6 +496,8 @@ def status(name: str, state_root: str = naming.DEFAULT_STATE_ROOT) -> LabStatus:
         daemons = {d: ovs_host.daemon_pid(host_paths, d) for d in ovs_host.DAEMONS}
         if os.path.exists(agent_proc.config_path(host_paths)):
             daemons["ovs-overlay-agent"] = agent_proc.agent_pid(host_paths)
+        if os.path.isdir(docker.DockerPaths.of_host(host_paths).root):  # lab docker start
+            daemons["dockerd"] = docker.dockerd_pid(docker.DockerPaths.of_host(host_paths))
         bridges: dict[str, str] = {}
         if daemons["ovsdb-server"] is not None:
             with OvsdbClient(host_paths.db_sock, timeout=5) as client:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -117,6 +118,41 @@ def test_a_container_runs_and_nothing_reaches_the_machine(docker_lab):
     ).stdout.split()
     lab_files = (os.path.join(root, "etc", "key.json"), os.path.join(root, "opt", "containerd"))
     assert [int(i) for i in inodes] == [os.stat(f).st_ino for f in lab_files]
+
+
+def test_the_cli_drives_a_hosts_dockerd(docker_lab):
+    ctl = [os.path.join(os.path.dirname(sys.executable), "ovs-overlayctl"), "lab"]
+    run = subprocess.run(
+        [
+            *ctl,
+            "docker",
+            "exec",
+            "--lab",
+            docker_lab,
+            "h2",
+            "--",
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            docker.IMAGE,
+            "cat",
+            "/proc/net/dev",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "lo:" in run.stdout and "eth0" not in run.stdout
+    status = subprocess.run(
+        [*ctl, "status", "--lab", docker_lab], capture_output=True, text=True, check=True
+    ).stdout
+    assert "dockerd" in status and "DOWN" not in status
+    refused = subprocess.run(
+        [*ctl, "docker", "stop", "--lab", docker_lab, "h3"], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "has no host h3" in refused.stderr
 
 
 def test_stop_leaves_nothing_running(docker_lab):
