@@ -21,7 +21,8 @@ own containerd child (its socket under the exec root): in its mount namespace th
 The lab has no registry: the first start on a host imports ``ovs-overlay-lab/busybox``
 (``docker import`` of a tar of Debian's busybox-static and a link per applet).
 
-Stopping dockerd (SIGTERM) stops its containers first (``shutdown-timeout``), as on a node;
+Stopping dockerd (SIGTERM) stops its containers first (each within its stop timeout), as
+on a node;
 ``kill`` (SIGKILL) is a crash: its containerd child dies with it (dockerd starts it with a
 parent-death signal), the shims and containers live on until dockerd starts again, which
 then kills them and removes their endpoints (the shims' sockets are kept in the lab, so
@@ -52,7 +53,6 @@ MACHINE_MOUNT_POINTS = ("/etc/docker", "/opt")  # bind-mounted over in dockerd's
 IMAGE = "ovs-overlay-lab/busybox"
 IMAGE_CMD = 'CMD ["sh"]'
 BUSYBOX_APPLETS_CMD = (pause_image.BUSYBOX, "--list")
-SHUTDOWN_TIMEOUT = 3  # seconds dockerd gives its containers to stop before it kills them
 STOP_TIMEOUT = 30.0  # seconds a stopping dockerd gets before SIGKILL (see ``stop``)
 READY_TIMEOUT = 60.0
 READY_POLL = 0.2
@@ -126,8 +126,6 @@ def daemon_config(paths: DockerPaths, cgroup: str) -> dict:
         "exec-opts": ["native.cgroupdriver=cgroupfs"],
         "cgroup-parent": cgroup,
         "oom-score-adjust": 0,
-        "shutdown-timeout": SHUTDOWN_TIMEOUT,
-        "log-driver": "json-file",
     }
 
 
