@@ -33,6 +33,7 @@ from controller.endpoints import (
     mac_for,
 )
 from controller.membership import Membership
+from controller.policy_metrics import PolicyHitsCollector
 from controller.policy_watch import PolicyWatch
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
@@ -176,7 +177,12 @@ class Agent:
         handlers["cni"] = lambda env, stdin: cni_gateway.serve(handlers, cfg.socket, env, stdin)
         self.api = ApiServer(cfg.socket, handlers)
         self.api.start()
-        self.metrics = metrics.serve(cfg.metrics_address, cfg.metrics_port, self._metrics)
+        self.metrics = metrics.serve(
+            cfg.metrics_address,
+            cfg.metrics_port,
+            self._metrics,
+            (PolicyHitsCollector(self.reconciler),),
+        )
         LOG.info(
             "agent for host %s started (tunnel %s from %s)",
             cfg.host,

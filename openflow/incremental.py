@@ -196,6 +196,12 @@ class Engine:
             policy=self._policy,
         )
 
+    @property
+    def policy(self) -> PolicyProgram | None:
+        """The policy program whose flows are installed (None: none yet).  A reference
+        read, safe from another thread: a program is immutable and replaced whole."""
+        return self._policy
+
     def flows(self) -> list[Flow]:
         """Every flow the engine says is installed (the objects' built now)."""
         return list(self.iter_flows())
