@@ -10,12 +10,12 @@ connection, one OFPFlowStatsRequest per feature (the rules' flows, the isolation
 selected by cookie and mask, so the reply holds only policy flows, never the pipeline's
 thousands of others.  OpenFlow and not ``ovs-ofctl`` (as ``ovs-overlayctl flows`` does):
 the agent runs no OVS tool on a production path, and it has the connection already.  The
-rule ids in the cookies are named from the program the agent installed (the engine's,
-``Reconciler.policy_program``), so a name is what the switch's flows were built from,
-across every change; its inverse is computed once per program.
+rule ids in the cookies are named by the ids the agent's compiler gave them
+(``Reconciler.policy_rules``), so a name is what the switch's flows were built from,
+across every change.
 
 A scrape never stalls the agent: it runs on the metrics server's thread, reads the
-program without the engine's lock, and waits for the switch at most ``timeout`` (the lock
+names without the engine's lock, and waits for the switch at most ``timeout`` (the lock
 the reconciler sends under included).  A switch that is away or slow costs the scrape
 these series, counted in ``ovs_overlay_policy_stats_failures_total``; nothing else.
 """
@@ -31,9 +31,7 @@ from prometheus_client.registry import Collector
 
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
-from netpol.compile import PolicyProgram
-from netpol.evaluate import RuleRef
-from netpol.hits import FlowCount, PolicyHits, rule_names, sum_hits
+from netpol.hits import FlowCount, PolicyHits, sum_hits
 from openflow import cookies
 
 LOG = logging.getLogger(__name__)
@@ -49,8 +47,7 @@ class PolicyHitsCollector(Collector):
     def __init__(self, reconciler: Reconciler, timeout: float = STATS_TIMEOUT):
         self._reconciler = reconciler
         self._timeout = timeout
-        self._lock = threading.Lock()  # the names' cache; concurrent scrapes
-        self._named: tuple[PolicyProgram | None, dict[int, RuleRef]] = (None, {})
+        self._lock = threading.Lock()  # the failure count; concurrent scrapes
         self.failures = 0
 
     def describe(self) -> list:
@@ -105,7 +102,7 @@ class PolicyHitsCollector(Collector):
     def hits(self) -> PolicyHits | None:
         """br-int's policy counters summed, or None (counted) when the switch did not
         give them."""
-        program = self._reconciler.policy_program()
+        names = self._reconciler.policy_rules()
         try:
             stats = [
                 s
@@ -120,12 +117,4 @@ class PolicyHitsCollector(Collector):
             LOG.debug("metrics scrape without policy counters: %s", exc)
             return None
         counts = [FlowCount(s.cookie, s.table_id, s.packet_count, s.byte_count) for s in stats]
-        return sum_hits(counts, self._names(program))
-
-    def _names(self, program: PolicyProgram | None) -> dict[int, RuleRef]:
-        with self._lock:
-            known, names = self._named
-            if program is not known:
-                names = {} if program is None else rule_names(program.state)
-                self._named = (program, names)
-            return names
+        return sum_hits(counts, names)

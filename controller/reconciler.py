@@ -20,11 +20,11 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from controller import heap, metrics
 from controller.switch import SwitchError, SwitchLink
-from netpol.compile import PolicyProgram
+from netpol.evaluate import RuleRef
 from openflow import cookies
 from openflow.diff import (
     FlowAdd,
@@ -180,10 +180,10 @@ class Reconciler:
         with self._engine_lock:
             return self._engine.counts()
 
-    def policy_program(self) -> PolicyProgram | None:
-        """The policy program br-int's policy flows were built from, read without the
-        engine's lock (the worker holds it through a compile; metrics must not wait)."""
-        return self._engine.policy
+    def policy_rules(self) -> Mapping[int, RuleRef]:
+        """Rule id -> rule, of the policy flows the engine has installed, read without the
+        engine's lock (a mapping replaced whole, never changed in place)."""
+        return self._engine.policy_rules
 
     def flow_stats(self, cookie: int, cookie_mask: int, timeout: float) -> list:
         """br-int's flows whose cookie matches ``cookie``/``cookie_mask`` (os-ken

@@ -28,9 +28,11 @@ random changes and checks after each that these flows equal the full compile's.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from netpol.compile import (
     MAX_GROUPS,
@@ -97,6 +99,7 @@ class SetLocalPod:
 PolicyInput = SetHost | SetNamespace | SetPod | SetNetworkPolicy | SetLocalPod
 FlowKey = tuple[Table, int, tuple[MatchField, ...]]  # a flow's identity on the switch
 _HOST = ("host",)  # the source of the fixed flows and the node's
+LOG = logging.getLogger(__name__)
 
 
 class PolicyCompiler:
@@ -146,7 +149,9 @@ class PolicyCompiler:
 
     def update(self, inputs: Iterable[PolicyInput]) -> dict[FlowKey, Flow | None]:
         """Take ``inputs`` in; returns the flows that changed, by key, as they were before
-        (None: it is new).  A batch that raises leaves the compiler as it was."""
+        (None: it is new).  An input the compiler fails on (a bug: the model refuses
+        what it cannot compile) is logged and left out, the rest taken: one bad policy
+        must not keep every other change from the switch."""
         inputs = list(inputs)
         for i in inputs:
             if not isinstance(i, SetHost | SetNamespace | SetPod | SetNetworkPolicy | SetLocalPod):
@@ -154,11 +159,19 @@ class PolicyCompiler:
         before = self._inputs()
         try:
             return self._update(inputs)
-        except BaseException:
+        except Exception:
             # Half-updated indexes: back to the inputs it had, everything derived again
-            # (the always-right path), and the caller hears of the failure.
+            # (the always-right path), then the inputs one at a time.
             self._restore(before)
-            raise
+        flows = dict(self._flows)
+        for i in inputs:
+            before = self._inputs()
+            try:
+                self._update([i])
+            except Exception:
+                LOG.exception("NetworkPolicy: cannot compile %r; left out", i)
+                self._restore(before)
+        return _changes(flows, self._flows)
 
     def regenerate(self, generation: int) -> None:
         """Every flow again with ``generation``'s cookies (a full sync)."""
@@ -190,8 +203,7 @@ class PolicyCompiler:
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
         for key, p in self._policies.items():
             self._policies_by_ns[p.namespace].add(key)
-        self._ids = rule_ids(PolicyState(policies=tuple(self._policies.values())))
-        self._displaced = sum(rid != rule_home(ref) for ref, rid in self._ids.items())
+        self._set_ids(rule_ids(PolicyState(policies=tuple(self._policies.values()))))
         self._applied: dict[str, set[str]] = {}  # policy -> the local pods it selects
         self._sel: dict[RuleRef, set[str]] = {}  # rule -> pods its selector peers select
         self._dest: dict[RuleRef, set[str]] = {}  # named-port egress rule -> its peer pods
@@ -199,6 +211,7 @@ class PolicyCompiler:
         self._member_of: dict[str, set[RuleRef]] = defaultdict(set)  # pod -> _sel/_dest rules
         self._ns_rules: dict[str, frozenset[RuleRef]] = {}  # a cache, see _rules_seeing
         self._items: dict[Hashable, frozenset] = {}
+        self._broken: set[RuleRef] = set()  # rules that failed to compile, logged
         self._agg: dict[FlowKey, Counter] = {}
         self._flows: dict[FlowKey, Flow] = {}
         for policy in self._policies.values():
@@ -407,6 +420,7 @@ class PolicyCompiler:
         dirty_pods.update(self._applied.pop(policy.key, ()))
         refs = [ref for ref, _ in self._rules(policy)]
         gone = set(refs)
+        self._broken -= gone
         for ref in refs:
             for key in self._sel.pop(ref, set()) | self._dest.pop(ref, set()):
                 _discard(self._member_of, key, ref)
@@ -486,17 +500,26 @@ class PolicyCompiler:
         """Rule ids as ``rule_ids`` gives them.  While every rule sits at its hash's own
         id (a collision is one in millions), removing or adding rules moves no other;
         otherwise every id is worked out again and the rules whose id moved returned."""
-        for ref in removed:
-            self._ids.pop(ref, None)
+        if removed:
+            gone = set(removed)
+            self._ids = {ref: rid for ref, rid in self._ids.items() if ref not in gone}
         homes = [rule_home(ref) for ref in added]
         taken = set(self._ids.values())
         if self._displaced == 0 and len(set(homes)) == len(homes) and taken.isdisjoint(homes):
-            self._ids.update(zip(added, homes, strict=True))
+            self._set_ids({**self._ids, **dict(zip(added, homes, strict=True))})
             return set()
-        old = dict(self._ids)
-        self._ids = rule_ids(PolicyState(policies=tuple(self._policies.values())))
-        self._displaced = sum(rid != rule_home(ref) for ref, rid in self._ids.items())
+        old = self._ids
+        self._set_ids(rule_ids(PolicyState(policies=tuple(self._policies.values()))))
         return {ref for ref, rid in self._ids.items() if old.get(ref) != rid}
+
+    def _set_ids(self, ids: dict[RuleRef, int]) -> None:
+        """New ids, and their names for readers on other threads (the metrics): a new
+        mapping, never one changed in place."""
+        self._ids = ids
+        self._displaced = sum(rid != rule_home(ref) for ref, rid in ids.items())
+        self.rule_names: Mapping[int, RuleRef] = MappingProxyType(
+            {rid: ref for ref, rid in ids.items()}
+        )
 
     # -- internals: flows -------------------------------------------------------------------
 
@@ -508,7 +531,7 @@ class PolicyCompiler:
         elif source == _HOST:
             new = self._host_items()
         elif source[0] == "rule":
-            new = self._rule_items(source[1])
+            new = self._guarded_rule_items(source[1])
         else:
             new = self._pod_items(source[1])
         old = self._items.get(source, frozenset())
@@ -552,6 +575,17 @@ class PolicyCompiler:
                 for f in isolation_flows(direction, {port: pod}, self.generation):
                     items.append(((f.table, f.priority, f.match), ("plain", f)))
         return frozenset(items)
+
+    def _guarded_rule_items(self, ref: RuleRef) -> frozenset:
+        """A rule's flows; a rule the compiler fails on (a bug: the model refuses what it
+        cannot compile) allows nothing, logged once, and every other rule is served."""
+        try:
+            return self._rule_items(ref)
+        except Exception:
+            if ref not in self._broken:
+                LOG.exception("NetworkPolicy %s cannot be compiled; it allows nothing", ref)
+                self._broken.add(ref)
+            return frozenset()
 
     def _rule_items(self, ref: RuleRef) -> frozenset:
         found = self._rule(ref)

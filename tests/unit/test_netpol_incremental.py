@@ -3,7 +3,6 @@ changes: every flow equal, and each update's answer exactly the flows that moved
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,19 +117,13 @@ def test_a_program_reached_through_inputs_between_is_the_program(cluster):
     assert list(compiler.flows()) == []
 
 
-def test_a_batch_that_raises_leaves_the_compiler_as_it_was():
+def test_a_rule_that_does_not_compile_allows_nothing_and_the_rest_is_served(caplog):
     compiler = PolicyCompiler(GEN)
     ns = model.parse_namespace({"metadata": {"name": "x"}})
     pod = PodAddress(model.parse_pod({"metadata": {"name": "a", "namespace": "x"}}), "100.64.0.2")
-    deny = model.parse_network_policy(
-        {"metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}}
-    )
-    compiler.update([SetHost(3), SetNamespace("x", ns), SetPod("x/a", pod), SetLocalPod("x/a", 2)])
-    compiler.update([SetNetworkPolicy(deny.key, deny)])
-    flows = _current(compiler)
-
+    compiler.update([SetHost(3), SetNamespace("x", ns), SetPod("x/a", pod)])
     # A policy the parser would refuse (a protocol the data path has no match for) stands
-    # for an unforeseen bug: compiling its rule raises half-way through the batch.
+    # for a compiler bug: compiling its rule raises.
     bad = model.NetworkPolicy(
         "x",
         "bad",
@@ -138,7 +131,12 @@ def test_a_batch_that_raises_leaves_the_compiler_as_it_was():
         frozenset({"Ingress"}),
         ingress=(model.Rule(ports=(model.PolicyPort("XTP", 80),)),),
     )
-    with pytest.raises(KeyError):
-        compiler.update([SetNetworkPolicy(deny.key, None), SetNetworkPolicy(bad.key, bad)])
-    assert _current(compiler) == flows
-    assert compiler.program().state.policies == (deny,)
+    compiler.update([SetNetworkPolicy(bad.key, bad), SetLocalPod("x/a", 2)])
+    assert "x/bad ingress[0] cannot be compiled" in caplog.text
+    # It isolates x/a like a policy with no rules at all: fail closed.
+    program = compiler.program()
+    rules_out = model.NetworkPolicy("x", "bad", bad.pod_selector, bad.policy_types)
+    state = PolicyState(program.state.namespaces, program.state.pods, (rules_out,))
+    assert _current(compiler) == {
+        (f.table, f.priority, f.match): f for f in compile_policy(state, program.view, GEN)
+    }
