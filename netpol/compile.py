@@ -308,17 +308,20 @@ def allowed_flow(table: Table, priority: int, fields, rid: int, gen: int) -> Flo
     )
 
 
-def group_matches(direction: str, rid: int, k: int, group: RuleGroup):
+def group_matches(direction: str, rid: int, k: int, group: RuleGroup, peers: bool = True):
     """Group ``k`` of rule ``rid`` as what it puts in its direction's table: ("allow",
     table, match, rid) for a rule of pods only, else ("clause", table, match,
     Conjunction) for each clause flow.  Shared by the full compile here and the
-    incremental one (netpol/incremental.py), which add them up differently."""
+    incremental one (netpol/incremental.py), which adds them up differently and, with
+    ``peers`` false, leaves the peers' clause out to add it address by address
+    (``peer_clause``)."""
     table = EGRESS_RULES if direction == EGRESS else INGRESS_RULES
     pod_field = "in_port" if direction == EGRESS else "reg1"
-    peer_field = "ipv4_dst" if direction == EGRESS else "ipv4_src"
     dims = [[match(**{pod_field: port}) for port in group.pods]]
-    if group.peers is not None:
-        dims.append([address_match(peer_field, a) for a in group.peers])
+    if group.peers is not None:  # always the second clause
+        dims.append(
+            [address_match(_peer_field(direction), a) for a in group.peers] if peers else []
+        )
     if group.ports is not None:
         dims.append([_port_match(*p) for p in group.ports])
     if len(dims) == 1:
@@ -330,6 +333,18 @@ def group_matches(direction: str, rid: int, k: int, group: RuleGroup):
         conj = Conjunction(cid, clause, len(dims))
         for fields in dim:
             yield ("clause", table, fields, conj)
+
+
+def peer_clause(direction: str, address: str, conj: Conjunction):
+    """One peer address's clause flow of a group whose other clauses are ``conj``'s
+    (``group_matches`` with ``peers`` false): the table, the match, its conjunction."""
+    table = EGRESS_RULES if direction == EGRESS else INGRESS_RULES
+    fields = address_match(_peer_field(direction), address)
+    return table, fields, Conjunction(conj.conj_id, 2, conj.n_clauses)
+
+
+def _peer_field(direction: str) -> str:
+    return "ipv4_dst" if direction == EGRESS else "ipv4_src"
 
 
 @functools.lru_cache(maxsize=1 << 16)

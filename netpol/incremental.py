@@ -47,6 +47,7 @@ from netpol.compile import (
     fixed_flows,
     group_matches,
     isolation_flows,
+    peer_clause,
     rule_groups,
     rule_home,
     rule_ids,
@@ -55,7 +56,7 @@ from netpol.evaluate import EGRESS, INGRESS, RuleRef
 from netpol.model import NAME_LABEL, Namespace, NetworkPolicy, Peer, Pod, Rule
 from netpol.state import PodAddress, PolicyState, in_block
 from openflow.cookies import Feature, cookie
-from openflow.model import ETH_TYPE_IP, Flow, MatchField, match
+from openflow.model import ETH_TYPE_IP, Conjunction, Flow, MatchField, match
 from openflow.tables import INGRESS_RULES, POLICY_COMMIT, Table
 
 
@@ -99,6 +100,9 @@ class SetLocalPod:
 PolicyInput = SetHost | SetNamespace | SetPod | SetNetworkPolicy | SetLocalPod
 FlowKey = tuple[Table, int, tuple[MatchField, ...]]  # a flow's identity on the switch
 _HOST = ("host",)  # the source of the fixed flows and the node's
+# A fine rule's peers while it has some, for rule_groups (which needs only to know there
+# are): the addresses themselves are its ("peer", rule, address) sources.
+_SOME_PEERS = ("<addresses>",)
 LOG = logging.getLogger(__name__)
 
 
@@ -205,7 +209,16 @@ class PolicyCompiler:
             self._policies_by_ns[p.namespace].add(key)
         self._set_ids(rule_ids(PolicyState(policies=tuple(self._policies.values()))))
         self._applied: dict[str, set[str]] = {}  # policy -> the local pods it selects
-        self._sel: dict[RuleRef, set[str]] = {}  # rule -> pods its selector peers select
+        self._sel: dict[RuleRef, dict[str, str]] = {}  # rule -> its selected pods -> IP
+        # A rule whose every group has the same peers (all but egress to a named port) has
+        # its peer clause kept address by address: a pod joining its peers costs one
+        # address's flows, not the rule's.  Its addresses, counted (pods may share one),
+        # and the conjunctions each address's flow carries while it has flows.
+        self._fine: set[RuleRef] = set()
+        self._addrs: dict[RuleRef, Counter] = {}
+        self._shape: dict[RuleRef, tuple[Conjunction, ...]] = {}
+        self._dirty_peers: set[tuple[RuleRef, str]] = set()  # scratch of one update
+        self._selection_memo: dict[tuple, dict[str, str]] = {}  # scratch of one update
         self._dest: dict[RuleRef, set[str]] = {}  # named-port egress rule -> its peer pods
         self._wide: set[RuleRef] = set()  # ... whose peers are not found by namespace
         self._member_of: dict[str, set[RuleRef]] = defaultdict(set)  # pod -> _sel/_dest rules
@@ -220,10 +233,14 @@ class PolicyCompiler:
         self._refresh(_HOST, changed)
         for ref in self._ids:
             self._refresh(("rule", ref), changed)
+        for ref in self._shape:  # an inactive rule's addresses have no flows
+            for addr in self._addrs[ref]:
+                self._refresh(("peer", ref, addr), changed)
         for key in self._local:
             self._refresh(("pod", key), changed)
         for key in changed:
             self._rebuild_flow(key, {})
+        self._dirty_peers, self._selection_memo = set(), {}
 
     def _update(self, inputs: list[PolicyInput]) -> dict[FlowKey, Flow | None]:
         old_pods: dict[str, PodAddress | None] = {}
@@ -263,6 +280,7 @@ class PolicyCompiler:
 
         dirty_rules: set[RuleRef] = set()
         dirty_pods: set[str] = set(local_touched)
+        self._dirty_peers, self._selection_memo = set(), {}
         # Policies that changed leave first (their rules are made again below, from the
         # state after the whole batch), so the steps between skip them.
         removed_refs: list[RuleRef] = []
@@ -287,10 +305,19 @@ class PolicyCompiler:
             dirty_rules |= self._assign_ids(removed_refs, added_refs)
 
         changed: set[FlowKey] = set()
-        sources |= {("rule", r) for r in dirty_rules}
         sources |= {("pod", k) for k in dirty_pods}
         for source in sources:
             self._refresh(source, changed)
+        for ref in dirty_rules:  # a rule's own flows; its addresses' if its groups moved
+            shape = self._shape.get(ref)
+            self._refresh(("rule", ref), changed)
+            if self._shape.get(ref) != shape:
+                self._dirty_peers.update((ref, a) for a in self._addrs.get(ref, ()))
+        for ref, addr in self._dirty_peers:
+            source = ("peer", ref, addr)
+            if ref in self._shape or source in self._items:  # else none before or after
+                self._refresh(source, changed)
+        self._dirty_peers, self._selection_memo = set(), {}
         out: dict[FlowKey, Flow | None] = {}
         for key in changed:
             self._rebuild_flow(key, out)
@@ -385,17 +412,17 @@ class PolicyCompiler:
         for ref, rule in self._rules(policy):
             refs.append(ref)
             if any(p.ip_block is None for p in rule.peers):
-                spaces = [ns for ns in self._by_ns if self._sees(policy, rule, ns)]
-                self._sel[ref] = {
-                    key
-                    for ns in spaces
-                    for key in self._by_ns[ns]
-                    if self._selected(policy, rule, self._pods[key])
-                }
+                self._sel[ref] = dict(self._selection(policy, rule))
                 for ns, cached in self._ns_rules.items():
                     if self._sees(policy, rule, ns):
                         self._ns_rules[ns] = cached | {ref}
-            if ref.direction == EGRESS and any(isinstance(p.port, str) for p in rule.ports):
+            named = ref.direction == EGRESS and any(isinstance(p.port, str) for p in rule.ports)
+            if rule.peers and not named:
+                self._fine.add(ref)
+                addrs = self._addrs[ref] = Counter(self._sel.get(ref, {}).values())
+                addrs.update(block_addresses(rule.peers))
+                self._dirty_peers.update((ref, a) for a in addrs)
+            if named:
                 wide = not rule.peers or any(p.ip_block is not None for p in rule.peers)
                 if wide:
                     self._wide.add(ref)
@@ -405,9 +432,25 @@ class PolicyCompiler:
                 self._dest[ref] = {
                     k for k in candidates if self._destination(policy, rule, self._pods[k])
                 }
-            for key in self._sel.get(ref, set()) | self._dest.get(ref, set()):
+            for key in self._sel.get(ref, {}).keys() | self._dest.get(ref, set()):
                 self._member_of[key].add(ref)
         return refs
+
+    def _selection(self, policy: NetworkPolicy, rule: Rule) -> dict[str, str]:
+        """The pods (-> IP) a rule's selector peers select: a scan of the namespaces they
+        reach, done once per update for the peers many rules share (the same namespace
+        and selectors: policies repeat their peers)."""
+        memo_key = (policy.namespace, rule.peers)
+        found = self._selection_memo.get(memo_key)
+        if found is None:
+            spaces = [ns for ns in self._by_ns if self._sees(policy, rule, ns)]
+            found = self._selection_memo[memo_key] = {
+                key: self._pods[key].ip
+                for ns in spaces
+                for key in self._by_ns[ns]
+                if self._selected(policy, rule, self._pods[key])
+            }
+        return found
 
     def _remove_policy(self, policy: NetworkPolicy, dirty_pods: set[str]) -> list[RuleRef]:
         """Forget an old version of a policy: its rules' indexes; the pods it isolated
@@ -422,17 +465,20 @@ class PolicyCompiler:
         gone = set(refs)
         self._broken -= gone
         for ref in refs:
-            for key in self._sel.pop(ref, set()) | self._dest.pop(ref, set()):
+            for key in self._sel.pop(ref, {}).keys() | self._dest.pop(ref, set()):
                 _discard(self._member_of, key, ref)
             self._wide.discard(ref)
+            self._fine.discard(ref)
+            self._dirty_peers.update((ref, a) for a in self._addrs.pop(ref, ()))
         for ns, cached in list(self._ns_rules.items()):
             if cached & gone:
                 self._ns_rules[ns] = cached - gone
         return refs
 
     def _namespace_changed(self, name: str, old: Mapping[str, str], dirty: set[RuleRef]) -> None:
-        """New labels: the namespace's pods, in every rule whose namespace selector
-        matched the old labels or matches the new ones."""
+        """New labels: the namespace's pods, in every rule with a namespace selector that
+        matched the old labels and not the new ones, or the other way round (a selector
+        that matches both, or neither, keeps every pod where it was)."""
         self._ns_rules.pop(name, None)
         new = self._labels(name)
         refs = []
@@ -440,7 +486,7 @@ class PolicyCompiler:
             policy, rule = self._rule(ref)
             if any(
                 p.namespace_selector is not None
-                and (p.namespace_selector.matches(old) or p.namespace_selector.matches(new))
+                and p.namespace_selector.matches(old) != p.namespace_selector.matches(new)
                 for p in rule.peers
             ):
                 refs.append((ref, policy, rule))
@@ -456,26 +502,46 @@ class PolicyCompiler:
         for ref in self._rules_seeing(_namespace_of(key)) | self._wide | was:
             policy, rule = self._rule(ref)
             self._member(ref, policy, rule, key, pod, dirty)
-        dirty |= was  # a peer whose address or ports changed
+        dirty |= was - self._fine  # a peer whose address or ports changed (a fine rule's
+        # address is in its _sel, and _member moved it)
 
     def _member(self, ref, policy, rule, key: str, pod: PodAddress | None, dirty) -> None:
-        """Put ``key`` in or out of the rule's peer sets by what it is now."""
-        for sets, now in (
-            (self._sel, self._selected(policy, rule, pod)),
-            (self._dest, self._destination(policy, rule, pod)),
-        ):
-            members = sets.get(ref)
-            if members is None or (key in members) == now:
-                continue
-            if now:
-                members.add(key)
-            else:
-                members.discard(key)
+        """Put ``key`` in or out of the rule's peers by what it is now (with its address)."""
+        sel = self._sel.get(ref)
+        if sel is not None:
+            old = sel.get(key)
+            new = pod.ip if self._selected(policy, rule, pod) else None
+            if old != new:
+                _put(sel, key, new)
+                if ref in self._fine:
+                    self._count(ref, old, -1, dirty)
+                    self._count(ref, new, 1, dirty)
+                else:
+                    dirty.add(ref)
+        dest = self._dest.get(ref)
+        if dest is not None and (key in dest) != self._destination(policy, rule, pod):
+            dest.symmetric_difference_update((key,))
             dirty.add(ref)
         if key in self._sel.get(ref, ()) or key in self._dest.get(ref, ()):
             self._member_of[key].add(ref)
         else:
             _discard(self._member_of, key, ref)
+
+    def _count(self, ref: RuleRef, addr: str | None, delta: int, dirty: set[RuleRef]) -> None:
+        """One more or one less pod at ``addr`` among a fine rule's peers: the address's
+        flows when it comes or goes, the rule's own when its first comes or last goes (a
+        rule whose peers are no address allows nothing)."""
+        if addr is None:
+            return
+        addrs = self._addrs[ref]
+        had, was_empty = addrs[addr] > 0, not addrs
+        addrs[addr] += delta
+        if addrs[addr] <= 0:
+            del addrs[addr]
+        if had != (addr in addrs):
+            self._dirty_peers.add((ref, addr))
+        if was_empty != (not addrs):
+            dirty.add(ref)
 
     def _local_changed(self, key: str, dirty_rules: set[RuleRef], dirty_pods: set[str]) -> None:
         """A pod here came, went, moved port, or changed: the policies of its namespace
@@ -532,6 +598,8 @@ class PolicyCompiler:
             new = self._host_items()
         elif source[0] == "rule":
             new = self._guarded_rule_items(source[1])
+        elif source[0] == "peer":
+            new = self._peer_items(source[1], source[2])
         else:
             new = self._pod_items(source[1])
         old = self._items.get(source, frozenset())
@@ -546,7 +614,10 @@ class PolicyCompiler:
                     del self._agg[key]
             changed.add(key)
         for key, payload in new - old:
-            self._agg.setdefault(key, Counter())[payload] += 1
+            counts = self._agg.get(key)
+            if counts is None:
+                counts = self._agg[key] = Counter()
+            counts[payload] += 1
             changed.add(key)
         if new:
             self._items[source] = new
@@ -576,9 +647,21 @@ class PolicyCompiler:
                     items.append(((f.table, f.priority, f.match), ("plain", f)))
         return frozenset(items)
 
+    def _peer_items(self, ref: RuleRef, addr: str) -> frozenset:
+        """A fine rule's clause flows for one peer address, in each of its groups."""
+        shape = self._shape.get(ref)
+        if shape is None or addr not in self._addrs.get(ref, ()):
+            return frozenset()
+        items = []
+        for conj in shape:
+            table, fields, clause = peer_clause(ref.direction, addr, conj)
+            items.append(((table, PRIO_CONJUNCTION, fields), ("conj", clause)))
+        return frozenset(items)
+
     def _guarded_rule_items(self, ref: RuleRef) -> frozenset:
         """A rule's flows; a rule the compiler fails on (a bug: the model refuses what it
         cannot compile) allows nothing, logged once, and every other rule is served."""
+        self._shape.pop(ref, None)
         try:
             return self._rule_items(ref)
         except Exception:
@@ -600,9 +683,12 @@ class PolicyCompiler:
         )
         if not applied:
             return frozenset()
+        fine = ref in self._fine
         peers = None
-        if rule.peers:
-            ips = {self._pods[k].ip for k in self._sel.get(ref, ())}
+        if fine:  # the addresses go address by address (_peer_items)
+            peers = _SOME_PEERS if self._addrs[ref] else ()
+        elif rule.peers:
+            ips = set(self._sel.get(ref, {}).values())
             peers = tuple(sorted(ips | block_addresses(rule.peers)))
         groups = rule_groups(
             rule,
@@ -613,14 +699,21 @@ class PolicyCompiler:
         )
         rid = self._ids[ref]
         items = set()
+        shape = set()
         for k, group in enumerate(groups[:MAX_GROUPS]):
-            for kind, table, fields, what in group_matches(ref.direction, rid, k, group):
+            for kind, table, fields, what in group_matches(
+                ref.direction, rid, k, group, peers=not fine
+            ):
                 if kind == "allow":
                     items.add(((table, PRIO_ALLOW_ALL, fields), ("allow", rid)))
                 else:
                     items.add(((table, PRIO_CONJUNCTION, fields), ("conj", what)))
                     conj = match(conj_id=what.conj_id)
                     items.add(((table, PRIO_CONJUNCTION, conj), ("conjflow", what.conj_id)))
+                    shape.add(what)
+        if fine and shape:
+            peer = {Conjunction(c.conj_id, 2, c.n_clauses) for c in shape}
+            self._shape[ref] = tuple(sorted(peer, key=lambda c: c.conj_id))
         return frozenset(items)
 
     def _rebuild_flow(self, key: FlowKey, out: dict[FlowKey, Flow | None]) -> None:
