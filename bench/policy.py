@@ -12,7 +12,12 @@ egress to DNS pods on UDP and TCP 53.
     .venv/bin/python -m bench.policy [--pods 5000] [--policies 1000] [--hosts 50] [--runs 5]
 
 It prints the flows by table, the conjunctions and what the same rules would cost as
-the product of their clauses (flows without conjunctions), and the compile time.  The
+the product of their clauses (flows without conjunctions), and the full compile's time.
+Then the incremental compiler the agent runs (netpol/incremental.py): its first load,
+and what one change costs it, by kind (``--changes`` of each, every one different): a
+pod elsewhere coming, one going, one relabelled, a pod attached here (a CNI ADD), a
+policy added, a namespace relabelled; and, at the end, its flows against the full
+compile's (they must be equal).  The
 lab part (apply to enforcement on every host, pod-to-pod TCP with a policy) is
 bench/policy_lab.py.
 """
@@ -26,7 +31,15 @@ import time
 from collections import Counter, defaultdict
 
 from netpol import model
-from netpol.compile import HostView, LocalPod, compile_policy
+from netpol.compile import HostView, LocalPod, PolicyProgram, compile_policy
+from netpol.incremental import (
+    PolicyCompiler,
+    SetLocalPod,
+    SetNamespace,
+    SetNetworkPolicy,
+    SetPod,
+    inputs_between,
+)
 from netpol.state import PodAddress, PolicyState
 from openflow.model import Conjunction
 
@@ -124,6 +137,7 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--hosts", type=int, default=50)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--changes", type=int, default=200)
     args = ap.parse_args()
     start = time.perf_counter()
     state = cluster(args.pods, args.policies)
@@ -156,6 +170,86 @@ def main() -> None:
     print(
         f"compile: median {statistics.median(times):.2f} s, min {min(times):.2f} s (n={len(times)})"
     )
+    incremental(state, host, args.changes)
+
+
+def incremental(state: PolicyState, host: HostView, n: int) -> None:
+    """The agent's compiler: its first load, then ``n`` changes of each kind, timed one by
+    one (what a change costs the host, with the flows it moves)."""
+    compiler = PolicyCompiler(generation=1)
+    start = time.perf_counter()
+    compiler.update(inputs_between(None, PolicyProgram(state, host)))
+    print(f"incremental: first load {time.perf_counter() - start:.2f} s, {len(compiler)} flows")
+    rng = random.Random(11)
+    pods = list(state.pods)
+    fresh = iter(range(len(pods), 10**9))
+    port = iter(range(10_000, 10**9))
+
+    def new_pod(ns: str | None = None) -> PodAddress:
+        i = next(fresh)
+        ns = ns or f"ns{rng.randrange(NAMESPACES)}"
+        labels = {"app": f"app{i % APPS}", "tier": f"tier{i % TIERS}"}
+        obj = {
+            "metadata": {"name": f"pod{i}", "namespace": ns, "labels": labels},
+            "spec": {
+                "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]
+            },
+        }
+        return PodAddress(model.parse_pod(obj), f"100.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")
+
+    def relabel(p: PodAddress) -> PodAddress:
+        labels = {**p.pod.labels, "app": f"app{rng.randrange(APPS)}"}
+        pod = model.Pod(p.pod.namespace, p.pod.name, labels, p.pod.ports)
+        return PodAddress(pod, p.ip)
+
+    def add_here():
+        p = new_pod()
+        return [SetPod(p.key, p), SetLocalPod(p.key, next(port))]
+
+    def new_policy():
+        obj = _policy(next(fresh))
+        obj["metadata"]["name"] += "-extra"
+        np = model.parse_network_policy(obj)
+        return [SetNetworkPolicy(np.key, np)]
+
+    def relabel_namespace():
+        i = rng.randrange(NAMESPACES)
+        labels = {"team": f"t{rng.randrange(TEAMS)}"}
+        ns = model.parse_namespace({"metadata": {"name": f"ns{i}", "labels": labels}})
+        return [SetNamespace(ns.name, ns)]
+
+    kinds = {
+        "pod elsewhere comes": lambda: [SetPod((p := new_pod()).key, p)],
+        "pod elsewhere goes": lambda: [SetPod(pods.pop(rng.randrange(len(pods))).key, None)],
+        "pod relabelled": lambda: [SetPod((p := relabel(rng.choice(pods))).key, p)],
+        "pod attached here": add_here,
+        "policy added": new_policy,
+        "namespace relabelled": relabel_namespace,
+    }
+    print(f"one change, {n} of each: median / p99 / max ms, flows moved (median, max)")
+    for name, make in kinds.items():
+        times, moved = [], []
+        for _ in range(n):
+            inputs = make()
+            start = time.perf_counter()
+            out = compiler.update(inputs)
+            times.append((time.perf_counter() - start) * 1000)
+            moved.append(len(out))
+        times.sort()
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        print(
+            f"  {name:22s} {statistics.median(times):7.2f} / {p99:7.2f} / {times[-1]:7.2f}"
+            f"   {statistics.median(moved):5.0f}, {max(moved)}"
+        )
+    want = compile_policy(*_parts(compiler.program()), generation=1)
+    same = set(want) == set(compiler.flows())
+    print(f"incremental flows equal the full compile's after every change: {same}")
+    if not same:
+        raise SystemExit("the incremental compiler disagrees with the full compile")
+
+
+def _parts(program: PolicyProgram) -> tuple[PolicyState, HostView]:
+    return program.state, program.view
 
 
 def _product(sizes) -> int:

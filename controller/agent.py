@@ -37,6 +37,7 @@ from controller.endpoints import (
     mac_for,
 )
 from controller.membership import Membership
+from controller.policy_metrics import PolicyHitsCollector
 from controller.policy_watch import PolicyWatch
 from controller.reconciler import Reconciler
 from controller.switch import SwitchError
@@ -190,7 +191,12 @@ class Agent:
             self.cnm = CnmServer(cfg.docker_plugin_dir, cnm)
             self.cnm.start()
             LOG.info("serving Docker's ovs-overlay drivers on %s", self.cnm.path)
-        self.metrics = metrics.serve(cfg.metrics_address, cfg.metrics_port, self._metrics)
+        self.metrics = metrics.serve(
+            cfg.metrics_address,
+            cfg.metrics_port,
+            self._metrics,
+            (PolicyHitsCollector(self.reconciler),),
+        )
         LOG.info(
             "agent for host %s started (tunnel %s from %s)",
             cfg.host,

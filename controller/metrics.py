@@ -10,14 +10,16 @@ nothing proportional to the cluster.
 The registry is the process's own, not prometheus_client's default one: no process or
 platform collectors appear unasked, and tests read exactly what the agent counted.
 Labels are from closed sets (a CNI command, a CNI error code, a reason from REASONS, a
-table name): never a container id, pod or address.
+table name): never a container id, pod or address.  The one exception is bounded by
+what the host enforces: the policy hits name a rule (namespace, policy, direction,
+index) with flows on this host (controller/policy_metrics.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -246,8 +248,14 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 class MetricsServer:
     """The listener and the agent's snapshot collector; ``close`` undoes both."""
 
-    def __init__(self, address: str, port: int, snapshot: Callable[[], Snapshot]):
-        self._collector = _SnapshotCollector(snapshot)
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        snapshot: Callable[[], Snapshot],
+        collectors: Sequence[Collector] = (),
+    ):
+        self._collectors = (_SnapshotCollector(snapshot), *collectors)
         try:
             self._httpd, self._thread = start_http_server(port, address, REGISTRY)
         except OSError as exc:
@@ -256,12 +264,14 @@ class MetricsServer:
                 "[agent] metrics_address/metrics_port to a free address, or metrics_port = 0 "
                 "to turn metrics off"
             ) from None
-        REGISTRY.register(self._collector)
+        for collector in self._collectors:
+            REGISTRY.register(collector)
         self.address = self._httpd.server_address[:2]
         LOG.info("metrics on http://%s:%d/metrics", *self.address)
 
     def close(self) -> None:
-        REGISTRY.unregister(self._collector)
+        for collector in self._collectors:
+            REGISTRY.unregister(collector)
         # shutdown() waits for serve_forever to notice (0.5 s poll): not on the caller.
         threading.Thread(target=self._stop, name="metrics-stop", daemon=True).start()
 
@@ -270,9 +280,16 @@ class MetricsServer:
         self._httpd.server_close()
 
 
-def serve(address: str, port: int, snapshot: Callable[[], Snapshot]) -> MetricsServer | None:
-    """Serve the registry on ``address:port`` (0: metrics off, returns None)."""
+def serve(
+    address: str,
+    port: int,
+    snapshot: Callable[[], Snapshot],
+    collectors: Sequence[Collector] = (),
+) -> MetricsServer | None:
+    """Serve the registry on ``address:port`` (0: metrics off, returns None), with the
+    snapshot's metrics and those ``collectors`` read at each scrape (the policy hits,
+    controller/policy_metrics.py)."""
     if not port:
         LOG.info("metrics off ([agent] metrics_port = 0)")
         return None
-    return MetricsServer(address, port, snapshot)
+    return MetricsServer(address, port, snapshot, collectors)

@@ -9,24 +9,33 @@ Kubernetes network (a pod's address: the endpoint record that names the pod,
 and selectable as a peer, once both its Pod object and its endpoint exist.  A record
 that does not parse is logged once and skipped; the rest is served.
 
-Every change recompiles the whole host: one program, diffed flow by flow in the engine
-(so br-int gets only the flows that changed).  The compile is the cost; it is measured
-in docs/benchmarks.md ("NetworkPolicy compile"), and a compile waits for changes that
-arrive while the last one ran (one compile for a burst).  Conntrack runs for the
-Kubernetes network from the agent's start (the program with no policy), so a first
-policy finds every connection already tracked.
+A change is handed on as what it changed (netpol/incremental.py's inputs: a pod with
+its address and port here, a namespace, a policy, the network's index), worked out for
+the keys the change touched only and compared with what was last handed on; the
+engine's policy compiler recomputes the flows those touch (docs/pipeline.md).  A burst
+of changes is one batch.  Conntrack runs for the Kubernetes network from the agent's
+start (the network's index with no policy), so a first policy finds every connection
+already tracked.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from netpol.compile import PolicyProgram, host_program
+from netpol.incremental import (
+    PolicyInput,
+    SetHost,
+    SetLocalPod,
+    SetNamespace,
+    SetNetworkPolicy,
+    SetPod,
+)
 from netpol.model import Namespace, NetworkPolicy, Pod
-from netpol.state import LOCAL_REVISION, PolicyState, from_records
-from openflow.incremental import Change, SetPolicy
+from netpol.state import LOCAL_REVISION, PodAddress
+from openflow.incremental import Change, PolicyUpdate
 from store import k8s_objects
 from store.cluster import ClusterState, RecordError
 from store.kv import CompactedError, KeyValue, KvError
@@ -38,7 +47,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 
 class PolicyWatch:
     """The cluster's policy objects and Kubernetes pods' addresses, kept from the store,
-    and this host's policy program, recompiled when they or the local ports change."""
+    and handed to the engine as the policy inputs they change (with the local ports)."""
 
     def __init__(
         self,
@@ -53,18 +62,24 @@ class PolicyWatch:
         self._network_index = network_index  # its dense index (conntrack zone), once known
         self._submit = submit
         self._host_ip = host_ip  # this host's own address in the network (its probes pass)
-        self._lock = threading.Lock()  # the objects and addresses
-        # One compile and submit at a time, so programs reach the engine in the order
-        # they were compiled; the local ports are the last the agent gave (submit_with).
+        self._lock = threading.Lock()  # the records and the dirty sets
+        # One submit at a time, so inputs reach the engine in the order they were made;
+        # the local ports are the last the agent gave (submit_with).
         self._compile_lock = threading.Lock()
         # This host's endpoints in the network, from its OVSDB: IP -> (ofport, pod key or None).
         self._ports: dict[str, tuple[int, str | None]] = {}
+        self._local_ips: dict[str, set[str]] = defaultdict(set)  # pod key -> its ports' IPs
         self._objects: dict[str, Namespace | Pod | NetworkPolicy] = {}  # by k8s/ key
-        # endpoint key -> (pod key, IP, the record's revision)
+        self._named: dict[tuple[type, str], str] = {}  # (kind, name or NS/NAME) -> k8s/ key
+        # endpoint key -> (pod key, IP, the record's revision), and indexes of them
         self._addresses: dict[str, tuple[str, str, int]] = {}
+        self._by_pod: dict[str, set[str]] = defaultdict(set)  # pod key -> endpoint keys
+        self._by_ip: dict[str, set[str]] = defaultdict(set)  # IP -> pod keys (records)
         self._bad: dict[str, int] = {}  # key -> mod_revision already logged as broken
+        # What changed since the last submit, by identity, and what was last handed on.
+        self._dirty: set[tuple[type, str]] = set()
+        self._sent: dict[tuple[type, str], object] = {}
         self._due = threading.Event()
-        self._last: PolicyProgram | None = None
 
     @property
     def _endpoints_prefix(self) -> str:
@@ -117,10 +132,10 @@ class PolicyWatch:
             self._due.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Make and submit the program whenever something changed, until ``stop``: one
-        for whatever arrived meanwhile.  A failure here is logged and the next change
-        retries; the compile itself runs in the reconciler's engine, which drops a program
-        that does not compile (logged) and keeps the one it has."""
+        """Hand on what changed whenever something did, until ``stop``: one batch for
+        whatever arrived meanwhile.  A failure here is logged and the next change retries;
+        the compile itself runs in the reconciler's engine, whose compiler skips (and
+        logs) an input it cannot compile."""
         while not stop.is_set():
             self._due.wait()
             self._due.clear()
@@ -129,11 +144,11 @@ class PolicyWatch:
             try:
                 self.compile_now()
             except Exception:
-                LOG.exception("compiling NetworkPolicy failed; the next change retries")
+                LOG.exception("handing NetworkPolicy changes on failed; the next change retries")
 
     def changed(self) -> None:
-        """Something policy depends on changed outside the store (a local port, the
-        network's index): compile again."""
+        """Something policy depends on changed outside the store (the network's index, the
+        host's address): look again."""
         self._due.set()
 
     def stop(self) -> None:
@@ -145,43 +160,100 @@ class PolicyWatch:
     def submit_with(
         self, changes: list[Change], ports: dict[str, tuple[int, str | None]] | None
     ) -> int:
-        """Submit ``changes`` (the agent's local ports) with the policy program they make
+        """Submit ``changes`` (the agent's local ports) with the policy inputs that changed
         (``ports``: the local endpoints now, IP -> (ofport, pod key), from OVSDB; None:
         unchanged), in one batch: a new pod's port never has flows before its policy
         flows.  The pods here are known from OVSDB, not from the store's watch, which may
         not have brought the new pod's record yet.  Returns the reconciler's version."""
         with self._compile_lock:
-            if ports is not None:
-                self._ports = ports
-            program = self.program()
-            if program != self._last:
-                changes = [*changes, SetPolicy(program)]
-            version = self._submit(changes)
-            self._last = program
+            with self._lock:
+                if ports is not None:
+                    self._set_ports(ports)
+                inputs, sent = self._inputs()
+            if inputs:
+                changes = [*changes, PolicyUpdate(tuple(inputs))]
+            try:
+                version = self._submit(changes)
+            except BaseException:
+                with self._lock:  # not handed on: the next submit tries them again
+                    self._dirty.update(k for k in sent if k != _HOST)
+                raise
+            self._sent.update(sent)  # handed on: what the engine holds now
             return version
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def program(self) -> PolicyProgram | None:
-        """This host's program from what is known now (None: the network is unknown)."""
-        index = self._network_index(self._network)
-        if index is None:
-            return None
-        ports = {ip: ofport for ip, (ofport, _) in self._ports.items()}
-        return host_program(self.state(), index, ports, self._host_ip())
-
-    def state(self) -> PolicyState:
-        """Namespaces, pods with an address in the Kubernetes network (this host's own
-        from its OVSDB, newer than any record), and policies."""
-        with self._lock:
-            objects = list(self._objects.values())
-            addresses = list(self._addresses.values())
-        local = [(pod, ip, LOCAL_REVISION) for ip, (_, pod) in self._ports.items() if pod]
-        return from_records(objects, addresses + local)
 
     def policy_count(self) -> int:
         with self._lock:
             return sum(isinstance(o, NetworkPolicy) for o in self._objects.values())
+
+    # -- what changed -------------------------------------------------------------------------
+
+    def _inputs(self) -> tuple[list[PolicyInput], dict]:
+        """The inputs for what changed since the last submit (the lock held), and the
+        values they hand on, by identity (recorded once submitted)."""
+        inputs: list[PolicyInput] = []
+        sent: dict[tuple[type, str], object] = {}
+        index = self._network_index(self._network)
+        host = (index, self._host_ip() if index is not None else None)
+        if host != self._sent.get(_HOST):
+            inputs.append(SetHost(*host))
+            sent[_HOST] = host
+        for ident in sorted(self._dirty, key=lambda i: (i[0].__name__, i[1])):
+            kind, name = ident
+            if kind is Pod:
+                value = self._resolve(name)
+            else:
+                key = self._named.get(ident)
+                value = None if key is None else self._objects[key]
+            if self._sent.get(ident) == value:
+                continue
+            sent[ident] = value
+            if kind is Namespace:
+                inputs.append(SetNamespace(name, value))
+            elif kind is NetworkPolicy:
+                inputs.append(SetNetworkPolicy(name, value))
+            else:
+                old = self._sent.get(ident) or (None, None)
+                if old[0] != value[0]:
+                    inputs.append(SetPod(name, value[0]))
+                if old[1] != value[1]:
+                    inputs.append(SetLocalPod(name, value[1]))
+        self._dirty = set()
+        return inputs, sent
+
+    def _resolve(self, pod_key: str) -> tuple[PodAddress | None, int | None]:
+        """A pod's address and its port here: its newest endpoint record's address, this
+        host's own port first (netpol.state.from_records says why); none without both its
+        Pod object and an address."""
+        key = self._named.get((Pod, pod_key))
+        if key is None:
+            return (None, None)
+        best: tuple[int, str] | None = None
+        candidates = [self._addresses[e][1:] for e in self._by_pod.get(pod_key, ())]
+        candidates += [(ip, LOCAL_REVISION) for ip in self._local_ips.get(pod_key, ())]
+        for ip, revision in candidates:
+            if best is None or (-revision, ip) < (-best[0], best[1]):
+                best = (revision, ip)
+        if best is None:
+            return (None, None)
+        port = self._ports.get(best[1])
+        return (PodAddress(self._objects[key], best[1]), None if port is None else port[0])
+
+    def _set_ports(self, ports: dict[str, tuple[int, str | None]]) -> None:
+        """This host's ports now: the pods they name, or whose address they have, are to
+        be looked at again."""
+        for ip in self._ports.keys() | ports.keys():
+            old, new = self._ports.get(ip), ports.get(ip)
+            if old == new:
+                continue
+            for entry in (old, new):
+                if entry is not None and entry[1] is not None:
+                    self._dirty.add((Pod, entry[1]))
+            self._dirty.update((Pod, k) for k in self._by_ip.get(ip, ()))
+        self._ports = dict(ports)
+        self._local_ips = defaultdict(set)
+        for ip, (_, pod) in ports.items():
+            if pod is not None:
+                self._local_ips[pod].add(ip)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -197,8 +269,7 @@ class PolicyWatch:
         key held before goes: it is no longer what the store says) and a broken ``k8s/``
         record logged once per revision.  A broken endpoint record is not logged here: the
         cluster cache reports it, once."""
-        self._objects.pop(kv.key, None)
-        self._addresses.pop(kv.key, None)
+        self._forget(kv.key, keep_bad=True)
         try:
             value = decode_record(kv)
         except RecordError as exc:
@@ -208,11 +279,46 @@ class PolicyWatch:
             return
         self._bad.pop(kv.key, None)
         if isinstance(value, tuple):
-            self._addresses[kv.key] = value
+            pod, ip, _ = self._addresses[kv.key] = value
+            self._by_pod[pod].add(kv.key)
+            self._by_ip[ip].add(pod)
+            self._dirty.add((Pod, pod))
         elif value is not None:
             self._objects[kv.key] = value
+            ident = _identity(value)
+            self._named[ident] = kv.key
+            self._dirty.add(ident)
 
-    def _forget(self, key: str) -> None:
-        self._objects.pop(key, None)
-        self._addresses.pop(key, None)
-        self._bad.pop(key, None)
+    def _forget(self, key: str, keep_bad: bool = False) -> None:
+        obj = self._objects.pop(key, None)
+        if obj is not None:
+            ident = _identity(obj)
+            if self._named.get(ident) == key:
+                del self._named[ident]
+            self._dirty.add(ident)
+        address = self._addresses.pop(key, None)
+        if address is not None:
+            pod, ip, _ = address
+            _discard(self._by_pod, pod, key)
+            if not any(self._addresses[e][1] == ip for e in self._by_pod.get(pod, ())):
+                _discard(self._by_ip, ip, pod)
+            self._dirty.add((Pod, pod))
+        if not keep_bad:
+            self._bad.pop(key, None)
+
+
+_HOST = (SetHost, "")  # the network's index and the host's address, as last handed on
+
+
+def _identity(obj: Namespace | Pod | NetworkPolicy) -> tuple[type, str]:
+    if isinstance(obj, Namespace):
+        return (Namespace, obj.name)
+    return (type(obj), obj.key)
+
+
+def _discard(index: dict, name, key) -> None:
+    keys = index.get(name)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[name]

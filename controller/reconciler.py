@@ -20,10 +20,11 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from controller import heap, metrics
 from controller.switch import SwitchError, SwitchLink
+from netpol.evaluate import RuleRef
 from openflow import cookies
 from openflow.diff import (
     FlowAdd,
@@ -178,6 +179,26 @@ class Reconciler:
         """What the engine has installed (controller/status.py)."""
         with self._engine_lock:
             return self._engine.counts()
+
+    def policy_rules(self) -> Mapping[int, RuleRef]:
+        """Rule id -> rule, of the policy flows the engine has installed, read without the
+        engine's lock (a mapping replaced whole, never changed in place)."""
+        return self._engine.policy_rules
+
+    def flow_stats(self, cookie: int, cookie_mask: int, timeout: float) -> list:
+        """br-int's flows whose cookie matches ``cookie``/``cookie_mask`` (os-ken
+        OFPFlowStats: cookie, table_id, packet_count, byte_count, ...), asked on the
+        connection the worker uses.  SwitchError when no switch is connected or it does
+        not answer within ``timeout``: the caller (a metrics scrape) goes without."""
+        with self._cond:
+            link = self._link
+        if link is None:
+            raise SwitchError("br-int is not connected to the agent")
+        parser, ofp = link.dp.ofproto_parser, link.dp.ofproto
+        req = parser.OFPFlowStatsRequest(
+            link.dp, 0, ofp.OFPTT_ALL, cookie=cookie, cookie_mask=cookie_mask
+        )
+        return link.request(req, timeout=timeout)
 
     def is_active(self, key: Hashable) -> bool:
         """Whether the object under ``key`` has its flows (is not shadowed or waiting)."""

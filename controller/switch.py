@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -72,18 +73,31 @@ class SwitchLink:
             raise SwitchError(f"switch refused {len(failed)} message(s): {failed[0]}")
 
     def request(self, msg, timeout: float = 10.0) -> list:
-        """Send a multipart request and return the bodies of all its replies."""
-        with self._lock:
-            self.dp.set_xid(msg)
-            done = self._waiting[msg.xid] = threading.Event()
-            self._replies[msg.xid] = []
-            self.dp.send_msg(msg)
-        if not done.wait(timeout):
-            raise SwitchError(f"switch {self.dp.id:#x} did not answer {type(msg).__name__}")
-        self._check_open()
-        with self._lock:
-            self._waiting.pop(msg.xid, None)
-            return self._replies.pop(msg.xid)
+        """Send a multipart request and return the bodies of all its replies.  The wait
+        for the lock (held while ``apply`` sends, a full sync's flows included) counts in
+        ``timeout`` too, so a caller that cannot wait long (a metrics scrape) does not."""
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=timeout):
+            raise SwitchError(f"switch {self.dp.id:#x} is busy; {type(msg).__name__} not sent")
+        try:
+            try:
+                self.dp.set_xid(msg)
+                done = self._waiting[msg.xid] = threading.Event()
+                self._replies[msg.xid] = []
+                self.dp.send_msg(msg)
+            finally:
+                self._lock.release()
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise SwitchError(f"switch {self.dp.id:#x} did not answer {type(msg).__name__}")
+            self._check_open()
+            with self._lock:
+                return list(self._replies[msg.xid])
+        finally:
+            # Also on a timeout: a reply arriving later finds no entry and is dropped,
+            # instead of piling up under an xid nobody waits for.
+            with self._lock:
+                self._waiting.pop(msg.xid, None)
+                self._replies.pop(msg.xid, None)
 
     def _check_open(self) -> None:
         if self._closed:

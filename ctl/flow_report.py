@@ -12,9 +12,11 @@ worth a look (docs/troubleshooting.md, "Stale flows").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from netpol.evaluate import RuleRef
+from netpol.hits import FlowCount, sum_hits
 from openflow import cookies
 from openflow.tables import PIPELINE
 
@@ -80,6 +82,30 @@ class FeatureTotals:
 
 
 @dataclass(frozen=True)
+class RuleTotals:
+    """One NetworkPolicy rule's flows here and their counters (netpol/hits.py); policy,
+    direction and index None when the store's policies have no rule with that id."""
+
+    rule_id: int
+    policy: str | None
+    direction: str | None
+    index: int | None
+    flows: int
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DeniedTotals:
+    """What the isolation flows of one direction dropped (no rule allowed it)."""
+
+    direction: str
+    flows: int
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class FlowReport:
     bridge: str
     generation: int | None  # None: the bridge has no generation (no agent ever ran)
@@ -88,6 +114,9 @@ class FlowReport:
     totals: Totals
     tables: tuple[TableGroup, ...]
     by_feature: tuple[FeatureTotals, ...]
+    policy: str | None = None  # the --policy filter
+    rules: tuple[RuleTotals, ...] = ()  # hits per policy rule, of the flows kept
+    denied: tuple[DeniedTotals, ...] = ()  # per direction; none with a --policy filter
 
 
 _TABLE_IDS = {t.name: t.table_id for t in PIPELINE}
@@ -189,19 +218,40 @@ def totals(flows: Iterable[FlowEntry]) -> Totals:
     )
 
 
+def policy_filter(value: str) -> str:
+    """A ``--policy`` value: NAMESPACE/NAME."""
+    namespace, _, name = value.strip().partition("/")
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"--policy {value!r} is not NAMESPACE/NAME, as in x/allow-b")
+    return f"{namespace}/{name}"
+
+
+def has_rule_flows(flows: Iterable[FlowEntry]) -> bool:
+    """Whether any flow is a policy rule's (its name needs the policy state)."""
+    rule = cookies.Feature.POLICY_RULE.name.lower()
+    return any(f.feature == rule for f in flows)
+
+
 def report(
     bridge: str,
     generation: int | None,
     flows: list[FlowEntry],
     table: str | None = None,
     feature: str | None = None,
+    names: Mapping[int, RuleRef] | None = None,
+    policy: str | None = None,
 ) -> FlowReport:
     """``flows`` (those matching the filters) grouped by table in pipeline order, then by
-    feature in feature order (unknown last), with totals at each level."""
+    feature in feature order (unknown last), with totals at each level; and the policy
+    rules' hits among them, named by ``names`` (rule id -> rule, from the policy state:
+    netpol.hits.rule_names).  ``policy`` keeps only that policy's rules' flows."""
+    names = names or {}
     kept = [
         f
         for f in flows
-        if (table is None or f.table == table) and (feature is None or f.feature == feature)
+        if (table is None or f.table == table)
+        and (feature is None or f.feature == feature)
+        and (policy is None or getattr(_rule_of(f, names), "policy", None) == policy)
     ]
     order = {f.name.lower(): int(f) for f in cookies.Feature}
 
@@ -221,7 +271,40 @@ def report(
         FeatureTotals(feat, totals(f for f in kept if f.feature == feat))
         for feat in sorted({f.feature for f in kept}, key=feature_key)
     )
-    return FlowReport(bridge, generation, table, feature, totals(kept), tuple(tables), by_feature)
+    hits = sum_hits((_count(f) for f in kept), names)
+    rules = tuple(
+        RuleTotals(
+            h.rule_id,
+            h.rule and h.rule.policy,
+            h.rule and h.rule.direction,
+            h.rule and h.rule.index,
+            h.flows,
+            h.packets,
+            h.bytes,
+        )
+        for h in hits.rules
+    )
+    denied = (
+        ()
+        if policy is not None
+        else tuple(DeniedTotals(d.direction, d.flows, d.packets, d.bytes) for d in hits.denied)
+    )
+    return FlowReport(
+        bridge, generation, table, feature, totals(kept), tuple(tables), by_feature,
+        policy, rules, denied,
+    )  # fmt: skip
+
+
+def _rule_of(flow: FlowEntry, names: Mapping[int, RuleRef]) -> RuleRef | None:
+    cookie = int(flow.cookie, 16)
+    if flow.unknown or cookies.feature_of(cookie) is not cookies.Feature.POLICY_RULE:
+        return None
+    return names.get(cookies.object_of(cookie))
+
+
+def _count(flow: FlowEntry) -> FlowCount:
+    table_id = -1 if flow.table_id is None else flow.table_id
+    return FlowCount(int(flow.cookie, 16), table_id, flow.packets, flow.bytes)
 
 
 def _table_key(flows: list[FlowEntry], name: str) -> int:
@@ -257,7 +340,26 @@ def render(rep: FlowReport) -> list[str]:
         width = max(len(ft.feature) for ft in rep.by_feature)
         for ft in rep.by_feature:
             lines.append(f"  {ft.feature:<{width}}  {_counts(ft.totals)}")
+    if rep.rules or rep.policy is not None:
+        lines += ["", "per policy rule" + (f" of {rep.policy}" if rep.policy else "")]
+        words = [_rule_words(r) for r in rep.rules]
+        width = max((len(w) for w in words), default=0)
+        for w, r in zip(words, rep.rules, strict=True):
+            lines.append(f"  {w:<{width}}  {_hits(r.flows, r.packets, r.bytes)}")
+        if not rep.rules:
+            lines.append("  none: the policy has no rule with flows on this bridge")
+    if any(d.flows for d in rep.denied):
+        lines += ["", "denied (an isolated pod, no rule allowed it)"]
+        for d in rep.denied:
+            lines.append(f"  {d.direction.lower():<7}  {_hits(d.flows, d.packets, d.bytes)}")
     return lines
+
+
+def _rule_words(r: RuleTotals) -> str:
+    """A rule as ``trace`` names it (ctl/policy_commands.rule_words)."""
+    if r.policy is None:
+        return f"rule id {r.rule_id} (no rule of the store's policies now)"
+    return f"rule {r.direction.lower()}[{r.index}] of policy {r.policy}"
 
 
 def _counts(t: Totals, flags: bool = True) -> str:
@@ -266,3 +368,7 @@ def _counts(t: Totals, flags: bool = True) -> str:
         marks = "".join(f", {n} {w}" for n, w in ((t.stale, "stale"), (t.unknown, "unknown")) if n)
     plural = "s" if t.flows != 1 else ""
     return f"{t.flows} flow{plural}, {t.packets} packets, {t.bytes} bytes{marks}"
+
+
+def _hits(flows: int, packets: int, nbytes: int) -> str:
+    return _counts(Totals(flows, packets, nbytes, 0, 0))

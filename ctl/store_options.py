@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode
 
 from lab import naming
-from lab.lab import open_lab_cluster
 from store import ClusterState, open_cluster
 
 CONFIG_SECTION = "ovs-overlayctl"
@@ -148,6 +147,10 @@ def open_store(args: argparse.Namespace, fallback: str | None = None) -> Iterato
     if opts["lab"]:
         if tls:
             raise ValueError("--etcd-* options do not apply to --lab; the lab knows its store")
+        # Here, not at the top: the lab brings OVSDB's client (eventlet) and pyroute2,
+        # which a command on a --store never needs (ctl/main.py imports per command).
+        from lab.lab import open_lab_cluster
+
         state_dir = opts["state_dir"] or naming.DEFAULT_STATE_ROOT
         with open_lab_cluster(naming.validate_lab_name(opts["lab"]), state_dir) as cluster:
             yield cluster

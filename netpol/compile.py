@@ -40,10 +40,11 @@ id (its cookie, its counters) while other policies come and go.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from netpol.evaluate import EGRESS, INGRESS, RuleRef, peer_matches
@@ -142,7 +143,7 @@ def host_program(
 
 
 @dataclass(frozen=True)
-class _Group:
+class RuleGroup:
     """One conjunction of a rule: applied to ``pods`` (ofports), with ``peers`` (addresses
     and CIDRs; None: any address) on ``ports`` ((protocol, value, mask), mask 0 every port of the
     protocol; None: any protocol and port)."""
@@ -164,14 +165,19 @@ def rule_ids(state: PolicyState) -> dict[RuleRef, int]:
     taken: dict[int, RuleRef] = {}
     out = {}
     for ref in refs:
-        name = f"{ref.policy}/{ref.direction}/{ref.index}".encode()
-        digest = hashlib.blake2b(name, digest_size=4).digest()
-        rid = int.from_bytes(digest, "big") % MAX_OBJECT_ID + 1
+        rid = rule_home(ref)
         while rid in taken:
             rid = rid % MAX_OBJECT_ID + 1
         taken[rid] = ref
         out[ref] = rid
     return out
+
+
+def rule_home(ref: RuleRef) -> int:
+    """The id a rule has unless an earlier rule holds it: a hash of its name."""
+    name = f"{ref.policy}/{ref.direction}/{ref.index}".encode()
+    digest = hashlib.blake2b(name, digest_size=4).digest()
+    return int.from_bytes(digest, "big") % MAX_OBJECT_ID + 1
 
 
 def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple[Flow, ...]:
@@ -181,7 +187,7 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
     local = [(pods[lp.key], lp.ofport) for lp in host.local if lp.key in pods]
     ids = rule_ids(state)
     index = _Index(state)
-    flows = list(_fixed_flows(host.network, generation))
+    flows = list(fixed_flows(host.network, generation))
     if host.host_ip is not None:  # the node to its own pods: kubelet's probes
         node = match(eth_type=ETH_TYPE_IP, ipv4_src=host.host_ip)
         c = cookie(Feature.POLICY, generation)
@@ -200,12 +206,22 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
             rules = policy.egress if direction == EGRESS else policy.ingress
             for i, rule in enumerate(rules):
                 rid = ids[RuleRef(policy.key, direction, i)]
-                groups = _groups(index, policy, rule, direction, applied)
+                groups = rule_groups(
+                    rule,
+                    direction,
+                    applied,
+                    index.peer_addresses(policy, rule.peers),
+                    lambda: index.peer_pods(policy, rule.peers),  # noqa: B023 (called at once)
+                )
                 for k, group in enumerate(groups[:MAX_GROUPS]):
-                    _add_group(index, direction, rid, k, group, clauses, allow_all)
-        flows += _isolation_flows(direction, isolated, generation)
+                    for kind, table, fields, what in group_matches(direction, rid, k, group):
+                        if kind == "allow":
+                            allow_all[table, fields] = min(allow_all.get((table, fields), rid), rid)
+                        else:
+                            clauses[table, fields].add(what)
+        flows += isolation_flows(direction, isolated, generation)
     for (table, fields), rid in sorted(allow_all.items(), key=_by_match):
-        flows.append(_allowed(table, PRIO_ALLOW_ALL, fields, rid, generation))
+        flows.append(allowed_flow(table, PRIO_ALLOW_ALL, fields, rid, generation))
     conj_ids: dict[Table, set[int]] = defaultdict(set)
     for (table, fields), conjs in sorted(clauses.items(), key=_by_match):
         actions = tuple(sorted(conjs, key=lambda c: (c.conj_id, c.clause)))
@@ -215,11 +231,11 @@ def compile_policy(state: PolicyState, host: HostView, generation: int) -> tuple
     for table, cids in conj_ids.items():
         for cid in sorted(cids):
             fields = match(conj_id=cid)
-            flows.append(_allowed(table, PRIO_CONJUNCTION, fields, cid >> 8, generation))
+            flows.append(allowed_flow(table, PRIO_CONJUNCTION, fields, cid >> 8, generation))
     return tuple(sorted(flows, key=_flow_order))
 
 
-def _fixed_flows(network: int, gen: int) -> tuple[Flow, ...]:
+def fixed_flows(network: int, gen: int) -> tuple[Flow, ...]:
     c = cookie(Feature.POLICY, gen)
     zone = NETWORK
     return (
@@ -254,7 +270,7 @@ def _ct_state(bit: int) -> tuple[MatchField, ...]:
     return match(ct_state=(CT_TRK | bit, CT_TRK | bit))
 
 
-def _isolation_flows(direction: str, isolated: dict[int, PodAddress], gen: int):
+def isolation_flows(direction: str, isolated: dict[int, PodAddress], gen: int):
     """An isolated pod's drop (what no rule allowed) and its way to itself."""
     c = cookie(Feature.POLICY_ISOLATION, gen)
     out = []
@@ -270,7 +286,7 @@ def _isolation_flows(direction: str, isolated: dict[int, PodAddress], gen: int):
     return out
 
 
-def _allowed(table: Table, priority: int, fields, rid: int, gen: int) -> Flow:
+def allowed_flow(table: Table, priority: int, fields, rid: int, gen: int) -> Flow:
     """A rule allowed the packet: its id into the direction's register (trace names the
     rule), on to the next verdict."""
     if table is EGRESS_RULES:
@@ -292,28 +308,49 @@ def _allowed(table: Table, priority: int, fields, rid: int, gen: int) -> Flow:
     )
 
 
-def _add_group(index: _Index, direction, rid, k, group: _Group, clauses, allow_all) -> None:
+def group_matches(direction: str, rid: int, k: int, group: RuleGroup, peers: bool = True):
+    """Group ``k`` of rule ``rid`` as what it puts in its direction's table: ("allow",
+    table, match, rid) for a rule of pods only, else ("clause", table, match,
+    Conjunction) for each clause flow.  Shared by the full compile here and the
+    incremental one (netpol/incremental.py), which adds them up differently and, with
+    ``peers`` false, leaves the peers' clause out to add it address by address
+    (``peer_clause``)."""
     table = EGRESS_RULES if direction == EGRESS else INGRESS_RULES
     pod_field = "in_port" if direction == EGRESS else "reg1"
-    peer_field = "ipv4_dst" if direction == EGRESS else "ipv4_src"
     dims = [[match(**{pod_field: port}) for port in group.pods]]
-    if group.peers is not None:
-        dims.append([index.address_match(peer_field, a) for a in group.peers])
+    if group.peers is not None:  # always the second clause
+        dims.append(
+            [address_match(_peer_field(direction), a) for a in group.peers] if peers else []
+        )
     if group.ports is not None:
         dims.append([_port_match(*p) for p in group.ports])
     if len(dims) == 1:
         for fields in dims[0]:
-            key = (table, fields)
-            allow_all[key] = min(allow_all.get(key, rid), rid)
+            yield ("allow", table, fields, rid)
         return
     cid = rid << 8 | k
     for clause, dim in enumerate(dims, start=1):
         conj = Conjunction(cid, clause, len(dims))
         for fields in dim:
-            clauses[table, fields].add(conj)
+            yield ("clause", table, fields, conj)
 
 
-def _address_match(name: str, address: str) -> tuple[MatchField, ...]:
+def peer_clause(direction: str, address: str, conj: Conjunction):
+    """One peer address's clause flow of a group whose other clauses are ``conj``'s
+    (``group_matches`` with ``peers`` false): the table, the match, its conjunction."""
+    table = EGRESS_RULES if direction == EGRESS else INGRESS_RULES
+    fields = address_match(_peer_field(direction), address)
+    return table, fields, Conjunction(conj.conj_id, 2, conj.n_clauses)
+
+
+def _peer_field(direction: str) -> str:
+    return "ipv4_dst" if direction == EGRESS else "ipv4_src"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def address_match(name: str, address: str) -> tuple[MatchField, ...]:
+    """A peer address (a.b.c.d or a CIDR) as a match on ``name`` (cached: many rules
+    share peers)."""
     if "/" not in address:
         return match(eth_type=ETH_TYPE_IP, **{name: address})
     net = ipaddress.IPv4Network(address)
@@ -332,17 +369,19 @@ def _port_match(protocol: str, value: int, mask: int) -> tuple[MatchField, ...]:
 # -- a rule's groups -----------------------------------------------------------------------
 
 
-def _groups(
-    index: _Index,
-    policy: NetworkPolicy,
+def rule_groups(
     rule: Rule,
     direction: str,
     applied: list[tuple[PodAddress, int]],
-) -> list[_Group]:
+    peers: tuple[str, ...] | None,
+    destinations: Callable[[], Iterable[PodAddress]],
+) -> list[RuleGroup]:
     """The rule as conjunctions: one of its numbered ports (or of every port), then one
-    per number its named ports resolve to.  A rule whose peers are no address at all
-    allows nothing and has none."""
-    peers = index.peer_addresses(policy, rule.peers)
+    per number its named ports resolve to.  ``applied``: the local pods its policy
+    selects, with their ports; ``peers``: its peers as addresses (None: any address);
+    ``destinations``: the pods among its peers (every pod when it has none), asked only
+    for a named port of an egress rule.  A rule whose peers are no address at all allows
+    nothing and has none."""
     if peers == ():
         return []
     ofports = tuple(port for _, port in applied)
@@ -351,7 +390,7 @@ def _groups(
     )
     groups = []
     if not rule.ports or numbered:
-        groups.append(_Group(ofports, peers, numbered or None))
+        groups.append(RuleGroup(ofports, peers, numbered or None))
     named = [pp for pp in rule.ports if isinstance(pp.port, str)]
     if not named:
         return groups
@@ -361,14 +400,14 @@ def _groups(
             for proto, number in _resolve(pod.pod, named):
                 by_number[proto, number].add(port)
         for (proto, number), pods in sorted(by_number.items()):
-            groups.append(_Group(tuple(sorted(pods)), peers, ((proto, number, 0xFFFF),)))
+            groups.append(RuleGroup(tuple(sorted(pods)), peers, ((proto, number, 0xFFFF),)))
     else:  # the destination pod's: the peers that are pods and name the port
         by_dest: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for dest in index.peer_pods(policy, rule.peers):
+        for dest in destinations():
             for proto, number in _resolve(dest.pod, named):
                 by_dest[proto, number].add(dest.ip)
         for (proto, number), ips in sorted(by_dest.items()):
-            groups.append(_Group(ofports, tuple(sorted(ips)), ((proto, number, 0xFFFF),)))
+            groups.append(RuleGroup(ofports, tuple(sorted(ips)), ((proto, number, 0xFFFF),)))
     return groups
 
 
@@ -394,7 +433,6 @@ class _Index:
         self._selected: dict = {}
         self._addresses: dict = {}
         self._pods: dict = {}
-        self._matches: dict = {}
 
     def namespaces(self, selector) -> list[str]:
         if selector not in self._namespaces:
@@ -435,21 +473,8 @@ class _Index:
                 if peer.ip_block is None
                 for pod in self.selected(policy.namespace, peer)
             }
-            nets = [
-                net
-                for peer in peers
-                if peer.ip_block is not None
-                for net in _block(peer.ip_block.cidr, peer.ip_block.except_)
-            ]
-            blocks = {str(n) for n in ipaddress.collapse_addresses(nets)}
-            self._addresses[key] = tuple(sorted(pods | blocks))
+            self._addresses[key] = tuple(sorted(pods | block_addresses(peers)))
         return self._addresses[key]
-
-    def address_match(self, name: str, address: str) -> tuple[MatchField, ...]:
-        key = (name, address)
-        if key not in self._matches:
-            self._matches[key] = _address_match(name, address)
-        return self._matches[key]
 
     def peer_pods(self, policy: NetworkPolicy, peers) -> list[PodAddress]:
         """The pods among the peers (every pod when the rule has none): a named port's
@@ -464,6 +489,17 @@ class _Index:
                 if any(peer_matches(self.state, policy, p, pod) for p in peers)
             ]
         return self._pods[key]
+
+
+def block_addresses(peers: Iterable[Peer]) -> set[str]:
+    """The ipBlock peers' addresses as CIDRs, excepts cut out, overlaps merged."""
+    nets = [
+        net
+        for peer in peers
+        if peer.ip_block is not None
+        for net in _block(peer.ip_block.cidr, peer.ip_block.except_)
+    ]
+    return {str(n) for n in ipaddress.collapse_addresses(nets)}
 
 
 def _block(cidr: str, excepts: tuple[str, ...]) -> list[ipaddress.IPv4Network]:

@@ -23,10 +23,11 @@ keeps a change from cascading through chains of colliding records.)
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from netpol.compile import PolicyProgram
+from netpol.evaluate import RuleRef
+from netpol.incremental import FlowKey, PolicyCompiler, PolicyInput
 from openflow import pipeline
 from openflow.diff import Message, diff
 from openflow.model import Flow, Group
@@ -70,15 +71,14 @@ class SetTunnel:
 
 
 @dataclass(frozen=True, slots=True)
-class SetPolicy:
-    """The host's NetworkPolicy is now compiled from ``program`` (None: no policy flows,
-    the Kubernetes network unknown).  One unit of flows, diffed against the last:
-    netpol/compile.py compiles the whole host (docs/pipeline.md says what that costs)."""
+class PolicyUpdate:
+    """What changed of the host's NetworkPolicy inputs (netpol/incremental.py): its
+    compiler recomputes the flows they touch, each flow a unit of its own."""
 
-    program: PolicyProgram | None
+    inputs: tuple[PolicyInput, ...]
 
 
-Change = Upsert | Remove | SetTunnel | SetPolicy
+Change = Upsert | Remove | SetTunnel | PolicyUpdate
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ class Engine:
         self._units: dict[Hashable, tuple[Flow, ...]] = {}
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
-        self._policy: PolicyProgram | None = None  # its flows are the ("policy",) unit
+        # The policy flows: each a unit ("policy", its FlowKey), held by the compiler.
+        self._policy = PolicyCompiler(generation)
         # The (object, rank) each eligible key registered its claims with (the tuple
         # ``_objects`` held then), and the (object, network) each active key has flows
         # for: both may differ from the key's object now, in the middle of a batch.  Their
@@ -193,8 +194,14 @@ class Engine:
             local=tuple(sorted(local, key=lambda p: p.ofport)),
             remote=tuple(sorted(remote, key=lambda r: (r.network, r.mac))),
             gateways=tuple(sorted(gateways, key=lambda g: g.ofport)),
-            policy=self._policy,
+            policy=self._policy.program(),
         )
+
+    @property
+    def policy_rules(self) -> Mapping[int, RuleRef]:
+        """Rule id -> rule, of the policy flows installed.  Safe from another thread: the
+        compiler replaces the mapping whole when an id changes."""
+        return self._policy.rule_names
 
     def flows(self) -> list[Flow]:
         """Every flow the engine says is installed (the objects' built now)."""
@@ -206,6 +213,7 @@ class Engine:
         changes (the owner's thread iterates it)."""
         for unit in self._units.values():
             yield from unit
+        yield from self._policy.flows()
         for obj, net in self._active_as.values():
             if net is not None:
                 yield from self._object_flows(obj, net)
@@ -214,6 +222,7 @@ class Engine:
         """Every flow but those about other hosts (remote endpoints, tunnel ingress): a
         local port's flows are all among these, without building every remote one."""
         out = [f for unit, flows in self._units.items() if unit[0] != "tunnel" for f in flows]
+        out += self._policy.flows()
         for obj, net in self._active_as.values():
             if net is not None and not isinstance(obj, RemoteEndpoint):
                 out += self._object_flows(obj, net)
@@ -231,7 +240,7 @@ class Engine:
             if net is not None:
                 kinds[type(obj)] += 1
                 samples.setdefault(type(obj), (obj, net))
-        flows = sum(len(unit) for unit in self._units.values())
+        flows = sum(len(unit) for unit in self._units.values()) + len(self._policy)
         for kind, n in kinds.items():
             if kind not in self._flows_per_kind:
                 self._object_flows(*samples[kind])
@@ -270,32 +279,25 @@ class Engine:
         and the objects they newly shadowed (to log once)."""
         changes = list(changes)
         for change in changes:  # refused whole, before anything is touched
-            if not isinstance(change, Upsert | Remove | SetTunnel | SetPolicy):
+            if not isinstance(change, Upsert | Remove | SetTunnel | PolicyUpdate):
                 raise TypeError(f"not an engine change: {change!r}")
             if isinstance(change, Upsert) and not isinstance(change.obj, OBJECT_TYPES):
                 raise TypeError(f"{change.key}: not a pipeline object: {change.obj!r}")
         if any(isinstance(c, SetTunnel) and c.ofport != self.tunnel_ofport for c in changes):
             return self._apply_everything(changes, messages), []
-        policy = [c.program for c in changes if isinstance(c, SetPolicy)]
-        changes = [c for c in changes if not isinstance(c, SetPolicy)]
-        # The program's flows first: a compile that raises leaves the engine as it was
-        # (the reconciler drops the change and logs it), never a program without its flows.
-        program = policy[-1] if policy else self._policy
-        flows = None
-        if program != self._policy and program is not None:
-            flows = program.flows(self.generation)
+        inputs = [i for c in changes if isinstance(c, PolicyUpdate) for i in c.inputs]
+        changes = [c for c in changes if not isinstance(c, PolicyUpdate)]
+        # Policy first: a compile that raises leaves the compiler, and so the engine, as
+        # it was (the reconciler drops the change and logs it).
+        moved = self._policy.update(inputs) if inputs else {}
         messages_out, shadowed = self._apply_objects(changes, messages)
-        if program != self._policy:
-            messages_out += self._set_policy(program, flows, messages)
+        if moved and messages:
+            messages_out += self._policy_messages(moved)
         return messages_out, shadowed
 
-    def _set_policy(
-        self, program: PolicyProgram | None, flows: tuple[Flow, ...] | None, messages: bool
-    ) -> list[Message]:
-        old_units: dict[Hashable, tuple[Flow, ...]] = {}
-        self._policy = program
-        self._set_unit(("policy",), flows, old_units)
-        return self._messages(old_units, {}) if messages else []
+    def _policy_messages(self, moved: dict[FlowKey, Flow | None]) -> list[Message]:
+        old_units = {("policy", k): () if f is None else (f,) for k, f in moved.items()}
+        return self._messages(old_units, {})
 
     def _apply_objects(
         self, changes: list[Change], messages: bool
@@ -332,8 +334,7 @@ class Engine:
         # The old generation's flows go first, so a full sync never holds two copies
         # (the reconciler recomputes everything if this raises half-way).
         self._units = units = {("defaults",): pipeline.defaults_flows(gen)}
-        if self._policy is not None:
-            units[("policy",)] = self._policy.flows(gen)
+        self._policy.regenerate(gen)
         for net in self._networks.values():
             units[("network", net.name)] = pipeline.network_flows(net, gen)
             for peer in self._peers:
@@ -498,6 +499,9 @@ class Engine:
 
     def _unit_flows(self, unit: Hashable) -> tuple[Flow, ...]:
         """The flows ``unit`` has now: held, or an active object's built from it."""
+        if unit[0] == "policy":
+            flow = self._policy.flow(unit[1])
+            return () if flow is None else (flow,)
         if unit[0] != "object":
             return self._units.get(unit, ())
         active = self._active_as.get(unit[1])
@@ -613,8 +617,7 @@ class Engine:
         self.__init__(self.tunnel_ofport, self.generation)
         self._objects = objects
         self._policy = policy
-        if policy is not None:
-            self._units[("policy",)] = policy.flows(self.generation)
+        policy.regenerate(self.generation)  # its indexes from its inputs alone, too
         for key, (obj, _) in objects.items():
             self._index(key, obj)
         self._settle(set(objects), messages=False)
@@ -622,10 +625,9 @@ class Engine:
     def _apply_everything(self, changes: list[Change], messages: bool) -> list[Message]:
         """A change the per-object handlers do not cover (the tunnel's port number): take
         it, recompute everything, and diff the whole pipeline."""
-        for change in changes:  # a program that does not compile raises before anything changes
-            if isinstance(change, SetPolicy) and change.program is not None:
-                change.program.flows(self.generation)
         before_flows, before_groups = self.flows(), self.groups()
+        inputs = [i for c in changes if isinstance(c, PolicyUpdate) for i in c.inputs]
+        self._policy.update(inputs)  # raises before anything changed if it does not compile
         for change in changes:
             if isinstance(change, SetTunnel):
                 self.tunnel_ofport = change.ofport
@@ -633,8 +635,6 @@ class Engine:
                 self._objects[change.key] = (change.obj, change.rank)
             elif isinstance(change, Remove):
                 self._objects.pop(change.key, None)
-            elif isinstance(change, SetPolicy):
-                self._policy = change.program
         self._recompute_all()
         if not messages:
             return []

@@ -18,7 +18,7 @@ from ctl import policy_commands
 from lab import pods
 from lab.lab import open_lab_cluster
 from store.policy_records import read_policy_state
-from tests.helpers import CTL, run, running_lab
+from tests.helpers import CTL, run, running_lab, scrape
 from tests.lab import reachability as r
 from tests.unit import netpol_e2e as e2e
 
@@ -246,6 +246,59 @@ def test_trace_names_the_isolating_policy_and_then_the_allowing_rule(model):
         ]
         text = run([*CTL, *argv, "--dport", "80"]).stdout
         assert "allowed by rule ingress[0] of policy x/allow-b" in text
+    finally:
+        delete(lab, [DENY_X, ALLOW_B_80])
+        assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"
+
+
+# -- hits per rule: ovs-overlayctl flows and the agents' metrics ---------------------------
+
+ROUNDS = 3
+
+
+def rule_hits(lab: str, host: str) -> tuple[dict, dict[tuple, float]]:
+    """x/allow-b's rules as ``flows --policy`` sums them on ``host``, and its metrics."""
+    _, rep = ctl_json("flows", "--lab", lab, "--host", host, "--policy", "x/allow-b")
+    rules = {(r["direction"], r["index"]): r for r in rep["rules"]}
+    return rules, scrape(lab, host)
+
+
+RULE = "ovs_overlay_policy_rule_packets_total"
+DENIED = "ovs_overlay_policy_denied_packets_total"
+ALLOW_B_INGRESS_0 = (("direction", "ingress"), ("namespace", "x"), ("policy", "allow-b"))
+
+
+def test_a_rules_hits_rise_with_the_connections_it_allows(model):
+    """x/b -> x/a on 80 passes x/allow-b's ingress[0] on x/a's host, one new connection a
+    round; x/a -> x/b is dropped on x/b's host by x/deny's isolation (no rule).  Both
+    `flows` and the agents' metrics count them."""
+    lab, made = model
+    by_key = {p.key: p for p in made}
+    a_host = HOSTS[e2e.ALL.index("x/a") % len(HOSTS)]
+    b_host = HOSTS[e2e.ALL.index("x/b") % len(HOSTS)]
+    apply(lab, [DENY_X, ALLOW_B_80])
+    try:
+        pairs = itertools.product(e2e.ALL, e2e.ALL)
+        want = {
+            (f, t): not t.startswith("x/") or f == t or (f, t) == ("x/b", "x/a") for f, t in pairs
+        }
+        assert not until(made, 80, "TCP", want), "x/allow-b is not enforced"
+        rules, metrics_a = rule_hits(lab, a_host)
+        assert set(rules) == {("Ingress", 0)}, rules
+        before = rules[("Ingress", 0)]["packets"]
+        assert metrics_a[(RULE, (*ALLOW_B_INGRESS_0, ("rule", "0")))] == before
+        denied_before = scrape(lab, b_host)[(DENIED, (("direction", "ingress"),))]
+        for _ in range(ROUNDS):
+            got = r.probe([by_key["x/b"], by_key["x/a"]], 80, "TCP")
+            assert got[("x/b", "x/a")] and not got[("x/a", "x/b")], got
+        rules, metrics_a = rule_hits(lab, a_host)
+        after = rules[("Ingress", 0)]["packets"]
+        assert after >= before + ROUNDS, (before, after)
+        assert metrics_a[(RULE, (*ALLOW_B_INGRESS_0, ("rule", "0")))] >= before + ROUNDS
+        denied_after = scrape(lab, b_host)[(DENIED, (("direction", "ingress"),))]
+        assert denied_after >= denied_before + ROUNDS, (denied_before, denied_after)
+        text = run([*CTL, "flows", "--lab", lab, "--host", a_host, "--policy", "x/allow-b"]).stdout
+        assert "rule ingress[0] of policy x/allow-b" in text
     finally:
         delete(lab, [DENY_X, ALLOW_B_80])
         assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 
 from ctl import flow_report as fr
+from netpol.evaluate import RuleRef
+from netpol.hits import rule_names
 from openflow import cookies
 from openflow.cookies import Feature
+from tests.unit.test_policy_hits import STATE as POLICY_STATE
 
 # As ovs-ofctl -O OpenFlow13 --names dump-flows br-int prints them (from a lab host), plus a
 # flow of generation 3 and one with no feature of ours.
@@ -112,3 +115,55 @@ def test_flows_ovs_learned_are_named_and_neither_stale_nor_unknown():
     )
     [flow] = fr.parse_dump(line, generation=7)
     assert (flow.feature, flow.stale, flow.unknown) == ("host_return_learned", False, False)
+
+
+def _policy_dump() -> tuple[str, dict[int, RuleRef]]:
+    """Policy flows of h1 as ovs-ofctl prints them: allow-b's two ingress rules (one a
+    conjunction's action, the other pods-only), the isolation drops, a shared clause."""
+    names = rule_names(POLICY_STATE)
+    ids = {ref: rid for rid, ref in names.items()}
+    first = hex(cookies.cookie(Feature.POLICY_RULE, 7, ids[RuleRef("x/allow-b", "Ingress", 0)]))
+    second = hex(cookies.cookie(Feature.POLICY_RULE, 7, ids[RuleRef("x/allow-b", "Ingress", 1)]))
+    isolation = hex(cookies.cookie(Feature.POLICY_ISOLATION, 7))
+    clause = hex(cookies.cookie(Feature.POLICY_CLAUSE, 7))
+    dump = f"""\
+ cookie={clause}, duration=5s, table="ingress_rules", n_packets=9, n_bytes=900, priority=200,reg1=3 actions=conjunction(1,1/3)
+ cookie={first}, duration=5s, table="ingress_rules", n_packets=4, n_bytes=296, priority=200,conj_id=1 actions=set_field:0x1->reg4,goto_table:"policy_commit"
+ cookie={second}, duration=5s, table="ingress_rules", n_packets=2, n_bytes=148, priority=300,ip,reg1=3,nw_src=100.64.0.4 actions=set_field:0x2->reg4,goto_table:"policy_commit"
+ cookie={isolation}, duration=5s, table="ingress_rules", n_packets=8, n_bytes=800, priority=400,ip,reg1=3,nw_src=100.64.0.3 actions=goto_table:"policy_commit"
+ cookie={isolation}, duration=5s, table="ingress_isolation", n_packets=3, n_bytes=222, priority=100,reg1=3 actions=drop
+ cookie={isolation}, duration=5s, table="ingress_isolation", n_packets=1, n_bytes=74, priority=100,reg1=4 actions=drop
+"""
+    return dump, names
+
+
+def test_policy_rules_hits_are_summed_per_rule_as_trace_names_them():
+    dump, names = _policy_dump()
+    rep = fr.report("br-int", 7, fr.parse_dump(dump, 7), names=names)
+    assert [(r.policy, r.direction, r.index, r.flows, r.packets) for r in rep.rules] == [
+        ("x/allow-b", "Ingress", 0, 1, 4),
+        ("x/allow-b", "Ingress", 1, 1, 2),
+    ]
+    assert [(d.direction, d.flows, d.packets, d.bytes) for d in rep.denied] == [
+        ("Egress", 0, 0, 0),
+        ("Ingress", 2, 4, 296),
+    ]
+    text = "\n".join(fr.render(rep))
+    assert "rule ingress[0] of policy x/allow-b  1 flow, 4 packets, 296 bytes" in text
+    assert "ingress  2 flows, 4 packets, 296 bytes" in text
+    unnamed = fr.report("br-int", 7, fr.parse_dump(dump, 7))  # no policy state at hand
+    assert all(r.policy is None for r in unnamed.rules)
+    assert "(no rule of the store's policies now)" in "\n".join(fr.render(unnamed))
+
+
+def test_the_policy_filter_keeps_that_policys_rule_flows():
+    dump, names = _policy_dump()
+    flows = fr.parse_dump(dump, 7)
+    rep = fr.report("br-int", 7, flows, names=names, policy=fr.policy_filter("x/allow-b"))
+    assert rep.totals.flows == 2 and {r.index for r in rep.rules} == {0, 1}
+    assert rep.denied == ()
+    none = fr.report("br-int", 7, flows, names=names, policy="x/deny")
+    assert none.totals.flows == 0 and none.rules == ()
+    assert "none: the policy has no rule with flows on this bridge" in "\n".join(fr.render(none))
+    with pytest.raises(ValueError, match="is not NAMESPACE/NAME"):
+        fr.policy_filter("allow-b")

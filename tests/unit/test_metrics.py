@@ -10,12 +10,14 @@ import urllib.request
 from collections import Counter
 
 from hypothesis import given, settings
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller import api_client, logformat, metrics, requestlog
 from controller.admission import AttachError
 from controller.api import ApiServer
-from controller.reconciler import count_messages
+from controller.policy_metrics import PolicyHitsCollector
+from controller.reconciler import Reconciler, count_messages
 from openflow.incremental import Engine, SetTunnel
 from tests.unit.test_incremental import batches
 
@@ -182,3 +184,27 @@ def test_the_registry_is_served_as_prometheus_text_with_the_agents_state():
 
 def test_metrics_port_0_serves_nothing():
     assert metrics.serve("127.0.0.1", 0, snapshot) is None
+
+
+def test_without_a_switch_a_scrape_goes_without_policy_hits_and_counts_it():
+    """A scrape never waits for a switch that is not there: the policy series are left
+    out and the failure is counted; the registry's other metrics are served as ever."""
+    rec = Reconciler(lambda: 0, lambda g: None, lambda: None, canary_interval=3600)
+    collector = PolicyHitsCollector(rec)
+    metrics.REGISTRY.register(collector)
+    try:
+        first = {
+            f.name: f
+            for f in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode())
+        }
+        second = {
+            f.name: f
+            for f in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode())
+        }
+    finally:
+        metrics.REGISTRY.unregister(collector)
+    assert "ovs_overlay_policy_rule_packets" not in first
+    assert "ovs_overlay_policy_denied_packets" not in first
+    assert first["ovs_overlay_policy_stats_failures"].samples[0].value == 1
+    assert second["ovs_overlay_policy_stats_failures"].samples[0].value == 2
+    assert "ovs_overlay_refused_requests" in first

@@ -136,12 +136,19 @@ def test_the_agent_polices_a_new_pod_known_from_its_ovsdb_before_the_stores_watc
     event): its port's ofport and pod name from OVSDB go with the port's flows, so its
     first packet already meets its policy."""
     from controller.policy_watch import PolicyWatch
+    from netpol.incremental import PolicyCompiler
 
     _, cluster = store
     submitted = []
     watch = PolicyWatch(cluster, "default", lambda name: 1, lambda c: submitted.append(c) or 1)
     watch.load()
     watch.submit_with([], {ip_of("z/c"): (7, "z/c")})
-    [program] = [c.program for c in submitted[-1]]
+    compiler = PolicyCompiler(generation=1)
+    for batch in submitted:
+        compiler.update(i for c in batch for i in c.inputs)
+    program = compiler.program()
     assert ("z/c", ip_of("z/c")) in [(p.key, p.ip) for p in program.state.pods]
     assert [(lp.key, lp.ofport) for lp in program.view.local] == [("z/c", 7)]
+    # A second submit with nothing new hands nothing on.
+    watch.submit_with([], {ip_of("z/c"): (7, "z/c")})
+    assert submitted[-1] == []
