@@ -52,6 +52,14 @@ setup_apt() {
   } || rc=$?
   if [ $made_policy -eq 1 ]; then rm -f "$policy"; fi
   [ $rc -eq 0 ] || die "apt-get failed (exit $rc) installing: ${missing[*]}"
+  # policy-rc.d only holds services back during the install: docker.io leaves its
+  # service and socket enabled, so the next boot (or a docker CLI touching
+  # /run/docker.sock) would start the machine's own dockerd, with docker0 and iptables
+  # rules in the root namespace.  The lab runs dockerd per host; the machine's stays off.
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable docker.service docker.socket >/dev/null 2>&1 ||
+      echo "quickstart: could not disable docker.service/docker.socket; disable them by hand" >&2
+  fi
 }
 
 setup_venv() {
