@@ -8,18 +8,22 @@ only what they touch, so a change costs the rules it reaches, not the cluster:
 - a pod (its address, labels, named ports) reaches the rules whose peers select it
   (before or after), found through the rules that can select in its namespace, and, if
   it is on this host, the policies of its namespace that select it;
-- a namespace's labels reach its pods in the rules whose namespace selector matched
-  either its old or its new labels;
+- a namespace's labels reach its pods in the rules with a namespace selector that
+  answers differently for its old and its new labels;
 - a policy reaches its own rules, and its pods' isolation;
 - this host's own ports reach the policies that select their pods.
 
-A touched rule is recompiled whole (the same ``rule_groups``/``group_matches`` as the
-full compile) and what it adds to each flow is counted per flow, since rules share
-flows: one clause flow carries every conjunction that matches the same address.  Only
-the flows whose contributions changed are rebuilt and returned.  Two costs remain
-proportional to more than the change: a touched rule costs its own size (a rule whose
-peers are every pod of a big namespace is that big), and an egress rule with a named
-port and no peers (or an ipBlock peer) looks at every pod, since any pod may be the
+What each source (a rule, one peer address of a rule, a local pod's isolation, the
+host's fixed flows) adds to each flow is counted per flow, since rules share flows: one
+clause flow carries every conjunction that matches the same address.  Only the flows
+whose contributions changed are rebuilt and returned.  A rule's own flows (its pods,
+ports, conjunction) are recomputed whole with the full compile's ``rule_groups`` and
+``group_matches``; its peer clause address by address, so a pod joining a rule's peers
+costs one address's flow.  What remains proportional to more than the change: a rule
+whose own flows change (a pod here comes into a policy, a rule's first peer comes)
+brings all its addresses' flows, which is what changes on the switch; an egress rule
+with a named port is recomputed whole (its groups have different peers), and one with
+no peers (or an ipBlock peer) looks at every pod, since any pod may be the
 destination that names the port.
 
 ``compile_policy`` stays the oracle: tests/unit/test_netpol_incremental.py applies
