@@ -32,6 +32,7 @@ random changes and checks after each that these flows equal the full compile's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
@@ -173,18 +174,29 @@ class PolicyCompiler:
             self._restore(before)
         flows = dict(self._flows)
         for i in inputs:
-            before = self._inputs()
-            try:
-                self._update([i])
-            except Exception:
-                LOG.exception("NetworkPolicy: cannot compile %r; left out", i)
-                self._restore(before)
+            for attempt in (i, *_fallbacks(i)):
+                before = self._inputs()
+                try:
+                    self._update([attempt])
+                    break
+                except Exception:
+                    LOG.exception("NetworkPolicy: cannot compile %r", attempt)
+                    self._restore(before)
         return _changes(flows, self._flows)
 
     def regenerate(self, generation: int) -> None:
-        """Every flow again with ``generation``'s cookies (a full sync)."""
+        """Every flow again with ``generation``'s cookies (a full sync): the sources whose
+        parts are whole flows (the host's, the pods' isolation) made again, every flow
+        rebuilt; no index is touched."""
+        if generation == self.generation:
+            return
         self.generation = generation
-        self._derive()
+        changed: set[FlowKey] = set()
+        self._refresh(_HOST, changed)
+        for key in self._local:
+            self._refresh(("pod", key), changed)
+        for key in list(self._agg):
+            self._rebuild_flow(key, {})
 
     # -- internals: inputs ----------------------------------------------------------------
 
@@ -297,7 +309,8 @@ class PolicyCompiler:
         for key, old in old_pods.items():
             self._pod_changed(key, old, dirty_rules)
         for key in (*local_touched, *old_pods):
-            self._local_changed(key, dirty_rules, dirty_pods)
+            if key in self._local or key in local_touched:  # pods elsewhere: nothing here
+                self._local_changed(key, dirty_rules, dirty_pods)
         added_refs: list[RuleRef] = []
         for key in old_policies:
             policy = self._policies.get(key)
@@ -749,6 +762,22 @@ class PolicyCompiler:
             del self._flows[key]
         else:
             self._flows[key] = flow
+
+
+def _fallbacks(i: PolicyInput) -> tuple[PolicyInput, ...]:
+    """What to take instead of an input the compiler failed on, so that it fails closed
+    and never keeps an older value in force: a policy without its rules (it isolates its
+    pods and allows nothing), else gone; anything else, gone."""
+    if isinstance(i, SetNetworkPolicy) and i.policy is not None:
+        bare = dataclasses.replace(i.policy, ingress=(), egress=())
+        return (SetNetworkPolicy(i.key, bare), SetNetworkPolicy(i.key, None))
+    if isinstance(i, SetNamespace):
+        return (SetNamespace(i.name, None),)
+    if isinstance(i, SetPod):
+        return (SetPod(i.key, None),)
+    if isinstance(i, SetLocalPod):
+        return (SetLocalPod(i.key, None),)
+    return ()
 
 
 def _namespace_of(pod_key: str) -> str:
