@@ -178,7 +178,11 @@ class PolicyWatch:
                 with self._lock:  # not handed on: the next submit tries them again
                     self._dirty.update(k for k in sent if k != _HOST)
                 raise
-            self._sent.update(sent)  # handed on: what the engine holds now
+            for ident, value in sent.items():  # handed on: what the engine holds now
+                if value in (None, (None, None)):
+                    self._sent.pop(ident, None)  # absent is what was never sent
+                else:
+                    self._sent[ident] = value
             return version
 
     def policy_count(self) -> int:
@@ -261,6 +265,9 @@ class PolicyWatch:
         with self._lock:
             for key in [k for k in (*self._objects, *self._addresses) if k.startswith(prefix)]:
                 self._forget(key)
+            listed = {kv.key for kv in kvs}
+            for key in [k for k in self._bad if k.startswith(prefix) and k not in listed]:
+                del self._bad[key]
             for kv in kvs:
                 self._take(kv)
 

@@ -44,7 +44,7 @@ import functools
 import hashlib
 import ipaddress
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from netpol.evaluate import EGRESS, INGRESS, RuleRef, peer_matches
@@ -119,27 +119,15 @@ class HostView:
 
 @dataclass(frozen=True)
 class PolicyProgram:
-    """What one host's policy flows are compiled from: the engine holds it (a
-    ``SetPolicy`` change) and builds its flows for each generation, as it builds an
-    object's."""
+    """What one host's policy flows are compiled from, whole: the full compile's input,
+    the oracle the agent's incremental compiler (netpol/incremental.py) is held to
+    (``PolicyCompiler.program`` gives its inputs as one)."""
 
     state: PolicyState
     view: HostView
 
     def flows(self, generation: int) -> tuple[Flow, ...]:
         return compile_policy(self.state, self.view, generation)
-
-
-def host_program(
-    state: PolicyState, network: int, ports: Mapping[str, int], host_ip: str | None
-) -> PolicyProgram:
-    """One host's program: the cluster's policy state, and the pods of it attached here
-    (``ports``: this host's endpoints in the network, IP -> OpenFlow port)."""
-    local = sorted(
-        (LocalPod(p.key, ports[p.ip]) for p in state.pods if p.ip in ports),
-        key=lambda p: p.ofport,
-    )
-    return PolicyProgram(state, HostView(network, tuple(local), host_ip))
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,22 @@ only what they touch, so a change costs the rules it reaches, not the cluster:
 - a pod (its address, labels, named ports) reaches the rules whose peers select it
   (before or after), found through the rules that can select in its namespace, and, if
   it is on this host, the policies of its namespace that select it;
-- a namespace's labels reach its pods in the rules whose namespace selector matched
-  either its old or its new labels;
+- a namespace's labels reach its pods in the rules with a namespace selector that
+  answers differently for its old and its new labels;
 - a policy reaches its own rules, and its pods' isolation;
 - this host's own ports reach the policies that select their pods.
 
-A touched rule is recompiled whole (the same ``rule_groups``/``group_matches`` as the
-full compile) and what it adds to each flow is counted per flow, since rules share
-flows: one clause flow carries every conjunction that matches the same address.  Only
-the flows whose contributions changed are rebuilt and returned.  Two costs remain
-proportional to more than the change: a touched rule costs its own size (a rule whose
-peers are every pod of a big namespace is that big), and an egress rule with a named
-port and no peers (or an ipBlock peer) looks at every pod, since any pod may be the
+What each source (a rule, one peer address of a rule, a local pod's isolation, the
+host's fixed flows) adds to each flow is counted per flow, since rules share flows: one
+clause flow carries every conjunction that matches the same address.  Only the flows
+whose contributions changed are rebuilt and returned.  A rule's own flows (its pods,
+ports, conjunction) are recomputed whole with the full compile's ``rule_groups`` and
+``group_matches``; its peer clause address by address, so a pod joining a rule's peers
+costs one address's flow.  What remains proportional to more than the change: a rule
+whose own flows change (a pod here comes into a policy, a rule's first peer comes)
+brings all its addresses' flows, which is what changes on the switch; an egress rule
+with a named port is recomputed whole (its groups have different peers), and one with
+no peers (or an ipBlock peer) looks at every pod, since any pod may be the
 destination that names the port.
 
 ``compile_policy`` stays the oracle: tests/unit/test_netpol_incremental.py applies
@@ -28,6 +32,7 @@ random changes and checks after each that these flows equal the full compile's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
@@ -169,18 +174,29 @@ class PolicyCompiler:
             self._restore(before)
         flows = dict(self._flows)
         for i in inputs:
-            before = self._inputs()
-            try:
-                self._update([i])
-            except Exception:
-                LOG.exception("NetworkPolicy: cannot compile %r; left out", i)
-                self._restore(before)
+            for attempt in (i, *_fallbacks(i)):
+                before = self._inputs()
+                try:
+                    self._update([attempt])
+                    break
+                except Exception:
+                    LOG.exception("NetworkPolicy: cannot compile %r", attempt)
+                    self._restore(before)
         return _changes(flows, self._flows)
 
     def regenerate(self, generation: int) -> None:
-        """Every flow again with ``generation``'s cookies (a full sync)."""
+        """Every flow again with ``generation``'s cookies (a full sync): the sources whose
+        parts are whole flows (the host's, the pods' isolation) made again, every flow
+        rebuilt; no index is touched."""
+        if generation == self.generation:
+            return
         self.generation = generation
-        self._derive()
+        changed: set[FlowKey] = set()
+        self._refresh(_HOST, changed)
+        for key in self._local:
+            self._refresh(("pod", key), changed)
+        for key in list(self._agg):
+            self._rebuild_flow(key, {})
 
     # -- internals: inputs ----------------------------------------------------------------
 
@@ -293,7 +309,8 @@ class PolicyCompiler:
         for key, old in old_pods.items():
             self._pod_changed(key, old, dirty_rules)
         for key in (*local_touched, *old_pods):
-            self._local_changed(key, dirty_rules, dirty_pods)
+            if key in self._local or key in local_touched:  # pods elsewhere: nothing here
+                self._local_changed(key, dirty_rules, dirty_pods)
         added_refs: list[RuleRef] = []
         for key in old_policies:
             policy = self._policies.get(key)
@@ -745,6 +762,22 @@ class PolicyCompiler:
             del self._flows[key]
         else:
             self._flows[key] = flow
+
+
+def _fallbacks(i: PolicyInput) -> tuple[PolicyInput, ...]:
+    """What to take instead of an input the compiler failed on, so that it fails closed
+    and never keeps an older value in force: a policy without its rules (it isolates its
+    pods and allows nothing), else gone; anything else, gone."""
+    if isinstance(i, SetNetworkPolicy) and i.policy is not None:
+        bare = dataclasses.replace(i.policy, ingress=(), egress=())
+        return (SetNetworkPolicy(i.key, bare), SetNetworkPolicy(i.key, None))
+    if isinstance(i, SetNamespace):
+        return (SetNamespace(i.name, None),)
+    if isinstance(i, SetPod):
+        return (SetPod(i.key, None),)
+    if isinstance(i, SetLocalPod):
+        return (SetLocalPod(i.key, None),)
+    return ()
 
 
 def _namespace_of(pod_key: str) -> str:

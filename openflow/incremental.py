@@ -131,7 +131,7 @@ class Engine:
     """One host's pipeline as indexes.  Not thread-safe: one owner (the reconciler's
     worker) applies changes."""
 
-    def __init__(self, tunnel_ofport: int, generation: int):
+    def __init__(self, tunnel_ofport: int, generation: int, policy: PolicyCompiler | None = None):
         self.tunnel_ofport = tunnel_ofport
         self.generation = generation
         self._objects: dict[Hashable, tuple[Object, tuple]] = {}  # key -> (obj, rank)
@@ -158,8 +158,10 @@ class Engine:
         self._units: dict[Hashable, tuple[Flow, ...]] = {}
         self._groups: dict[int, Group] = {}
         self._units[("defaults",)] = pipeline.defaults_flows(generation)
-        # The policy flows: each a unit ("policy", its FlowKey), held by the compiler.
-        self._policy = PolicyCompiler(generation)
+        # The policy flows: each a unit ("policy", its FlowKey), held by the compiler (kept
+        # by a recompute: it restores itself after a failure, and readers on other threads
+        # (the metrics' rule names) must never see an empty one in its place).
+        self._policy = policy if policy is not None else PolicyCompiler(generation)
         # The (object, rank) each eligible key registered its claims with (the tuple
         # ``_objects`` held then), and the (object, network) each active key has flows
         # for: both may differ from the key's object now, in the middle of a batch.  Their
@@ -613,11 +615,9 @@ class Engine:
 
     def _recompute_all(self) -> None:
         """Every derived index from the objects alone: the fallback that is always right."""
-        objects, policy = dict(self._objects), self._policy
-        self.__init__(self.tunnel_ofport, self.generation)
+        objects = dict(self._objects)
+        self.__init__(self.tunnel_ofport, self.generation, self._policy)
         self._objects = objects
-        self._policy = policy
-        policy.regenerate(self.generation)  # its indexes from its inputs alone, too
         for key, (obj, _) in objects.items():
             self._index(key, obj)
         self._settle(set(objects), messages=False)

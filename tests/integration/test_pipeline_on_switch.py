@@ -12,7 +12,7 @@ import pytest
 
 from controller import hoststate
 from lab import lab, pods
-from netpol.compile import host_program
+from netpol.compile import HostView, LocalPod, PolicyProgram
 from openflow import pipeline
 from openflow.model import (
     ETH_TYPE_ARP,
@@ -89,7 +89,11 @@ def _model(name: str):
         # for the network, and the node's own address let through to its pods).
         policy, _ = read_policy_state(cluster.kv, "default")
         ports = {p.endpoint.ip: p.ofport for p in client.list_endpoint_ports("br-int")}
-        program = host_program(policy, default.index, ports, mine.ip)
+        local = sorted(
+            (LocalPod(p.key, ports[p.ip]) for p in policy.pods if p.ip in ports),
+            key=lambda lp: lp.ofport,
+        )
+        program = PolicyProgram(policy, HostView(default.index, tuple(local), mine.ip))
     cluster.close()
     state = dataclasses.replace(state, policy=program)
     return state, pipeline.build(state, generation)

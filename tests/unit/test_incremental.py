@@ -414,6 +414,9 @@ def test_a_rule_that_does_not_compile_allows_nothing_and_the_rest_is_served():
         f for f in before if feature_of(f.cookie) is Feature.POLICY_RULE
     }
     assert messages  # the peer's flows went out
+    names = engine.policy_rules
+    engine.recompute()  # the reconciler's fallback keeps the compiler and its names
+    assert engine.policy_rules is names
     before = set(engine.flows())
     engine.recompute()  # the reconciler's fallback after a failure: still whole
     assert set(engine.flows()) == before

@@ -23,11 +23,12 @@ from tests.unit.test_netpol_compile import LABELS, clusters
 GEN = 5
 
 
-def _expected(compiler: PolicyCompiler) -> dict:
+def _expected(compiler: PolicyCompiler, generation: int = GEN) -> dict:
     program = compiler.program()
     if program is None:
         return {}
-    return {(f.table, f.priority, f.match): f for f in compile_policy(*_parts(program), GEN)}
+    flows = compile_policy(*_parts(program), generation)
+    return {(f.table, f.priority, f.match): f for f in flows}
 
 
 def _parts(program: PolicyProgram) -> tuple[PolicyState, HostView]:
@@ -94,11 +95,11 @@ def test_incremental_flows_equal_the_full_compile_after_every_batch(pools, data)
             for k in before.keys() | switch.keys()
             if before.get(k) != switch.get(k)
         }
-    # Every index derived again from the inputs (a regenerate) is the same too.
+    # A full sync's new generation: the same flows with its cookies.
     state = compiler.program()
-    compiler.regenerate(GEN)
+    compiler.regenerate(GEN + 1)
     assert compiler.program() == state
-    assert _current(compiler) == _expected(compiler)
+    assert _current(compiler) == _expected(compiler, GEN + 1)
 
 
 @given(clusters())
@@ -140,3 +141,33 @@ def test_a_rule_that_does_not_compile_allows_nothing_and_the_rest_is_served(capl
     assert _current(compiler) == {
         (f.table, f.priority, f.match): f for f in compile_policy(state, program.view, GEN)
     }
+
+
+def test_a_policy_replaced_by_one_that_does_not_compile_fails_closed(monkeypatch, caplog):
+    """The replacement's indexing raises (a bug): the old version must not stay in force;
+    the new one stands without its rules, isolating its pods and allowing nothing."""
+    compiler = PolicyCompiler(GEN)
+    ns = model.parse_namespace({"metadata": {"name": "x"}})
+    pod = PodAddress(model.parse_pod({"metadata": {"name": "a", "namespace": "x"}}), "100.64.0.2")
+    allow_all = model.parse_network_policy(
+        {"metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}, "ingress": [{}]}}
+    )
+    narrow = model.parse_network_policy(
+        {
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]},
+        }
+    )
+    compiler.update([SetHost(3), SetNamespace("x", ns), SetPod("x/a", pod), SetLocalPod("x/a", 2)])
+    compiler.update([SetNetworkPolicy(allow_all.key, allow_all)])
+
+    def broken(*args):
+        raise RuntimeError("selector bug")
+
+    monkeypatch.setattr(PolicyCompiler, "_selection", broken)
+    compiler.update([SetNetworkPolicy(narrow.key, narrow)])
+    assert "selector bug" in caplog.text
+    [held] = compiler.program().state.policies
+    assert (held.ingress, held.egress) == ((), ()) and held.pod_selector == narrow.pod_selector
+    monkeypatch.undo()
+    assert _current(compiler) == _expected(compiler)
