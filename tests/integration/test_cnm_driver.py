@@ -12,12 +12,13 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 
 import pytest
 
 from controller import netns as agent_netns
-from controller.cnm import cleanup
+from controller.cnm import cleanup, network
 from controller.cnm.common import UNBOUND_TTL, Context, endpoint_attachment
 from controller.cnm.server import CnmServer
 from controller.endpoints import EndpointManager, mac_for
@@ -332,3 +333,90 @@ def test_an_agent_restart_keeps_what_docker_holds_and_drops_what_it_left(driver)
         cleanup.collect(ctx, now + UNBOUND_TTL, activate=False)
     assert set(ctx.cluster.allocations("blue")) == {live_address.split("/")[0]}
     assert [ep.docker_id for ep in docker_records.list_endpoints(ctx.cluster.kv, "h1")] == [live]
+
+
+def test_a_broken_endpoint_record_stops_no_cleanup(driver):
+    """A record that decodes as JSON but names no address (another writer, a later
+    version) is skipped: the agent's start-up collect and Activate still remove the
+    endpoint a dead dockerd left."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    stale, _, _ = create_endpoint(docker, pool_id)  # created, never joined
+    broken = {
+        "docker_network": NID,
+        "network": "blue",
+        "attachment": "docker:0bad/eth",
+        "ip": "100.65.0.300",
+        "mac": "0a:58:00:00:00:01",
+        "joined": True,
+    }
+    ctx.cluster.kv.put("docker/h1/endpoints/0bad", json.dumps(broken))  # listed first
+    with agent_netns.in_namespace(host_ns):
+        assert cleanup.collect(ctx, time.time(), activate=False) == []  # the agent's start
+    docker.ok("Plugin.Activate")
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == ["docker/h1/endpoints/0bad", f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+    assert stale not in str(left)
+
+
+def waiting_for(ctx: Context, attachment: str, users: int) -> None:
+    """Until ``users`` requests hold or wait for the attachment's lock."""
+    deadline = time.monotonic() + 30
+    while True:
+        entry = ctx.endpoints.locks._locks.get(attachment)
+        if entry is not None and entry[1][0] >= users:
+            return
+        assert time.monotonic() < deadline, "the request never reached the endpoint's lock"
+        time.sleep(0.01)
+
+
+def racing(docker: Docker, ctx: Context, host_ns: str, method: str, eid: str, body: dict):
+    """Run ``method`` for endpoint ``eid`` on its own connection while this thread holds
+    the endpoint's lock and, under it, does all of DeleteEndpoint's part; returns the
+    answer the racing request got once the lock was let go."""
+    attachment = endpoint_attachment(eid)
+    answers = []
+    other = Docker(docker.conn.sock.getpeername())
+    thread = threading.Thread(target=lambda: answers.append(other.call(method, body)))
+    try:
+        with ctx.endpoints.locks.hold(attachment):
+            thread.start()
+            waiting_for(ctx, attachment, 2)
+            ep = docker_records.get_endpoint(ctx.cluster.kv, "h1", eid)
+            with agent_netns.in_namespace(host_ns):
+                network.remove(ctx, ep)  # DeleteEndpoint and ReleaseAddress, under the lock
+        thread.join()
+    finally:
+        other.conn.close()
+    return answers[0]
+
+
+def test_leave_racing_delete_endpoint_brings_back_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, _, _ = create_endpoint(docker, pool_id)
+    join(docker, eid, sandbox())
+    leave = {"NetworkID": NID, "EndpointID": eid}
+    assert racing(docker, ctx, host_ns, "NetworkDriver.Leave", eid, leave) == (200, {})
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+
+
+def test_join_racing_delete_endpoint_plugs_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, _, _ = create_endpoint(docker, pool_id)
+    body = {"NetworkID": NID, "EndpointID": eid, "SandboxKey": "/x", "Options": {}}
+    status, answer = racing(docker, ctx, host_ns, "NetworkDriver.Join", eid, body)
+    assert status == 500 and "does not exist on this host" in answer["Err"]
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
