@@ -11,6 +11,7 @@ import json
 import secrets
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -27,7 +28,10 @@ from lab import naming, netns
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import choose_datapath_type
-from store import docker_records, open_cluster
+from store import docker_records
+from store.cluster import ClusterState
+from store.kv import KvError
+from store.sqlite import SqliteKvStore
 from tests.helpers import host_paths, run
 
 pytestmark = pytest.mark.integration
@@ -67,7 +71,9 @@ class Docker:
 def driver(one_host_lab, tmp_path):
     """The driver's socket served from the lab host's namespace (its threads are born
     there), over a SQLite store with network blue; yields (docker, ctx, host ns, sandbox)."""
-    cluster = open_cluster(f"sqlite:///{tmp_path}/cluster.db")
+    # A short busy timeout: a test that holds the store's write lock (the store away)
+    # sees a request fail in seconds, not SqliteKvStore's default half a minute.
+    cluster = ClusterState(SqliteKvStore(str(tmp_path / "cluster.db"), busy_timeout=2.0))
     cluster.create_network("blue", vni=5002, cidr="100.65.0.0/16")
     ovsdb = OvsdbClient(host_paths(one_host_lab.name).db_sock)
     ovsdb.ensure_integration_bridge(
@@ -415,6 +421,48 @@ def test_join_racing_delete_endpoint_plugs_nothing(driver):
     body = {"NetworkID": NID, "EndpointID": eid, "SandboxKey": "/x", "Options": {}}
     status, answer = racing(docker, ctx, host_ns, "NetworkDriver.Join", eid, body)
     assert status == 500 and "does not exist on this host" in answer["Err"]
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+
+
+def test_a_failed_join_keeps_the_endpoints_address(driver, tmp_path, monkeypatch):
+    """A Join whose flows fail just as the store goes away cannot unpublish its record;
+    the endpoint still holds its address afterwards, also once the agent's store cleanup
+    has run (a CNI ADD's rollback hands its records to it, which releases the whole
+    attachment), until DeleteEndpoint and ReleaseAddress."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, address, _ = create_endpoint(docker, pool_id)
+    ip = address.split("/")[0]
+    locker = sqlite3.connect(
+        str(tmp_path / "cluster.db"), isolation_level=None, check_same_thread=False
+    )
+
+    def publish_fails_and_the_store_goes() -> None:
+        locker.execute("BEGIN IMMEDIATE")  # the write lock, held until the Join answered
+        raise KvError("the store went away")
+
+    monkeypatch.setattr(ctx.endpoints, "publish", publish_fails_and_the_store_goes)
+    try:
+        status, answer = docker.call(
+            "NetworkDriver.Join",
+            {"NetworkID": NID, "EndpointID": eid, "SandboxKey": "/x", "Options": {}},
+        )
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+    assert status == 500 and "store" in answer["Err"]
+    with agent_netns.in_namespace(host_ns):
+        ctx.endpoints.finish_store_cleanup()  # what the agent does once the store is back
+    assert ctx.cluster.holder("blue", ip) == endpoint_attachment(eid)
+    left = leftovers(ctx, host_ns)
+    assert (left["veths"], left["ports"]) == ([], [])
+    docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    docker.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": ip})
     left = leftovers(ctx, host_ns)
     assert left["docker"] == [f"docker/h1/networks/{NID}"]
     assert {k: v for k, v in left.items() if k != "docker"} == {
