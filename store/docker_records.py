@@ -6,7 +6,7 @@ Keys::
     docker/HOST/endpoints/DOCKER_ENDPOINT_ID {"docker_network", "network", "attachment",
                                               "ip", "mac", "joined", "sandbox", "created"}
 
-Docker's networks are local-scoped (controller/cnm/driver.py says why), so a Docker
+Docker's networks are local-scoped (controller/cnm/network.py says why), so a Docker
 network id means something on one host only: each host keeps its own records, under its
 name.  They live in the store rather than in the agent's memory so that a restarted agent
 (or a restarted dockerd, which does not replay CreateNetwork) still knows which ovs-overlay
