@@ -439,7 +439,9 @@ def _unjoin(ctx: Context, ep: DockerEndpoint) -> None:
     had_port = manager.ovsdb.interface(manager.bridge, port) is not None
     manager.unplug(port)
     ctx.cluster.delete_endpoint(ep.network, ctx.host, ep.attachment)
-    if ep.joined:
+    if ep.joined and records.get_endpoint(ctx.cluster.kv, ctx.host, ep.docker_id) is not None:
+        # Only a record that still exists: writing one DeleteEndpoint removed would bring
+        # back an endpoint nobody deletes again.
         records.put_endpoint(ctx.cluster.kv, ctx.host, replace(ep, joined=False, sandbox=None))
     if had_port:
         manager.publish()

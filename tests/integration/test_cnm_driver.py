@@ -468,3 +468,18 @@ def test_a_failed_join_keeps_the_endpoints_address(driver, tmp_path, monkeypatch
     assert {k: v for k, v in left.items() if k != "docker"} == {
         k: v for k, v in NOTHING.items() if k != "docker"
     }
+
+
+def test_unjoin_of_a_record_deleted_since_writes_nothing_back(driver):
+    """The unjoin every Leave ends in, given a record DeleteEndpoint removed after it
+    was read: the record stays gone."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, address, _ = create_endpoint(docker, pool_id)
+    join(docker, eid, sandbox())
+    read = docker_records.get_endpoint(ctx.cluster.kv, "h1", eid)
+    docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    docker.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address.split("/")[0]})
+    with agent_netns.in_namespace(host_ns), ctx.endpoints.locks.hold(read.attachment):
+        network._unjoin(ctx, read)
+    assert leftovers(ctx, host_ns)["docker"] == [f"docker/h1/networks/{NID}"]
