@@ -147,7 +147,11 @@ class Agent:
         for what in self.endpoints.reconcile(keep):
             LOG.warning("removed an orphan left while the agent was away: %s", what)
         if cfg.docker_plugin_dir:  # after reconcile: it removed the ports of dead sandboxes
-            cnm_cleanup.collect(cnm, time.time(), activate=False)
+            try:
+                cnm_cleanup.collect(cnm, time.time(), activate=False)
+            except Exception:  # the store failing a read: the periodic collect retries
+                LOG.exception("removing what dockerd left failed; tried again in a minute")
+            self._spawn(lambda: cnm_cleanup.keep_clean(cnm, self._stop), "docker-cleanup")
         # The store's state first, so the first full sync (on connect) has everything.
         revisions = self.cache.load()
         self.policy = PolicyWatch(

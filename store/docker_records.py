@@ -2,11 +2,11 @@
 
 Keys::
 
-    docker/HOST/networks/DOCKER_NETWORK_ID   {"network", "created"}
+    docker/HOST/networks/DOCKER_NETWORK_ID   {"network", "created", "deleted"}
     docker/HOST/endpoints/DOCKER_ENDPOINT_ID {"docker_network", "network", "attachment",
                                               "ip", "mac", "joined", "sandbox", "created"}
 
-Docker's networks are local-scoped (controller/cnm/driver.py says why), so a Docker
+Docker's networks are local-scoped (controller/cnm/network.py says why), so a Docker
 network id means something on one host only: each host keeps its own records, under its
 name.  They live in the store rather than in the agent's memory so that a restarted agent
 (or a restarted dockerd, which does not replay CreateNetwork) still knows which ovs-overlay
@@ -18,23 +18,31 @@ is skipped by the readers here and named in the log, never a reason to fail a re
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 
 from store.kv import KvStore
 
 LOG = logging.getLogger(__name__)
 
+ATTACHMENT_PREFIX = "docker:"  # an endpoint's attachment: docker:DOCKER_ENDPOINT_ID/IFNAME
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
 
 @dataclass(frozen=True)
 class DockerNetwork:
     """A Docker network id mapped onto an ovs-overlay network; ``created``: the driver
-    made the ovs-overlay network for it (and may delete it with it)."""
+    made the ovs-overlay network for it (and deletes it with it); ``deleted``: Docker
+    deleted it, but the network it made was kept (something still held an address in
+    it), so the record stays until the agent's Docker cleanup deletes that network."""
 
     docker_id: str
     network: str
     created: bool = False
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ def _prefix(host: str, kind: str) -> str:
 def put_network(kv: KvStore, host: str, net: DockerNetwork) -> None:
     kv.put(
         _prefix(host, "networks") + net.docker_id,
-        json.dumps({"network": net.network, "created": net.created}),
+        json.dumps({"network": net.network, "created": net.created, "deleted": net.deleted}),
     )
 
 
@@ -128,7 +136,7 @@ def _decode_network(docker_id: str, value: str) -> DockerNetwork | None:
     if not isinstance(network, str) or not network:
         LOG.warning("skipping Docker network record %s: no network name", docker_id)
         return None
-    return DockerNetwork(docker_id, network, d.get("created") is True)
+    return DockerNetwork(docker_id, network, d.get("created") is True, d.get("deleted") is True)
 
 
 def _decode_endpoint(docker_id: str, value: str) -> DockerEndpoint | None:
@@ -139,6 +147,12 @@ def _decode_endpoint(docker_id: str, value: str) -> DockerEndpoint | None:
     if not all(isinstance(d.get(f), str) and d.get(f) for f in fields):
         LOG.warning("skipping Docker endpoint record %s: one of %s is missing", docker_id, fields)
         return None
+    # What the handlers and the cleanup derive names from (the MAC's claim, the port's
+    # name, the lock) must be well formed, or a request or the agent's start would fail on it.
+    problem = _endpoint_problem(docker_id, d["attachment"], d["ip"], d["mac"])
+    if problem:
+        LOG.warning("skipping Docker endpoint record %s: %s", docker_id, problem)
+        return None
     sandbox = d.get("sandbox")
     created = d.get("created")
     return DockerEndpoint(
@@ -148,3 +162,17 @@ def _decode_endpoint(docker_id: str, value: str) -> DockerEndpoint | None:
         sandbox=sandbox if isinstance(sandbox, str) else None,
         created=float(created) if isinstance(created, int | float) else 0.0,
     )
+
+
+def _endpoint_problem(docker_id: str, attachment: str, ip: str, mac: str) -> str | None:
+    """What is wrong with an endpoint record's names, None when nothing."""
+    owner, _, ifname = attachment.rpartition("/")
+    if owner != ATTACHMENT_PREFIX + docker_id or not ifname:
+        return f"attachment {attachment!r} is not {ATTACHMENT_PREFIX}{docker_id}/IFNAME"
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        return f"ip {ip!r} is not an IPv4 address"
+    if not _MAC_RE.match(mac):
+        return f"mac {mac!r} is not a MAC address like 0a:58:64:41:00:02"
+    return None

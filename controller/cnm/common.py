@@ -28,6 +28,9 @@ from controller.endpoints import DOCKER_ATTACHMENT_PREFIX, EndpointManager
 from store.cluster import ClusterState
 
 UNBOUND_PREFIX = DOCKER_ATTACHMENT_PREFIX + "ipam:"
+# A network the driver made for a Docker network (no --opt network): this + the Docker
+# network id's first 12 digits.  Never found by its subnet: it is that Docker network's.
+MADE_NETWORK_PREFIX = "docker-"
 IFNAME = "eth"  # the DstPrefix Join answers: libnetwork names the container end eth0, eth1...
 # Seconds an address claim may wait for its endpoint (RequestAddress to CreateEndpoint,
 # DeleteEndpoint to ReleaseAddress: milliseconds when dockerd is alive), and an endpoint

@@ -1,13 +1,16 @@
 """libnetwork's IpamDriver, served from the same per-host address blocks as CNI.
 
 A pool is an ovs-overlay network: RequestPool finds it by ``--ipam-opt network=NAME``, or
-failing that as the one network whose CIDR equals the requested subnet; a subnet no
-network has is a pool ``new:CIDR`` for a network CreateNetwork will make
-(controller/cnm/network.py, which resolves a network the same way).  Addresses are claimed
-with cluster.claim_address from this host's blocks, as a pod's are, so a container and a
-pod never share one; the gateway is the network's anycast gateway, answered, never
-claimed.  libnetwork asks for an address before the endpoint exists, so a claim starts
-unbound (controller/cnm/common.py, its id) and CreateEndpoint binds it.
+failing that as the one network whose CIDR equals the requested subnet, never one the
+driver made for a Docker network (``docker-*``: that Docker network's own); a subnet no
+such network has is a pool ``new:CIDR``, the network CreateNetwork makes for it on this
+host (controller/cnm/network.py, which allows one per subnet per host: libnetwork names
+no Docker network to the IPAM driver, so ``new:CIDR`` must say which network it is).
+Addresses are claimed with cluster.claim_address from this host's blocks, as a pod's
+are, so a container and a pod never share one; the gateway is the network's anycast
+gateway, answered, never claimed.  libnetwork asks for an address before the endpoint
+exists, so a claim starts unbound (controller/cnm/common.py, its id) and CreateEndpoint
+binds it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import ipaddress
 import time
 
 from controller.cnm.common import (
-    UNBOUND_PREFIX,
+    MADE_NETWORK_PREFIX,
     CnmError,
     Context,
     options,
     text,
     unbound_attachment,
+    unbound_owner,
 )
 from controller.endpoints import mac_for
 from controller.hoststate import gateway_ip
@@ -78,7 +82,8 @@ def request_pool(ctx: Context, body: dict) -> dict:
 
 def resolve(ctx: Context, name: str | None, pool: str, option: str) -> Network | None:
     """The ovs-overlay network a Docker network is: ``name`` (from ``option``), else the
-    one network whose CIDR is ``pool``; None when ``pool`` is no network's (a new one).
+    one network whose CIDR is ``pool`` that the driver did not make for another Docker
+    network; None when ``pool`` is no such network's (a new one).
     A name that is not a network, a pool that is not the named network's CIDR, a pool
     several networks have, or neither name nor pool is refused, naming the fix."""
     if name:
@@ -99,7 +104,11 @@ def resolve(ctx: Context, name: str | None, pool: str, option: str) -> Network |
     if not pool:
         raise CnmError(f"name the ovs-overlay network: {FIX} (or --subnet CIDR for a new one)")
     cidr = _cidr(pool)
-    same = sorted(n.name for n in ctx.cluster.list_networks() if n.cidr == cidr)
+    same = sorted(
+        n.name
+        for n in ctx.cluster.list_networks()
+        if n.cidr == cidr and not n.name.startswith(MADE_NETWORK_PREFIX)
+    )
     if len(same) > 1:
         raise CnmError(
             f"subnet {cidr} is the CIDR of several ovs-overlay networks ({', '.join(same)}); "
@@ -128,7 +137,7 @@ def release_pool(ctx: Context, body: dict) -> dict:
 
 def pool_network(ctx: Context, pool_id: str) -> Network:
     """The network of a PoolID RequestPool answered; a ``new:CIDR`` pool is the network
-    CreateNetwork made for it on this host."""
+    CreateNetwork made for it on this host (one per subnet and host, so never ambiguous)."""
     if not pool_id:
         raise CnmError("PoolID is empty; send the PoolID RequestPool answered")
     if not pool_id.startswith(NEW_POOL_PREFIX):
@@ -146,7 +155,7 @@ def pool_network(ctx: Context, pool_id: str) -> Network:
         for n in (
             ctx.cluster.get_network(d.network)
             for d in records.list_networks(ctx.cluster.kv, ctx.host)
-            if d.created
+            if d.created and not d.deleted
         )
         if n is not None and n.cidr == cidr
     ]
@@ -202,7 +211,7 @@ def request_address(ctx: Context, body: dict, now: float | None = None) -> dict:
 
 
 def release_address(ctx: Context, body: dict) -> dict:
-    """Release an unbound claim on the address.  One an endpoint holds stays: it is
+    """Release this host's unbound claim on the address.  One an endpoint holds stays: it is
     DeleteEndpoint's to unbind (and a claim made for another endpoint since must never
     go by a late release of the same address).  The gateway is no claim."""
     pool_id, address = text(body, "PoolID"), text(body, "Address")
@@ -215,6 +224,14 @@ def release_address(ctx: Context, body: dict) -> dict:
     except CnmError:
         return {}  # the network is gone, and its claims with it
     holder = ctx.cluster.holder(net.name, ip)
-    if holder is not None and holder.startswith(UNBOUND_PREFIX):
+    if holder is not None and claimed_here(ctx, holder):
         ctx.cluster.release_attachment(net.name, ctx.host, holder, derive_mac=mac_for)
     return {}
+
+
+def claimed_here(ctx: Context, holder: str) -> bool:
+    """Whether ``holder`` is an unbound claim this host's RequestAddress (or
+    DeleteEndpoint) made: the only claims this host's requests may bind or release (another
+    host's is that host's dockerd's, in flight)."""
+    owner = unbound_owner(holder)
+    return owner is not None and owner[0] == ctx.host

@@ -28,7 +28,7 @@ from controller import rtnl, veth
 from controller.cnm import ipam
 from controller.cnm.common import (
     IFNAME,
-    UNBOUND_PREFIX,
+    MADE_NETWORK_PREFIX,
     CnmError,
     Context,
     docker_id,
@@ -44,7 +44,7 @@ from controller.endpoints import HOST_PORT_PREFIX, host_port_name, mac_for
 from controller.hoststate import gateway_ip
 from ovsdb.endpoint import EndpointPort
 from store import docker_records as records
-from store.cluster import AddressInUseError, Network, StoreError
+from store.cluster import AddressInUseError, Network, StoreError, is_gateway_attachment
 from store.docker_records import DockerEndpoint, DockerNetwork
 
 LOG = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ GENERIC = "com.docker.network.generic"  # where `docker network create --opt K=V
 # VNIs of networks made for a Docker network (no --opt network): the lowest free from here,
 # above the range operators pick from by hand.
 DOCKER_VNI_BASE = 1 << 23
-NETWORK_PREFIX = "docker-"  # + the Docker network id's first 12 digits
 PEER_PREFIX = "ovd"  # the container end, until libnetwork moves and renames it
 
 
@@ -92,35 +91,74 @@ def create_network(ctx: Context, body: dict) -> dict:
     if records.get_network(ctx.cluster.kv, ctx.host, nid) is not None:
         return {}  # created already (a repeated request)
     net = ipam.resolve(ctx, name, pool, "--opt")
+    if net is not None and not name:
+        # RequestPool found this network by the subnet too, so the pool is it: sharing
+        # it must be asked for by name, on both sides.
+        raise CnmError(
+            f"subnet {net.cidr} is ovs-overlay network {net.name}'s: join it with --opt "
+            f"network={net.name} --ipam-opt network={net.name}, or give another --subnet "
+            "for a network of this Docker network's own",
+            reason="bad_config",
+        )
     cidr = net.cidr if net is not None else str(ipaddress.IPv4Network(pool))
     if gateway and gateway.split("/")[0] != gateway_ip(cidr):
         raise CnmError(
             f"gateway {gateway} is not the network's ({gateway_ip(cidr)}); leave --gateway "
             "out or use that address"
         )
-    created = net is None
-    if net is None:
-        net = _create(ctx, nid, cidr)
-    try:
-        records.put_network(ctx.cluster.kv, ctx.host, DockerNetwork(nid, net.name, created))
-    except Exception:
-        if created:
-            ctx.cluster.delete_network(net.name)
-        raise
+    if net is not None:
+        records.put_network(ctx.cluster.kv, ctx.host, DockerNetwork(nid, net.name))
+    else:
+        with ctx.endpoints.locks.hold(f"docker-subnet:{cidr}"):  # one check-and-make at once
+            net = _create_own(ctx, nid, cidr)
     LOG.info(
         "Docker network %s is ovs-overlay network %s%s",
         nid[:12],
         net.name,
-        " (made for it)" if created else "",
+        "" if name else " (made for it)",
     )
     return {}
+
+
+def _create_own(ctx: Context, nid: str, cidr: str) -> Network:
+    """The network of Docker network ``nid``'s own, made and recorded.  A host holds one
+    per subnet: libnetwork tells the IPAM driver no Docker network id (RequestPool and
+    RequestAddress carry the subnet and the PoolID only, and a restarted dockerd asks for
+    its pools again with nothing else), so the pool ``new:CIDR`` is this host's one live
+    network made for CIDR."""
+    same = [
+        d
+        for d in records.list_networks(ctx.cluster.kv, ctx.host)
+        if d.created and not d.deleted and _cidr_of(ctx, d.network) == cidr
+    ]
+    if same:
+        raise CnmError(
+            f"Docker network {same[0].docker_id[:12]} on this host has a network of its own "
+            f"on {cidr} ({same[0].network}), and the IPAM driver cannot tell two apart; give "
+            "another --subnet, or create an ovs-overlay network ('ovs-overlayctl network "
+            f"create NAME --cidr {cidr} --vni VNI') and name it with --opt network=NAME "
+            "--ipam-opt network=NAME",
+            reason="bad_config",
+        )
+    net = _create(ctx, nid, cidr)
+    try:
+        records.put_network(ctx.cluster.kv, ctx.host, DockerNetwork(nid, net.name, True))
+    except Exception:
+        ctx.cluster.delete_network(net.name)
+        raise
+    return net
+
+
+def _cidr_of(ctx: Context, name: str) -> str | None:
+    net = ctx.cluster.get_network(name)
+    return None if net is None else net.cidr
 
 
 def _create(ctx: Context, nid: str, cidr: str) -> Network:
     """A new ovs-overlay network for Docker network ``nid``, with the lowest free VNI from
     DOCKER_VNI_BASE.  Two hosts may pick the same VNI at once: the store's claim refuses
     the second, which takes the next (bounded: a conflict each time means a store fault)."""
-    name = NETWORK_PREFIX + nid[:12]
+    name = MADE_NETWORK_PREFIX + nid[:12]
     for _ in range(16):
         used = {kv.key.rpartition("/")[2] for kv in ctx.cluster.kv.range("vnis/")[0]}
         vni = next(v for v in range(DOCKER_VNI_BASE, 1 << 24) if str(v) not in used)
@@ -133,27 +171,54 @@ def _create(ctx: Context, nid: str, cidr: str) -> Network:
 
 
 def delete_network(ctx: Context, body: dict) -> dict:
-    """Drop the mapping; a network made for this Docker network goes too, unless another
-    Docker network maps onto it or an endpoint (a pod, another host's) is in it."""
+    """Drop the mapping, and the network this Docker network made, first (its record
+    says which, so it goes only once the network has).  A made network something still
+    holds an address in stays, its record marked deleted: the agent's Docker cleanup
+    (cleanup.collect) tries again until it can go."""
     nid = docker_id(body, "NetworkID")
-    kv = ctx.cluster.kv
-    found = records.get_network(kv, ctx.host, nid)
-    if found is None:
+    found = records.get_network(ctx.cluster.kv, ctx.host, nid)
+    if found is None or found.deleted:
         return {}
-    records.delete_network(kv, ctx.host, nid)
-    if found.created and not any(
-        d.network == found.network for d in records.list_networks(kv, ctx.host)
-    ):
-        try:
-            ctx.cluster.delete_network(found.network)
-        except StoreError as exc:
-            LOG.warning("kept network %s made for Docker network %s: %s", found.network, nid, exc)
+    if found.created and not delete_made_network(ctx, found):
+        records.put_network(ctx.cluster.kv, ctx.host, replace(found, deleted=True))
+        return {}
+    records.delete_network(ctx.cluster.kv, ctx.host, nid)
     return {}
+
+
+def delete_made_network(ctx: Context, found: DockerNetwork) -> bool:
+    """Delete the network Docker network ``found`` made, if nothing but hosts' gateways
+    holds an address in it; True when it is gone."""
+    held = [
+        a for a in ctx.cluster.allocations(found.network).values() if not is_gateway_attachment(a)
+    ]
+    if held:
+        LOG.warning(
+            "kept network %s made for Docker network %s: %d address(es) still held, e.g. by "
+            "%s; deleted once they are released",
+            found.network,
+            found.docker_id[:12],
+            len(held),
+            held[0],
+        )
+        return False
+    try:
+        ctx.cluster.delete_network(found.network)
+    except StoreError as exc:
+        if ctx.cluster.get_network(found.network) is not None:
+            LOG.warning(
+                "kept network %s made for Docker network %s: %s; tried again later",
+                found.network,
+                found.docker_id[:12],
+                exc,
+            )
+            return False
+    return True
 
 
 def _network_of(ctx: Context, nid: str) -> tuple[DockerNetwork, Network]:
     found = records.get_network(ctx.cluster.kv, ctx.host, nid)
-    if found is None:
+    if found is None or found.deleted:
         raise CnmError(
             f"Docker network {nid[:12]} is not an ovs-overlay network on this host (no "
             "CreateNetwork reached this agent); recreate it with docker network create "
@@ -204,7 +269,7 @@ def create_endpoint(ctx: Context, body: dict, now: float | None = None) -> dict:
                 )
             return _created(known.mac, mac)
         holder = ctx.cluster.holder(net.name, ip)
-        if holder != attachment and (holder is None or not holder.startswith(UNBOUND_PREFIX)):
+        if holder != attachment and (holder is None or not ipam.claimed_here(ctx, holder)):
             raise CnmError(
                 f"Interface.Address {ip} in network {net.name} is "
                 + ("not claimed" if holder is None else f"held by {holder}")
@@ -261,9 +326,16 @@ def _created(mac: str, requested: str | None) -> dict:
     return {} if requested else {"Interface": {"MacAddress": mac}}
 
 
-def _endpoint(ctx: Context, body: dict) -> DockerEndpoint | None:
+def _endpoint_id(body: dict) -> str:
     docker_id(body, "NetworkID")
-    return records.get_endpoint(ctx.cluster.kv, ctx.host, docker_id(body, "EndpointID"))
+    return docker_id(body, "EndpointID")
+
+
+def _endpoint(ctx: Context, eid: str) -> DockerEndpoint | None:
+    """The endpoint's record: read under its attachment's lock by every handler that
+    changes it, so none acts on a record another request deleted meanwhile (a Leave
+    writing back one DeleteEndpoint removed, a Join plugging one that is gone)."""
+    return records.get_endpoint(ctx.cluster.kv, ctx.host, eid)
 
 
 def port_names(ep: DockerEndpoint) -> tuple[str, str]:
@@ -273,31 +345,32 @@ def port_names(ep: DockerEndpoint) -> tuple[str, str]:
 
 
 def join(ctx: Context, body: dict) -> dict:
-    ep = _endpoint(ctx, body)
+    eid = _endpoint_id(body)
     sandbox = text(body, "SandboxKey")
     options(body)
-    if ep is None:
-        raise CnmError(
-            f"endpoint {body['EndpointID'][:12]} does not exist on this host; CreateEndpoint "
-            "first (or recreate the container)"
-        )
-    _, net = _network_of(ctx, ep.docker_network)
-    if ctx.cluster.holder(net.name, ep.ip) != ep.attachment:
-        # Released behind its back (a failed Join's rollback while the store was away is
-        # finished by the agent's store cleanup, which releases the whole attachment).
-        raise CnmError(
-            f"endpoint {ep.docker_id[:12]} no longer holds its address {ep.ip} in {net.name}; "
-            "remove the container and run it again",
-            reason="address_in_use",
-        )
-    port, peer = port_names(ep)
     manager = ctx.endpoints
-    gateway = manager.gateway_for(net)
-    answer = {"InterfaceName": {"SrcName": peer, "DstPrefix": IFNAME}, "StaticRoutes": []}
-    answer["DisableGatewayService"] = True  # the overlay's gateway: no docker_gwbridge
-    if gateway:
-        answer["Gateway"] = gateway
-    with manager.locks.hold(ep.attachment):
+    with manager.locks.hold(endpoint_attachment(eid)):
+        ep = _endpoint(ctx, eid)
+        if ep is None:
+            raise CnmError(
+                f"endpoint {eid[:12]} does not exist on this host; CreateEndpoint first (or "
+                "recreate the container)"
+            )
+        _, net = _network_of(ctx, ep.docker_network)
+        if ctx.cluster.holder(net.name, ep.ip) != ep.attachment:
+            # Released behind its back (an operator's release, a network deleted and
+            # made again): publishing it would hand out an address nobody holds.
+            raise CnmError(
+                f"endpoint {ep.docker_id[:12]} no longer holds its address {ep.ip} in "
+                f"{net.name}; remove the container and run it again",
+                reason="address_in_use",
+            )
+        port, peer = port_names(ep)
+        gateway = manager.gateway_for(net)
+        answer = {"InterfaceName": {"SrcName": peer, "DstPrefix": IFNAME}, "StaticRoutes": []}
+        answer["DisableGatewayService"] = True  # the overlay's gateway: no docker_gwbridge
+        if gateway:
+            answer["Gateway"] = gateway
         if ep.joined and manager.ovsdb.interface(manager.bridge, port):
             return answer  # joined already (a repeated request)
         with rtnl.Rtnl() as links:
@@ -326,7 +399,7 @@ def join(ctx: Context, body: dict) -> dict:
                 ctx.cluster.kv, ctx.host, replace(ep, joined=True, sandbox=sandbox or None)
             )
         except Exception:
-            manager.roll_back(undo, net.name, ep.attachment, None)
+            _unplug_failed_join(ep, undo)
             raise
     LOG.info(
         "Docker endpoint %s joined %s as %s on port %s", ep.docker_id[:12], net.name, ep.ip, port
@@ -334,23 +407,41 @@ def join(ctx: Context, body: dict) -> dict:
     return answer
 
 
+def _unplug_failed_join(ep: DockerEndpoint, undo: list) -> None:
+    """Undo a failed Join's steps (veth, port, published record), in reverse, logging
+    what fails.  Unlike a CNI ADD's rollback, nothing is deferred to the store cleanup
+    (EndpointManager.roll_back), which would release the whole attachment: the endpoint
+    keeps its address until DeleteEndpoint and ReleaseAddress, whoever failed.  A record
+    left published because the store was away goes with the endpoint's Leave,
+    DeleteEndpoint or the Docker cleanup."""
+    for what, step in reversed(undo):
+        try:
+            step()
+        except Exception:
+            LOG.exception("undoing %s of Docker endpoint %s failed", what, ep.docker_id[:12])
+
+
 def leave(ctx: Context, body: dict) -> dict:
     """Remove the port, the veth and the endpoint's record; the address stays claimed
     (DeleteEndpoint's)."""
-    ep = _endpoint(ctx, body)
-    if ep is not None:
-        with ctx.endpoints.locks.hold(ep.attachment):
+    eid = _endpoint_id(body)
+    with ctx.endpoints.locks.hold(endpoint_attachment(eid)):
+        ep = _endpoint(ctx, eid)
+        if ep is not None:
             _unjoin(ctx, ep)
     return {}
 
 
 def _unjoin(ctx: Context, ep: DockerEndpoint) -> None:
+    """The caller holds the attachment's lock and read ``ep`` under it."""
     manager = ctx.endpoints
     port, _ = port_names(ep)
     had_port = manager.ovsdb.interface(manager.bridge, port) is not None
     manager.unplug(port)
     ctx.cluster.delete_endpoint(ep.network, ctx.host, ep.attachment)
-    if ep.joined:
+    if ep.joined and records.get_endpoint(ctx.cluster.kv, ctx.host, ep.docker_id) is not None:
+        # Only a record that still exists: writing one DeleteEndpoint removed would bring
+        # back an endpoint nobody deletes again.
         records.put_endpoint(ctx.cluster.kv, ctx.host, replace(ep, joined=False, sandbox=None))
     if had_port:
         manager.publish()
@@ -359,9 +450,10 @@ def _unjoin(ctx: Context, ep: DockerEndpoint) -> None:
 def delete_endpoint(ctx: Context, body: dict, now: float | None = None) -> dict:
     """Leave if still joined, then hand the address back to an unbound claim for
     ReleaseAddress (which libnetwork sends next); the endpoint's record goes."""
-    ep = _endpoint(ctx, body)
-    if ep is not None:
-        with ctx.endpoints.locks.hold(ep.attachment):
+    eid = _endpoint_id(body)
+    with ctx.endpoints.locks.hold(endpoint_attachment(eid)):
+        ep = _endpoint(ctx, eid)
+        if ep is not None:
             remove(
                 ctx, ep, unbind_to=unbound_attachment(ctx.host, time.time() if now is None else now)
             )
@@ -386,9 +478,10 @@ def remove(ctx: Context, ep: DockerEndpoint, unbind_to: str | None = None) -> No
 
 
 def endpoint_oper_info(ctx: Context, body: dict) -> dict:
-    ep = _endpoint(ctx, body)
+    eid = _endpoint_id(body)
+    ep = _endpoint(ctx, eid)
     if ep is None:
-        raise CnmError(f"endpoint {body['EndpointID'][:12]} does not exist on this host")
+        raise CnmError(f"endpoint {eid[:12]} does not exist on this host")
     port, _ = port_names(ep)
     value = {"network": ep.network, "ip": ep.ip, "mac": ep.mac, "port": port}
     return {"Value": {f"ovs-overlay.{k}": v for k, v in value.items()}}

@@ -11,13 +11,15 @@ import json
 import secrets
 import shutil
 import socket
+import sqlite3
 import tempfile
+import threading
 import time
 
 import pytest
 
 from controller import netns as agent_netns
-from controller.cnm import cleanup
+from controller.cnm import cleanup, network
 from controller.cnm.common import UNBOUND_TTL, Context, endpoint_attachment
 from controller.cnm.server import CnmServer
 from controller.endpoints import EndpointManager, mac_for
@@ -26,7 +28,10 @@ from lab import naming, netns
 from openflow.tables import table_names
 from ovsdb.client import IntegrationBridge, OvsdbClient
 from ovsdb.datapath import choose_datapath_type
-from store import docker_records, open_cluster
+from store import docker_records
+from store.cluster import ClusterState
+from store.kv import KvError
+from store.sqlite import SqliteKvStore
 from tests.helpers import host_paths, run
 
 pytestmark = pytest.mark.integration
@@ -66,7 +71,9 @@ class Docker:
 def driver(one_host_lab, tmp_path):
     """The driver's socket served from the lab host's namespace (its threads are born
     there), over a SQLite store with network blue; yields (docker, ctx, host ns, sandbox)."""
-    cluster = open_cluster(f"sqlite:///{tmp_path}/cluster.db")
+    # A short busy timeout: a test that holds the store's write lock (the store away)
+    # sees a request fail in seconds, not SqliteKvStore's default half a minute.
+    cluster = ClusterState(SqliteKvStore(str(tmp_path / "cluster.db"), busy_timeout=2.0))
     cluster.create_network("blue", vni=5002, cidr="100.65.0.0/16")
     ovsdb = OvsdbClient(host_paths(one_host_lab.name).db_sock)
     ovsdb.ensure_integration_bridge(
@@ -332,3 +339,147 @@ def test_an_agent_restart_keeps_what_docker_holds_and_drops_what_it_left(driver)
         cleanup.collect(ctx, now + UNBOUND_TTL, activate=False)
     assert set(ctx.cluster.allocations("blue")) == {live_address.split("/")[0]}
     assert [ep.docker_id for ep in docker_records.list_endpoints(ctx.cluster.kv, "h1")] == [live]
+
+
+def test_a_broken_endpoint_record_stops_no_cleanup(driver):
+    """A record that decodes as JSON but names no address (another writer, a later
+    version) is skipped: the agent's start-up collect and Activate still remove the
+    endpoint a dead dockerd left."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    stale, _, _ = create_endpoint(docker, pool_id)  # created, never joined
+    broken = {
+        "docker_network": NID,
+        "network": "blue",
+        "attachment": "docker:0bad/eth",
+        "ip": "100.65.0.300",
+        "mac": "0a:58:00:00:00:01",
+        "joined": True,
+    }
+    ctx.cluster.kv.put("docker/h1/endpoints/0bad", json.dumps(broken))  # listed first
+    with agent_netns.in_namespace(host_ns):
+        assert cleanup.collect(ctx, time.time(), activate=False) == []  # the agent's start
+    docker.ok("Plugin.Activate")
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == ["docker/h1/endpoints/0bad", f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+    assert stale not in str(left)
+
+
+def waiting_for(ctx: Context, attachment: str, users: int) -> None:
+    """Until ``users`` requests hold or wait for the attachment's lock."""
+    deadline = time.monotonic() + 30
+    while True:
+        entry = ctx.endpoints.locks._locks.get(attachment)
+        if entry is not None and entry[1][0] >= users:
+            return
+        assert time.monotonic() < deadline, "the request never reached the endpoint's lock"
+        time.sleep(0.01)
+
+
+def racing(docker: Docker, ctx: Context, host_ns: str, method: str, eid: str, body: dict):
+    """Run ``method`` for endpoint ``eid`` on its own connection while this thread holds
+    the endpoint's lock and, under it, does all of DeleteEndpoint's part; returns the
+    answer the racing request got once the lock was let go."""
+    attachment = endpoint_attachment(eid)
+    answers = []
+    other = Docker(docker.conn.sock.getpeername())
+    thread = threading.Thread(target=lambda: answers.append(other.call(method, body)))
+    try:
+        with ctx.endpoints.locks.hold(attachment):
+            thread.start()
+            waiting_for(ctx, attachment, 2)
+            ep = docker_records.get_endpoint(ctx.cluster.kv, "h1", eid)
+            with agent_netns.in_namespace(host_ns):
+                network.remove(ctx, ep)  # DeleteEndpoint and ReleaseAddress, under the lock
+        thread.join()
+    finally:
+        other.conn.close()
+    return answers[0]
+
+
+def test_leave_racing_delete_endpoint_brings_back_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, _, _ = create_endpoint(docker, pool_id)
+    join(docker, eid, sandbox())
+    leave = {"NetworkID": NID, "EndpointID": eid}
+    assert racing(docker, ctx, host_ns, "NetworkDriver.Leave", eid, leave) == (200, {})
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+
+
+def test_join_racing_delete_endpoint_plugs_nothing(driver):
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, _, _ = create_endpoint(docker, pool_id)
+    body = {"NetworkID": NID, "EndpointID": eid, "SandboxKey": "/x", "Options": {}}
+    status, answer = racing(docker, ctx, host_ns, "NetworkDriver.Join", eid, body)
+    assert status == 500 and "does not exist on this host" in answer["Err"]
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+
+
+def test_a_failed_join_keeps_the_endpoints_address(driver, tmp_path, monkeypatch):
+    """A Join whose flows fail just as the store goes away cannot unpublish its record;
+    the endpoint still holds its address afterwards, also once the agent's store cleanup
+    has run (a CNI ADD's rollback hands its records to it, which releases the whole
+    attachment), until DeleteEndpoint and ReleaseAddress."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, address, _ = create_endpoint(docker, pool_id)
+    ip = address.split("/")[0]
+    locker = sqlite3.connect(
+        str(tmp_path / "cluster.db"), isolation_level=None, check_same_thread=False
+    )
+
+    def publish_fails_and_the_store_goes() -> None:
+        locker.execute("BEGIN IMMEDIATE")  # the write lock, held until the Join answered
+        raise KvError("the store went away")
+
+    monkeypatch.setattr(ctx.endpoints, "publish", publish_fails_and_the_store_goes)
+    try:
+        status, answer = docker.call(
+            "NetworkDriver.Join",
+            {"NetworkID": NID, "EndpointID": eid, "SandboxKey": "/x", "Options": {}},
+        )
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+    assert status == 500 and "store" in answer["Err"]
+    with agent_netns.in_namespace(host_ns):
+        ctx.endpoints.finish_store_cleanup()  # what the agent does once the store is back
+    assert ctx.cluster.holder("blue", ip) == endpoint_attachment(eid)
+    left = leftovers(ctx, host_ns)
+    assert (left["veths"], left["ports"]) == ([], [])
+    docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    docker.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": ip})
+    left = leftovers(ctx, host_ns)
+    assert left["docker"] == [f"docker/h1/networks/{NID}"]
+    assert {k: v for k, v in left.items() if k != "docker"} == {
+        k: v for k, v in NOTHING.items() if k != "docker"
+    }
+
+
+def test_unjoin_of_a_record_deleted_since_writes_nothing_back(driver):
+    """The unjoin every Leave ends in, given a record DeleteEndpoint removed after it
+    was read: the record stays gone."""
+    docker, ctx, host_ns, sandbox = driver
+    pool_id = create_network(docker)
+    eid, address, _ = create_endpoint(docker, pool_id)
+    join(docker, eid, sandbox())
+    read = docker_records.get_endpoint(ctx.cluster.kv, "h1", eid)
+    docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": eid})
+    docker.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address.split("/")[0]})
+    with agent_netns.in_namespace(host_ns), ctx.endpoints.locks.hold(read.attachment):
+        network._unjoin(ctx, read)
+    assert leftovers(ctx, host_ns)["docker"] == [f"docker/h1/networks/{NID}"]

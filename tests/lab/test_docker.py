@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -241,7 +242,10 @@ OVERLAY_CIDR = naming.DEFAULT_CIDR
 # its overlay networks (its gateway address).
 
 
-def docker_network(lab_name: str, host: str, name: str, network: str, cidr: str) -> None:
+def docker_network(lab_name: str, host: str, name: str, network: str | None, cidr: str) -> None:
+    """``docker network create`` onto ovs-overlay network ``network`` (None: a network
+    of this Docker network's own, made by the driver)."""
+    named = ["--ipam-opt", f"network={network}", "--opt", f"network={network}"]
     dk(
         lab_name,
         host,
@@ -253,16 +257,14 @@ def docker_network(lab_name: str, host: str, name: str, network: str, cidr: str)
         "ovs-overlay",
         "--subnet",
         cidr,
-        "--ipam-opt",
-        f"network={network}",
-        "--opt",
-        f"network={network}",
+        *(named if network else []),
         name,
     )
 
 
-def run_container(lab_name: str, host: str, name: str, network: str) -> str:
-    """A container sleeping on Docker network ``network``; returns its address."""
+def run_container(lab_name: str, host: str, name: str, network: str, ip: str = "") -> str:
+    """A container sleeping on Docker network ``network`` (at ``ip``, if given); returns
+    its address."""
     dk(
         lab_name,
         host,
@@ -272,6 +274,7 @@ def run_container(lab_name: str, host: str, name: str, network: str) -> str:
         name,
         "--network",
         network,
+        *(["--ip", ip] if ip else []),
         docker.IMAGE,
         "sleep",
         "600",
@@ -296,12 +299,15 @@ def reaches(lab_name: str, host: str, container: str, ip: str) -> bool:
 def counts(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> dict:
     """What an endpoint holds, on both hosts: veth ends in the host's namespace (host end
     ``ovo*``, a container end not yet moved ``ovd*``), br-int ports, the network's address
-    claims and endpoint records, and the agents' Docker records."""
+    and MAC claims and endpoint records, the agents' Docker records, and the networks the
+    driver made (``docker-*``)."""
     allocations, endpoints = store_pods(lab_name, network)
     cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
     try:
         nets = sum(len(docker_records.list_networks(cluster.kv, h)) for h in HOSTS)
         eps = sum(len(docker_records.list_endpoints(cluster.kv, h)) for h in HOSTS)
+        macs = len(cluster.kv.range(f"macs/{network}/")[0])
+        made = len([n for n in cluster.list_networks() if n.name.startswith("docker-")])
     finally:
         cluster.close()
     links = []
@@ -312,9 +318,11 @@ def counts(lab_name: str, network: str = naming.DEFAULT_NETWORK) -> dict:
         "veths": len([link for link in links if link.startswith(("ovo", "ovd"))]),
         "ports": sum(len(pod_ports(lab_name, h)) for h in HOSTS),
         "claims": len(allocations),
+        "mac claims": macs,
         "endpoints": len(endpoints),
         "docker networks": nets,
         "docker endpoints": eps,
+        "made networks": made,
     }
 
 
@@ -383,6 +391,29 @@ def test_docker_networks_stay_apart_even_with_one_subnet(docker_lab):
                 docker.cli(paths(docker_lab, host), "network", "rm", net, check=False)
 
 
+def test_docker_networks_without_opt_network_are_each_their_own(docker_lab):
+    """The same --subnet and no --opt network on two hosts: two networks, the driver's,
+    that stay apart; each goes with its Docker network."""
+    before = counts(docker_lab)
+    cidr = "100.90.0.0/24"
+    for host in HOSTS:
+        docker_network(docker_lab, host, "solo", None, cidr)
+    try:
+        assert counts(docker_lab)["made networks"] == before["made networks"] + 2
+        a1 = run_container(docker_lab, "h1", "solo1", "solo", "100.90.0.10")
+        a3 = run_container(docker_lab, "h1", "solo3", "solo", "100.90.0.30")
+        b2 = run_container(docker_lab, "h2", "solo2", "solo", "100.90.0.20")
+        assert reaches(docker_lab, "h1", "solo1", a3)  # within one network
+        assert not reaches(docker_lab, "h1", "solo1", b2)
+        assert not reaches(docker_lab, "h2", "solo2", a1)
+    finally:
+        for host, name in (("h1", "solo1"), ("h1", "solo3"), ("h2", "solo2")):
+            docker.cli(paths(docker_lab, host), "rm", "-f", name, check=False)
+        for host in HOSTS:
+            docker.cli(paths(docker_lab, host), "network", "rm", "solo", check=False)
+    assert counts(docker_lab) == before
+
+
 def addresses(lab_name: str, network: str) -> list[str]:
     """Every address claimed in ``network``: endpoints and the hosts' gateways."""
     cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, lab_name).store_url)
@@ -392,25 +423,20 @@ def addresses(lab_name: str, network: str) -> list[str]:
         cluster.close()
 
 
-def test_a_dockerd_killed_mid_run_leaks_nothing_once_restarted(docker_lab):
-    docker_network(docker_lab, "h1", "mid", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
-    before = counts(docker_lab)
-    run = subprocess.Popen(
-        [
-            docker.DOCKER,
-            "run",
-            "--name",
-            "midrun",
-            "--network",
-            "mid",
-            docker.IMAGE,
-            "sleep",
-            "600",
-        ],
-        env=docker.cli_env(paths(docker_lab, "h1")),
+def docker_run(lab_name: str, name: str, network: str) -> subprocess.Popen:
+    """``docker run`` on h1, left running (it waits on its container)."""
+    return subprocess.Popen(
+        [docker.DOCKER, "run", "--name", name, "--network", network, docker.IMAGE, "sleep", "600"],
+        env=docker.cli_env(paths(lab_name, "h1")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def test_a_dockerd_killed_mid_run_leaks_nothing_once_restarted(docker_lab):
+    docker_network(docker_lab, "h1", "mid", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
+    before = counts(docker_lab)
+    run = docker_run(docker_lab, "midrun", "mid")
     try:
         # Killed once the agent has plugged the container (its port is on br-int), while
         # `docker run` still waits on it.
@@ -428,3 +454,40 @@ def test_a_dockerd_killed_mid_run_leaks_nothing_once_restarted(docker_lab):
     dk(docker_lab, "h1", "rm", "midrun")
     dk(docker_lab, "h1", "network", "rm", "mid")
     assert counts(docker_lab)["docker networks"] == before["docker networks"] - 1
+
+
+def test_a_dockerd_killed_before_its_container_is_plugged_leaks_nothing(docker_lab):
+    """Killed while the agent holds an address claimed for the container and no port
+    (between RequestAddress and Join): only the agent's cleanup at the restarted
+    dockerd's Activate can find that claim, libnetwork never learnt of it."""
+    docker_network(docker_lab, "h1", "early", naming.DEFAULT_NETWORK, OVERLAY_CIDR)
+    before = counts(docker_lab)
+    cluster = open_cluster(lab.LabPaths(naming.DEFAULT_STATE_ROOT, docker_lab).store_url)
+    pid = docker.dockerd_pid(paths(docker_lab, "h1"))
+    run = docker_run(docker_lab, "earlyrun", "early")
+    try:
+        # One store read each for claims and published endpoints (a Join publishes one
+        # as it plugs the port), so the loop is quick enough to see the moment.
+        base = (
+            len(cluster.allocations(naming.DEFAULT_NETWORK)),
+            len(cluster.list_endpoints(naming.DEFAULT_NETWORK)),
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            claims = len(cluster.allocations(naming.DEFAULT_NETWORK))
+            published = len(cluster.list_endpoints(naming.DEFAULT_NETWORK))
+            if claims > base[0] and published == base[1]:
+                break
+            assert published == base[1], "the container was plugged before its claim was seen"
+            assert time.monotonic() < deadline, "docker run never asked for an address"
+        os.kill(pid, signal.SIGKILL)  # as `lab docker kill` does (its containerd dies too)
+        assert ovs_host.wait_gone(pid, docker.STOP_TIMEOUT)
+    finally:
+        run.wait()
+        cluster.close()
+    killed = counts(docker_lab)
+    assert killed["claims"] > before["claims"]
+    docker.control(docker_lab, "h1", "start")
+    assert counts(docker_lab) == before
+    docker.cli(paths(docker_lab, "h1"), "rm", "-f", "earlyrun", check=False)
+    dk(docker_lab, "h1", "network", "rm", "early")

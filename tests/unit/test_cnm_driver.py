@@ -351,3 +351,161 @@ def test_the_socket_is_root_only_and_a_stuck_client_blocks_no_other(ctx):
         stuck.close()
         server.stop()
         shutil.rmtree(plugins)
+
+
+def host_ctx(cluster, host: str) -> Context:
+    """Another host's agent on the same cluster state."""
+
+    def publish() -> None:
+        raise AssertionError("nothing here may reach br-int")
+
+    manager = EndpointManager(
+        host, "br-int", None, cluster, lambda n: 1450, lambda n: None, publish, lambda p: []
+    )
+    return Context(host, cluster, manager)
+
+
+def new_network(ctx, nid: str, subnet: str = "100.70.0.0/24") -> str:
+    """docker network create --subnet SUBNET without --opt network, as libnetwork calls
+    it: RequestPool, the gateway's RequestAddress, CreateNetwork; returns the PoolID."""
+    pool_id = ok(ctx, "IpamDriver.RequestPool", pool_request(subnet))["PoolID"]
+    ok(ctx, "IpamDriver.RequestAddress", gateway_request(pool_id))
+    ok(ctx, "NetworkDriver.CreateNetwork", create_network_request(nid, pool=subnet))
+    return pool_id
+
+
+def made_networks(cluster) -> list[str]:
+    return sorted(n.name for n in cluster.list_networks() if n.name != "blue")
+
+
+def test_each_docker_network_without_opt_network_has_a_network_of_its_own(ctx, cluster):
+    h2 = host_ctx(cluster, "h2")
+    p1 = new_network(ctx, NID)
+    p2 = new_network(h2, NID2)  # the same subnet on another host: not found by it
+    assert made_networks(cluster) == ["docker-" + NID[:12], "docker-" + NID2[:12]]
+    vnis = {cluster.get_network(n).vni for n in made_networks(cluster)}
+    assert len(vnis) == 2
+    address = ok(h2, "IpamDriver.RequestAddress", {"PoolID": p2, "Address": ""})["Address"]
+    assert cluster.holder("docker-" + NID2[:12], address.split("/")[0]) is not None
+    # h1's docker network rm deletes h1's network only; h2's goes with h2's.
+    ok(ctx, "IpamDriver.ReleasePool", {"PoolID": p1})
+    ok(ctx, "NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert made_networks(cluster) == ["docker-" + NID2[:12]]
+    ok(h2, "IpamDriver.ReleaseAddress", {"PoolID": p2, "Address": address})
+    ok(h2, "NetworkDriver.DeleteNetwork", {"NetworkID": NID2})
+    assert made_networks(cluster) == [] and list(cluster.kv.range("docker/")[0]) == []
+
+
+def test_a_new_subnet_created_twice_at_once_leaves_no_docker_network_unusable(ctx, cluster):
+    """RequestPool, RequestPool, CreateNetwork, CreateNetwork, then RequestAddress on
+    both: on two hosts, both work, each in its own network; on one host the second
+    CreateNetwork is refused (the IPAM driver could not tell the two pools apart), so
+    dockerd drops that network and the first works."""
+    h2 = host_ctx(cluster, "h2")
+    subnet = "100.70.0.0/24"
+    p1 = ok(ctx, "IpamDriver.RequestPool", pool_request(subnet))["PoolID"]
+    p2 = ok(h2, "IpamDriver.RequestPool", pool_request(subnet))["PoolID"]
+    ok(ctx, "NetworkDriver.CreateNetwork", create_network_request(NID, pool=subnet))
+    ok(h2, "NetworkDriver.CreateNetwork", create_network_request(NID2, pool=subnet))
+    for host, pool_id, nid in ((ctx, p1, NID), (h2, p2, NID2)):
+        ip = ok(host, "IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})["Address"]
+        assert cluster.holder("docker-" + nid[:12], ip.split("/")[0]) is not None
+    third = "c" * 64
+    p3 = ok(ctx, "IpamDriver.RequestPool", pool_request(subnet))["PoolID"]
+    before = everything(cluster)
+    err = refused(ctx, "NetworkDriver.CreateNetwork", create_network_request(third, pool=subnet))
+    assert "docker-" + NID[:12] in err and "--opt network=NAME --ipam-opt network=NAME" in err
+    assert everything(cluster) == before
+    ip = ok(ctx, "IpamDriver.RequestAddress", {"PoolID": p3, "Address": ""})["Address"]
+    assert cluster.holder("docker-" + NID[:12], ip.split("/")[0]) is not None
+
+
+def test_sharing_a_network_is_by_name_only(ctx, cluster):
+    """Without --opt network a subnet that is an operator's network's is refused (the
+    pool is that network: sharing it must be asked for); a network the driver made is
+    never found by its subnet."""
+    before = everything(cluster)
+    err = refused(ctx, "NetworkDriver.CreateNetwork", create_network_request())
+    assert "--opt network=blue --ipam-opt network=blue" in err
+    assert everything(cluster) == before
+    new_network(ctx, NID)
+    made = "docker-" + NID[:12]
+    assert ok(ctx, "IpamDriver.RequestPool", pool_request("100.70.0.0/24"))["PoolID"] == (
+        "new:100.70.0.0/24"
+    )
+    named = pool_request("100.70.0.0/24", network=made)  # by name it is shared
+    assert ok(ctx, "IpamDriver.RequestPool", named)["PoolID"] == made
+
+
+def test_a_made_network_something_holds_an_address_in_goes_once_it_is_released(ctx, cluster):
+    now = 1_000_000.0
+    pool_id = new_network(ctx, NID)
+    made = "docker-" + NID[:12]
+    ipam.request_address(ctx, {"PoolID": pool_id, "Address": ""}, now=now)
+    ok(ctx, "NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert cluster.get_network(made) is not None  # the claim still holds an address
+    assert docker_records.get_network(cluster.kv, "h1", NID).deleted
+    assert "no CreateNetwork reached" in refused(
+        ctx, "NetworkDriver.CreateEndpoint", endpoint_request("100.70.0.5/24")
+    )
+    assert ok(ctx, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == {}  # a repeat
+    cleanup.collect(ctx, now, activate=False)  # the claim is young: both stay
+    assert cluster.get_network(made) is not None
+    cleanup.collect(ctx, now + UNBOUND_TTL, activate=False)  # the claim goes, the network too
+    assert made_networks(cluster) == [] and list(cluster.kv.range("docker/")[0]) == []
+
+
+def test_delete_network_keeps_its_record_until_the_network_is_gone(ctx, cluster):
+    new_network(ctx, NID)
+    made = "docker-" + NID[:12]
+    cluster.put_endpoint(  # a pod someone attached to the made network
+        made,
+        "h2",
+        "pod1/eth0",
+        mac="0a:58:64:46:00:09",
+        ip="100.70.0.9",
+        container_id="pod1",
+        ifname="eth0",
+    )
+    ok(ctx, "NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert cluster.get_network(made) is not None
+    assert docker_records.get_network(cluster.kv, "h1", NID).deleted
+    cluster.delete_endpoint(made, "h2", "pod1/eth0")
+    cleanup.collect(ctx, 0.0, activate=False)
+    assert (
+        cluster.get_network(made) is None and docker_records.list_networks(cluster.kv, "h1") == []
+    )
+
+
+def test_only_this_hosts_unbound_claims_are_bound_or_released(ctx, cluster):
+    h2 = host_ctx(cluster, "h2")
+    ok(ctx, "NetworkDriver.CreateNetwork", create_network_request(network="blue"))
+    theirs = ok(h2, "IpamDriver.RequestAddress", {"PoolID": "blue", "Address": ""})["Address"]
+    ip = theirs.split("/")[0]
+    holder = cluster.holder("blue", ip)
+    before = everything(cluster)
+    err = refused(ctx, "NetworkDriver.CreateEndpoint", endpoint_request(theirs))
+    assert f"held by {holder}" in err
+    ok(ctx, "IpamDriver.ReleaseAddress", {"PoolID": "blue", "Address": ip})
+    assert everything(cluster) == before and cluster.holder("blue", ip) == holder
+
+
+def test_endpoint_records_with_bad_names_are_skipped(cluster):
+    good = {
+        "docker_network": NID,
+        "network": "blue",
+        "attachment": f"docker:{EID}/eth",
+        "ip": "100.65.0.5",
+        "mac": "0a:58:64:41:00:05",
+    }
+    broken = [
+        {"ip": "100.65.0.300"},
+        {"mac": "zz"},
+        {"attachment": "docker:other/eth"},
+        {"attachment": "pod/eth0"},
+    ]
+    for n, change in enumerate(broken):
+        cluster.kv.put(f"docker/h1/endpoints/{n}", json.dumps({**good, **change}))
+    cluster.kv.put(f"docker/h1/endpoints/{EID}", json.dumps(good))
+    assert [ep.docker_id for ep in docker_records.list_endpoints(cluster.kv, "h1")] == [EID]
+    assert docker_records.get_endpoint(cluster.kv, "h1", "0") is None
