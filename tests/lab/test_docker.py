@@ -92,8 +92,11 @@ def test_a_container_runs_and_nothing_reaches_the_machine(docker_lab):
             assert "DOCKER" not in rules, argv
     # dockerd's view: its plugin directory is the host's, the machine's /run is not there.
     pid = docker.dockerd_pid(paths(docker_lab, "h1"))
+    # -r: dockerd's own root too.  Entering a mount namespace puts nsenter at that
+    # namespace's root, which is not dockerd's when the lab runs in a chroot (the
+    # fresh-root CI): there dockerd's /run is the chroot's.
     seen = subprocess.run(
-        ["nsenter", "-m", "-t", str(pid), "ls", "/run", "/run/docker"],
+        ["nsenter", "-m", "-r", "-t", str(pid), "ls", "/run", "/run/docker"],
         capture_output=True,
         text=True,
         check=True,
@@ -105,6 +108,7 @@ def test_a_container_runs_and_nothing_reaches_the_machine(docker_lab):
         [
             "nsenter",
             "-m",
+            "-r",
             "-t",
             str(pid),
             "stat",
