@@ -16,7 +16,7 @@ import pytest
 
 from ctl import policy_commands
 from lab import pods
-from lab.lab import open_lab_cluster
+from lab.lab import dump_flows, open_lab_cluster
 from store.policy_records import read_policy_state
 from tests.helpers import CTL, run, running_lab, scrape
 from tests.lab import reachability as r
@@ -146,7 +146,7 @@ def test_upstream_case_by_real_connections(model, name):
             if protocol == "SCTP":
                 continue
             wrong = until(made, port, protocol, reach.expected())
-            assert not wrong, f"{name}, {port}/{protocol}:\n" + "\n".join(wrong)
+            assert not wrong, f"{name}, {port}/{protocol}:\n" + "\n".join(wrong) + _egress(lab)
     finally:  # back to the model: no policy, upstream's labels, every pod reaching every pod
         if policies:
             apply(lab, policies, "delete")
@@ -156,6 +156,16 @@ def test_upstream_case_by_real_connections(model, name):
             + [pod(key, None) for key in case.pod_labels],
         )
         assert not until(made, 80, "TCP", r.expect_all(made)), "the model did not come back"
+
+
+def _egress(lab_name: str) -> str:
+    """Each host's egress policy flows, for a failure's message: what the switches held
+    when a connection went where the model says it must not."""
+    out = []
+    for host in HOSTS:
+        flows = [f for f in dump_flows(lab_name, host) if "table=egress_" in f]
+        out += [f"\n{host}:"] + flows
+    return "\n".join(out)
 
 
 # -- the tools: policy check and trace on the same model ---------------------------------
