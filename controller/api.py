@@ -110,25 +110,33 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     handlers: dict[str, Callable[..., object]]
 
 
-class ApiServer:
-    def __init__(self, path: str, handlers: dict[str, Callable[..., object]]):
+class PrivateSocket:
+    """A socketserver on a unix socket only root may connect to, served by a thread:
+    the agent's API here and Docker's driver (controller/cnm/server.py) alike."""
+
+    def __init__(self, path: str, server_class: type, handler: type, name: str):
         self.path = path
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # a stale socket of a previous agent on this host
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            self._server = _Server(path, _Handler)
+            self.server = server_class(path, handler)
         finally:
             os.umask(old)
-        self._server.handlers = handlers
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.server.shutdown()
+        self.server.server_close()
         if os.path.exists(self.path):
             os.unlink(self.path)
+
+
+class ApiServer(PrivateSocket):
+    def __init__(self, path: str, handlers: dict[str, Callable[..., object]]):
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        super().__init__(path, _Server, _Handler, "api")
+        self.server.handlers = handlers

@@ -77,13 +77,7 @@ def get_network(kv: KvStore, host: str, docker_id: str) -> DockerNetwork | None:
 
 
 def list_networks(kv: KvStore, host: str) -> list[DockerNetwork]:
-    prefix = _prefix(host, "networks")
-    out = []
-    for item in kv.range(prefix)[0]:
-        net = _decode_network(item.key[len(prefix) :], item.value)
-        if net is not None:
-            out.append(net)
-    return out
+    return _list(kv, host, "networks", _decode_network)
 
 
 def delete_network(kv: KvStore, host: str, docker_id: str) -> bool:
@@ -102,13 +96,14 @@ def get_endpoint(kv: KvStore, host: str, docker_id: str) -> DockerEndpoint | Non
 
 
 def list_endpoints(kv: KvStore, host: str) -> list[DockerEndpoint]:
-    prefix = _prefix(host, "endpoints")
-    out = []
-    for item in kv.range(prefix)[0]:
-        ep = _decode_endpoint(item.key[len(prefix) :], item.value)
-        if ep is not None:
-            out.append(ep)
-    return out
+    return _list(kv, host, "endpoints", _decode_endpoint)
+
+
+def _list(kv: KvStore, host: str, kind: str, decode) -> list:
+    """This host's records of ``kind``, decoded; a broken one is skipped (logged)."""
+    prefix = _prefix(host, kind)
+    found = (decode(item.key[len(prefix) :], item.value) for item in kv.range(prefix)[0])
+    return [record for record in found if record is not None]
 
 
 def delete_endpoint(kv: KvStore, host: str, docker_id: str) -> bool:

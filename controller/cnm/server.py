@@ -18,13 +18,12 @@ import json
 import logging
 import os
 import socketserver
-import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 from controller import metrics
-from controller.api import ApiError
+from controller.api import ApiError, PrivateSocket
 from controller.cnm import cleanup, ipam, network
 from controller.cnm.common import CnmError, Context
 from store.kv import KvError
@@ -164,30 +163,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     ctx: Context
 
 
-class CnmServer:
+class CnmServer(PrivateSocket):
     """The driver's socket: ``plugin_dir``/ovs-overlay.sock, the directory 0700 and the
     socket 0600 (root's dockerd only)."""
 
     def __init__(self, plugin_dir: str, ctx: Context):
         os.makedirs(plugin_dir, mode=0o700, exist_ok=True)
-        self.path = os.path.join(plugin_dir, SOCKET_NAME)
-        if os.path.exists(self.path):
-            os.unlink(self.path)  # a stale socket of a previous agent
-        old = os.umask(0o177)  # born 0600: no window where others may connect
-        try:
-            self._server = _Server(self.path, _Handler)
-        finally:
-            os.umask(old)
-        self._server.ctx = ctx
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="docker-driver", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        super().__init__(os.path.join(plugin_dir, SOCKET_NAME), _Server, _Handler, "docker-driver")
+        self.server.ctx = ctx
